@@ -1,1 +1,18 @@
+//! Test harness for Keel: boots the built image in QEMU, reads and types on its serial console,
+//! forwards TCP ports to it and drives it through QMP. The end-to-end tests live in `tests/`.
 
+pub mod console;
+pub mod error;
+pub mod machine;
+pub mod paths;
+pub mod ports;
+pub mod qemu;
+pub mod qmp;
+pub mod rust_vmm;
+
+pub use console::Line;
+pub use error::Error;
+pub use machine::Qemu;
+pub use paths::Image;
+pub use qemu::{Boot, QemuBuilder};
+pub use qmp::{Qmp, QmpError};

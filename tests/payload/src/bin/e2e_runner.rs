@@ -1,0 +1,265 @@
+//! Runs end-to-end scenarios inside a booted Keel test image, where the host side of the test
+//! (QEMU's serial console) cannot reach: it starts keel-vmm on the host's real /dev/kvm with Debian's
+//! guest kernel, talks to its control socket, and prints one `E2E PASS <name>` or
+//! `E2E FAIL <name>: <why>` line per scenario, then `E2E DONE`.
+//!
+//! The scenarios come from `keel_e2e=<name>,<name>` on the kernel command line. This program ships
+//! only in the test image (`make test-image`), never in the production root filesystem.
+
+use std::fs;
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::time::{Duration, Instant};
+
+const VMM: &str = "/usr/bin/keel-vmm";
+const PAYLOAD: &str = "/usr/lib/keel-tests";
+const WORK: &str = "/run/keel-e2e";
+const GUEST_MEMORY_MIB: u64 = 256;
+
+/// A running keel-vmm and the lines its guest prints on the serial console.
+struct Vm {
+    child: Child,
+    lines: Receiver<String>,
+    api_sock: PathBuf,
+}
+
+impl Vm {
+    fn start(name: &str, vcpus: u8, guest_mode: &str) -> Result<Vm, String> {
+        fs::create_dir_all(WORK).map_err(|e| format!("create {WORK}: {e}"))?;
+        let config_path = Path::new(WORK).join(format!("{name}.json"));
+        let api_sock = Path::new(WORK).join(format!("{name}.sock"));
+        let config = serde_json::json!({
+            "vcpus": vcpus,
+            "memory_mib": GUEST_MEMORY_MIB,
+            "kernel": format!("{PAYLOAD}/vmlinuz"),
+            "initrd": format!("{PAYLOAD}/initrd.img"),
+            "cmdline": format!("console=ttyS0 quiet panic=-1 keel_guest.mode={guest_mode}"),
+            "serial": { "mode": "stdout" }
+        });
+        fs::write(&config_path, config.to_string())
+            .map_err(|e| format!("write {}: {e}", config_path.display()))?;
+        let mut child = Command::new(VMM)
+            .arg("--config")
+            .arg(&config_path)
+            .arg("--api-sock")
+            .arg(&api_sock)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("start {VMM}: {e}"))?;
+        let (sender, lines) = mpsc::channel();
+        if let Some(stdout) = child.stdout.take() {
+            forward_lines(stdout, "guest", sender.clone());
+        }
+        if let Some(stderr) = child.stderr.take() {
+            forward_lines(stderr, "vmm", sender);
+        }
+        Ok(Vm {
+            child,
+            lines,
+            api_sock,
+        })
+    }
+
+    /// Waits for a console line containing `needle`; returns it.
+    fn expect_line(&self, needle: &str, timeout: Duration) -> Result<String, String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) if line.contains(needle) => return Ok(line),
+                Ok(_) => {}
+                Err(RecvTimeoutError::Timeout) => {
+                    return Err(format!("no line with {needle:?} within {timeout:?}"))
+                }
+                Err(RecvTimeoutError::Disconnected) => {
+                    return Err(format!("keel-vmm closed its output before {needle:?}"))
+                }
+            }
+        }
+    }
+
+    fn expect_exit(&mut self, timeout: Duration) -> Result<ExitStatus, String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            match self.child.try_wait() {
+                Ok(Some(status)) => return Ok(status),
+                Ok(None) if Instant::now() >= deadline => {
+                    return Err(format!("keel-vmm still running after {timeout:?}"))
+                }
+                Ok(None) => std::thread::sleep(Duration::from_millis(50)),
+                Err(e) => return Err(format!("wait for keel-vmm: {e}")),
+            }
+        }
+    }
+
+    /// One HTTP/1.1 request on the control socket; returns (status code, body).
+    fn api(&self, method: &str, path: &str) -> Result<(u16, String), String> {
+        let mut stream = UnixStream::connect(&self.api_sock)
+            .map_err(|e| format!("connect {}: {e}", self.api_sock.display()))?;
+        let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
+        let request = format!(
+            "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        );
+        stream
+            .write_all(request.as_bytes())
+            .map_err(|e| format!("send {method} {path}: {e}"))?;
+        let mut response = String::new();
+        stream
+            .read_to_string(&mut response)
+            .map_err(|e| format!("read reply to {method} {path}: {e}"))?;
+        let status = response
+            .split_whitespace()
+            .nth(1)
+            .and_then(|code| code.parse().ok())
+            .ok_or_else(|| format!("malformed reply to {method} {path}: {response:?}"))?;
+        let body = response
+            .split_once("\r\n\r\n")
+            .map(|(_, body)| body.to_string())
+            .unwrap_or_default();
+        Ok((status, body))
+    }
+
+    fn api_ok(&self, method: &str, path: &str) -> Result<String, String> {
+        match self.api(method, path)? {
+            (200..=299, body) => Ok(body),
+            (status, body) => Err(format!("{method} {path} answered {status}: {body}")),
+        }
+    }
+}
+
+impl Drop for Vm {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Copies lines from `source` to the console (for the test log) and to `sender`.
+fn forward_lines(source: impl Read + Send + 'static, tag: &'static str, sender: mpsc::Sender<String>) {
+    std::thread::spawn(move || {
+        for line in BufReader::new(source).lines().map_while(Result::ok) {
+            println!("{tag}| {line}");
+            if sender.send(line).is_err() {
+                break;
+            }
+        }
+    });
+}
+
+fn expect_status(status: ExitStatus, code: i32) -> Result<(), String> {
+    match status.code() {
+        Some(c) if c == code => Ok(()),
+        _ => Err(format!("keel-vmm ended with {status}, expected exit status {code}")),
+    }
+}
+
+/// Parses `KEEL-GUEST: up cpus=N mem_kib=M`.
+fn parse_guest_report(line: &str) -> Option<(u64, u64)> {
+    let field = |key: &str| {
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix(key))
+            .and_then(|v| v.parse().ok())
+    };
+    Some((field("cpus=")?, field("mem_kib=")?))
+}
+
+/// keel-vmm boots Debian's kernel with 2 vCPUs; the guest sees both and the configured memory,
+/// then powers off and keel-vmm exits with the guest-power-off status.
+fn boot_and_power_off() -> Result<(), String> {
+    let mut vm = Vm::start("boot", 2, "poweroff")?;
+    let report = vm.expect_line("KEEL-GUEST: up", Duration::from_secs(90))?;
+    let (cpus, mem_kib) =
+        parse_guest_report(&report).ok_or_else(|| format!("malformed report {report:?}"))?;
+    if cpus != 2 {
+        return Err(format!("guest sees {cpus} CPUs, expected 2"));
+    }
+    // The kernel keeps some memory for itself; MemTotal is a little below what was configured.
+    let configured_kib = GUEST_MEMORY_MIB * 1024;
+    if !(configured_kib * 3 / 4..=configured_kib).contains(&mem_kib) {
+        return Err(format!(
+            "guest sees {mem_kib} KiB, expected a little under {configured_kib} KiB"
+        ));
+    }
+    expect_status(vm.expect_exit(Duration::from_secs(30))?, 0)
+}
+
+/// The control API reports and pauses the VM; a graceful shutdown request presses the ACPI power
+/// button and the guest OS powers off by itself.
+fn api_and_graceful_shutdown() -> Result<(), String> {
+    let mut vm = Vm::start("shutdown", 1, "wait-button")?;
+    vm.expect_line("KEEL-GUEST: waiting for power button", Duration::from_secs(90))?;
+    let info = vm.api_ok("GET", "/vm")?;
+    if !info.contains("\"running\"") {
+        return Err(format!("GET /vm while running answered {info}"));
+    }
+    vm.api_ok("PUT", "/vm/pause")?;
+    let info = vm.api_ok("GET", "/vm")?;
+    if !info.contains("\"paused\"") {
+        return Err(format!("GET /vm while paused answered {info}"));
+    }
+    vm.api_ok("PUT", "/vm/resume")?;
+    vm.api_ok("PUT", "/vm/shutdown")?;
+    vm.expect_line("KEEL-GUEST: power button pressed", Duration::from_secs(30))?;
+    expect_status(vm.expect_exit(Duration::from_secs(30))?, 0)
+}
+
+type Scenario = fn() -> Result<(), String>;
+
+const SCENARIOS: &[(&str, Scenario)] = &[
+    ("vmm-boot", boot_and_power_off),
+    ("vmm-shutdown", api_and_graceful_shutdown),
+];
+
+fn requested_scenarios(cmdline: &str) -> Vec<&str> {
+    cmdline
+        .split_whitespace()
+        .filter_map(|p| p.strip_prefix("keel_e2e="))
+        .flat_map(|list| list.split(','))
+        .filter(|name| !name.is_empty())
+        .collect()
+}
+
+fn main() {
+    let cmdline = fs::read_to_string("/proc/cmdline").unwrap_or_default();
+    for name in requested_scenarios(&cmdline) {
+        let started = Instant::now();
+        let result = match SCENARIOS.iter().find(|(n, _)| *n == name) {
+            Some((_, scenario)) => scenario(),
+            None => Err("no such scenario".to_string()),
+        };
+        match result {
+            Ok(()) => println!("E2E PASS {name} ({} ms)", started.elapsed().as_millis()),
+            Err(why) => println!("E2E FAIL {name}: {why}"),
+        }
+        let _ = io::stdout().flush();
+    }
+    println!("E2E DONE");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scenarios_come_from_the_command_line() {
+        assert_eq!(
+            requested_scenarios("quiet keel_e2e=vmm-boot,vmm-shutdown console=ttyS0"),
+            vec!["vmm-boot", "vmm-shutdown"]
+        );
+        assert!(requested_scenarios("quiet").is_empty());
+    }
+
+    #[test]
+    fn guest_report_is_parsed() {
+        assert_eq!(
+            parse_guest_report("KEEL-GUEST: up cpus=2 mem_kib=251000"),
+            Some((2, 251000))
+        );
+        assert_eq!(parse_guest_report("KEEL-GUEST: up cpus=x mem_kib=1"), None);
+    }
+}

@@ -1,0 +1,188 @@
+//! `/init` of the Linux guests that the end-to-end tests boot under keel-vmm.
+//!
+//! It reports what the guest sees (CPUs, memory) on its console, in lines starting `KEEL-GUEST:`,
+//! then acts as `keel_guest.mode=` on the kernel command line says:
+//! - `poweroff` (default): power off at once (ACPI S5, so keel-vmm exits with its power-off status);
+//! - `wait-button`: load the ACPI button driver, wait for the power button, then power off (graceful
+//!   shutdown as a real guest OS does it).
+
+use std::ffi::CString;
+use std::fs::{self, File};
+use std::io::{self, Read};
+use std::os::fd::AsRawFd;
+use std::path::Path;
+
+fn say(line: &str) {
+    println!("KEEL-GUEST: {line}");
+}
+
+fn mount(source: &str, target: &str, fstype: &str) -> io::Result<()> {
+    let _ = fs::create_dir_all(target);
+    let (source, target, fstype) = (cstr(source)?, cstr(target)?, cstr(fstype)?);
+    // SAFETY: the three pointers are valid NUL-terminated strings for the duration of the call;
+    // no data argument is passed.
+    let rc = unsafe {
+        libc::mount(
+            source.as_ptr(),
+            target.as_ptr(),
+            fstype.as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+fn cstr(s: &str) -> io::Result<CString> {
+    CString::new(s).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))
+}
+
+fn mem_total_kib() -> Option<u64> {
+    let meminfo = fs::read_to_string("/proc/meminfo").ok()?;
+    let line = meminfo.lines().find(|l| l.starts_with("MemTotal:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+fn online_cpus() -> usize {
+    // SAFETY: sysconf has no memory-safety preconditions.
+    let n = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
+    usize::try_from(n).unwrap_or(0)
+}
+
+fn mode_from_cmdline(cmdline: &str) -> &str {
+    cmdline
+        .split_whitespace()
+        .find_map(|p| p.strip_prefix("keel_guest.mode="))
+        .unwrap_or("poweroff")
+}
+
+fn load_module(path: &Path) -> io::Result<()> {
+    let file = File::open(path)?;
+    let params = cstr("")?;
+    // SAFETY: finit_module reads the module from a valid open file descriptor and a valid,
+    // NUL-terminated parameter string.
+    let rc = unsafe { libc::syscall(libc::SYS_finit_module, file.as_raw_fd(), params.as_ptr(), 0) };
+    match rc {
+        0 => Ok(()),
+        _ => match io::Error::last_os_error() {
+            e if e.raw_os_error() == Some(libc::EEXIST) => Ok(()),
+            e => Err(e),
+        },
+    }
+}
+
+/// The input device the ACPI button driver creates for the power button.
+fn find_power_button() -> Option<File> {
+    let entries = fs::read_dir("/sys/class/input").ok()?;
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if !name.starts_with("event") {
+            continue;
+        }
+        let device_name = fs::read_to_string(entry.path().join("device/name")).unwrap_or_default();
+        if device_name.contains("Power Button") {
+            return File::open(format!("/dev/input/{name}")).ok();
+        }
+    }
+    None
+}
+
+/// Blocks until a KEY_POWER press arrives on `device`.
+fn wait_for_power_key(mut device: File) -> io::Result<()> {
+    const EV_KEY: u16 = 1;
+    const KEY_POWER: u16 = 116;
+    // struct input_event on x86_64: timeval (16 bytes), type u16, code u16, value i32.
+    let mut event = [0u8; 24];
+    loop {
+        device.read_exact(&mut event)?;
+        let kind = u16::from_ne_bytes([event[16], event[17]]);
+        let code = u16::from_ne_bytes([event[18], event[19]]);
+        let value = i32::from_ne_bytes([event[20], event[21], event[22], event[23]]);
+        if kind == EV_KEY && code == KEY_POWER && value == 1 {
+            return Ok(());
+        }
+    }
+}
+
+fn wait_button() -> io::Result<()> {
+    let release = fs::read_to_string("/proc/sys/kernel/osrelease")?;
+    let modules = Path::new("/lib/modules").join(release.trim()).join("kernel");
+    load_module(&modules.join("drivers/input/evdev.ko"))?;
+    load_module(&modules.join("drivers/acpi/button.ko"))?;
+    // The driver binds asynchronously; give the input device a moment to appear.
+    let mut device = None;
+    for _ in 0..100 {
+        device = find_power_button();
+        if device.is_some() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let device = device.ok_or_else(|| io::Error::other("no power button input device"))?;
+    say("waiting for power button");
+    wait_for_power_key(device)?;
+    say("power button pressed, powering off");
+    Ok(())
+}
+
+fn power_off() -> ! {
+    // SAFETY: sync and reboot have no memory-safety preconditions; reboot does not return on
+    // success.
+    unsafe {
+        libc::sync();
+        libc::reboot(libc::RB_POWER_OFF);
+    }
+    say("power off failed");
+    loop {
+        std::thread::park();
+    }
+}
+
+fn main() {
+    for (source, target, fstype) in [
+        ("proc", "/proc", "proc"),
+        ("sysfs", "/sys", "sysfs"),
+        ("devtmpfs", "/dev", "devtmpfs"),
+    ] {
+        if let Err(e) = mount(source, target, fstype) {
+            say(&format!("mount {target} failed: {e}"));
+        }
+    }
+    let cmdline = fs::read_to_string("/proc/cmdline").unwrap_or_default();
+    say(&format!(
+        "up cpus={} mem_kib={}",
+        online_cpus(),
+        mem_total_kib().unwrap_or(0)
+    ));
+    match mode_from_cmdline(&cmdline) {
+        "wait-button" => {
+            if let Err(e) = wait_button() {
+                say(&format!("waiting for the power button failed: {e}"));
+            }
+        }
+        "poweroff" => {}
+        other => say(&format!("unknown keel_guest.mode={other}, powering off")),
+    }
+    power_off()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mode_comes_from_the_command_line() {
+        for (cmdline, mode) in [
+            ("console=ttyS0 quiet", "poweroff"),
+            ("console=ttyS0 keel_guest.mode=wait-button", "wait-button"),
+            ("keel_guest.mode=poweroff quiet", "poweroff"),
+        ] {
+            assert_eq!(mode_from_cmdline(cmdline), mode, "{cmdline}");
+        }
+    }
+}
