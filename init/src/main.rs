@@ -1,6 +1,6 @@
 //! `keel`: one static multi-call binary. argv[0] "init" is PID 1; `keel <subcommand>` otherwise.
 
-mod pid1;
+use keel_init::pid1;
 
 use std::process::ExitCode;
 
