@@ -140,7 +140,11 @@ impl Drop for Vm {
 }
 
 /// Copies lines from `source` to the console (for the test log) and to `sender`.
-fn forward_lines(source: impl Read + Send + 'static, tag: &'static str, sender: mpsc::Sender<String>) {
+fn forward_lines(
+    source: impl Read + Send + 'static,
+    tag: &'static str,
+    sender: mpsc::Sender<String>,
+) {
     std::thread::spawn(move || {
         for line in BufReader::new(source).lines().map_while(Result::ok) {
             println!("{tag}| {line}");
@@ -154,7 +158,9 @@ fn forward_lines(source: impl Read + Send + 'static, tag: &'static str, sender: 
 fn expect_status(status: ExitStatus, code: i32) -> Result<(), String> {
     match status.code() {
         Some(c) if c == code => Ok(()),
-        _ => Err(format!("keel-vmm ended with {status}, expected exit status {code}")),
+        _ => Err(format!(
+            "keel-vmm ended with {status}, expected exit status {code}"
+        )),
     }
 }
 
@@ -192,7 +198,10 @@ fn boot_and_power_off() -> Result<(), String> {
 /// button and the guest OS powers off by itself.
 fn api_and_graceful_shutdown() -> Result<(), String> {
     let mut vm = Vm::start("shutdown", 1, "wait-button")?;
-    vm.expect_line("KEEL-GUEST: waiting for power button", Duration::from_secs(90))?;
+    vm.expect_line(
+        "KEEL-GUEST: waiting for power button",
+        Duration::from_secs(90),
+    )?;
     let info = vm.api_ok("GET", "/vm")?;
     if !info.contains("\"running\"") {
         return Err(format!("GET /vm while running answered {info}"));

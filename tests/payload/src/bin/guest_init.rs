@@ -111,7 +111,9 @@ fn wait_for_power_key(mut device: File) -> io::Result<()> {
 
 fn wait_button() -> io::Result<()> {
     let release = fs::read_to_string("/proc/sys/kernel/osrelease")?;
-    let modules = Path::new("/lib/modules").join(release.trim()).join("kernel");
+    let modules = Path::new("/lib/modules")
+        .join(release.trim())
+        .join("kernel");
     load_module(&modules.join("drivers/input/evdev.ko"))?;
     load_module(&modules.join("drivers/acpi/button.ko"))?;
     // The driver binds asynchronously; give the input device a moment to appear.
