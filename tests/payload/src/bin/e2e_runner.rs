@@ -18,6 +18,9 @@ const VMM: &str = "/usr/bin/keel-vmm";
 const PAYLOAD: &str = "/usr/lib/keel-tests";
 const WORK: &str = "/run/keel-e2e";
 const GUEST_MEMORY_MIB: u64 = 256;
+/// Firecracker's published overhead figure is for 1 vCPU and 128 MiB; the benchmark uses the same.
+const BENCH_MEMORY_MIB: u64 = 128;
+const BENCH_RUNS: usize = 5;
 
 /// A running keel-vmm and the lines its guest prints on the serial console.
 struct Vm {
@@ -27,13 +30,13 @@ struct Vm {
 }
 
 impl Vm {
-    fn start(name: &str, vcpus: u8, guest_mode: &str) -> Result<Vm, String> {
+    fn start(name: &str, vcpus: u8, memory_mib: u64, guest_mode: &str) -> Result<Vm, String> {
         fs::create_dir_all(WORK).map_err(|e| format!("create {WORK}: {e}"))?;
         let config_path = Path::new(WORK).join(format!("{name}.json"));
         let api_sock = Path::new(WORK).join(format!("{name}.sock"));
         let config = serde_json::json!({
             "vcpus": vcpus,
-            "memory_mib": GUEST_MEMORY_MIB,
+            "memory_mib": memory_mib,
             "kernel": format!("{PAYLOAD}/vmlinuz"),
             "initrd": format!("{PAYLOAD}/initrd.img"),
             "cmdline": format!("console=ttyS0 quiet panic=-1 keel_guest.mode={guest_mode}"),
@@ -177,7 +180,7 @@ fn parse_guest_report(line: &str) -> Option<(u64, u64)> {
 /// keel-vmm boots Debian's kernel with 2 vCPUs; the guest sees both and the configured memory,
 /// then powers off and keel-vmm exits with the guest-power-off status.
 fn boot_and_power_off() -> Result<(), String> {
-    let mut vm = Vm::start("boot", 2, "poweroff")?;
+    let mut vm = Vm::start("boot", 2, GUEST_MEMORY_MIB, "poweroff")?;
     let report = vm.expect_line("KEEL-GUEST: up", Duration::from_secs(90))?;
     let (cpus, mem_kib) =
         parse_guest_report(&report).ok_or_else(|| format!("malformed report {report:?}"))?;
@@ -197,7 +200,7 @@ fn boot_and_power_off() -> Result<(), String> {
 /// The control API reports and pauses the VM; a graceful shutdown request presses the ACPI power
 /// button and the guest OS powers off by itself.
 fn api_and_graceful_shutdown() -> Result<(), String> {
-    let mut vm = Vm::start("shutdown", 1, "wait-button")?;
+    let mut vm = Vm::start("shutdown", 1, GUEST_MEMORY_MIB, "wait-button")?;
     vm.expect_line(
         "KEEL-GUEST: waiting for power button",
         Duration::from_secs(90),
@@ -217,11 +220,86 @@ fn api_and_graceful_shutdown() -> Result<(), String> {
     expect_status(vm.expect_exit(Duration::from_secs(30))?, 0)
 }
 
+/// Resident memory of keel-vmm beyond the guest memory the guest has touched, in KiB: the VMM's
+/// own overhead. The guest memory is the one anonymous mapping exactly `memory_mib` large.
+fn vmm_overhead_kib(pid: u32, memory_mib: u64) -> Result<(u64, u64), String> {
+    let smaps = fs::read_to_string(format!("/proc/{pid}/smaps"))
+        .map_err(|e| format!("read /proc/{pid}/smaps: {e}"))?;
+    let (total_rss, guest_rss) = overhead_from_smaps(&smaps, memory_mib * 1024);
+    let guest_rss = guest_rss.ok_or("no guest memory mapping in smaps")?;
+    Ok((total_rss.saturating_sub(guest_rss), guest_rss))
+}
+
+/// (total Rss, Rss of the mapping whose Size is `guest_kib`) from /proc/PID/smaps.
+fn overhead_from_smaps(smaps: &str, guest_kib: u64) -> (u64, Option<u64>) {
+    let kib = |line: &str, key: &str| -> Option<u64> {
+        line.strip_prefix(key)?
+            .trim()
+            .strip_suffix("kB")?
+            .trim()
+            .parse()
+            .ok()
+    };
+    let (mut total, mut guest, mut size) = (0, None, 0);
+    for line in smaps.lines() {
+        if let Some(s) = kib(line, "Size:") {
+            size = s;
+        } else if let Some(rss) = kib(line, "Rss:") {
+            total += rss;
+            if size == guest_kib && guest.is_none() {
+                guest = Some(rss);
+            }
+        }
+    }
+    (total, guest)
+}
+
+fn median(values: &mut [u64]) -> u64 {
+    values.sort_unstable();
+    values.get(values.len() / 2).copied().unwrap_or(0)
+}
+
+/// Boot time (VMM start to the guest's /init, from the boot timer) and the VMM's memory overhead
+/// with 1 vCPU and 128 MiB, over several runs; prints `E2E BENCH` lines with medians.
+fn benchmark() -> Result<(), String> {
+    let (mut boot_us, mut overhead_kib) = (Vec::new(), Vec::new());
+    for run in 0..BENCH_RUNS {
+        let mut vm = Vm::start(&format!("bench{run}"), 1, BENCH_MEMORY_MIB, "wait-button")?;
+        let line = vm.expect_line("boot time:", Duration::from_secs(90))?;
+        let us = line
+            .split_whitespace()
+            .skip_while(|w| *w != "time:")
+            .nth(1)
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| format!("malformed boot timer line {line:?}"))?;
+        boot_us.push(us);
+        vm.expect_line(
+            "KEEL-GUEST: waiting for power button",
+            Duration::from_secs(60),
+        )?;
+        let (overhead, guest) = vmm_overhead_kib(vm.child.id(), BENCH_MEMORY_MIB)?;
+        println!("bench run {run}: boot {us} us, VMM overhead {overhead} KiB (guest touched {guest} KiB)");
+        overhead_kib.push(overhead);
+        vm.api_ok("PUT", "/vm/power-off")?;
+        expect_status(vm.expect_exit(Duration::from_secs(30))?, 6)?;
+    }
+    println!(
+        "E2E BENCH vmm-boot-to-init median_us={} runs={BENCH_RUNS}",
+        median(&mut boot_us)
+    );
+    println!(
+        "E2E BENCH vmm-memory-overhead median_kib={} vcpus=1 memory_mib={BENCH_MEMORY_MIB}",
+        median(&mut overhead_kib)
+    );
+    Ok(())
+}
+
 type Scenario = fn() -> Result<(), String>;
 
 const SCENARIOS: &[(&str, Scenario)] = &[
     ("vmm-boot", boot_and_power_off),
     ("vmm-shutdown", api_and_graceful_shutdown),
+    ("vmm-bench", benchmark),
 ];
 
 fn requested_scenarios(cmdline: &str) -> Vec<&str> {
@@ -261,6 +339,16 @@ mod tests {
             vec!["vmm-boot", "vmm-shutdown"]
         );
         assert!(requested_scenarios("quiet").is_empty());
+    }
+
+    #[test]
+    fn overhead_is_rss_outside_the_guest_mapping() {
+        let smaps = "7f00-7f10 rw-p 0 00:00 0\nSize: 131072 kB\nRss: 20000 kB\n\
+                     5500-5600 r-xp 0 00:01 7 /usr/bin/keel-vmm\nSize: 1000 kB\nRss: 900 kB\n\
+                     7ff0-7ff1 rw-p 0 00:00 0 [stack]\nSize: 132 kB\nRss: 12 kB\n";
+        assert_eq!(overhead_from_smaps(smaps, 131072), (20912, Some(20000)));
+        assert_eq!(overhead_from_smaps(smaps, 4), (20912, None));
+        assert_eq!(median(&mut [5, 1, 3]), 3);
     }
 
     #[test]
