@@ -1,4 +1,5 @@
 //! Keel's host userspace: PID 1 (`pid1`), and the services the multi-call `keel` binary runs.
 //! A library so every part is reachable from its tests and from the one binary.
 
+pub mod agent;
 pub mod pid1;

@@ -1,0 +1,217 @@
+//! The manager's side of the agent API: a pinned HTTPS client and the adoption conversation.
+//! keelctl builds on this.
+
+use super::api;
+use super::ca::{CaError, ClientCert, ManagerCa, Validity};
+use super::fingerprint::Fingerprint;
+use super::http::{self, HttpError, Limits, Response};
+use super::tls::{pin_mismatch, pinned_client_config, PinMismatch, TlsError};
+use rustls::pki_types::ServerName;
+use rustls::{ClientConfig, ClientConnection, StreamOwned};
+use serde::{de::DeserializeOwned, Serialize};
+use std::io;
+use std::net::{SocketAddr, TcpStream};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+/// Why a call to a host failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// Cannot connect to {0}: {1}
+    #[error("Cannot connect to {0}: {1}")]
+    Connect(SocketAddr, io::Error),
+    #[error(transparent)]
+    Pin(PinMismatch),
+    /// TLS with {0} failed: {1}
+    #[error("TLS with {0} failed: {1}")]
+    Tls(SocketAddr, rustls::Error),
+    /// Exchange with {0} failed: {1}
+    #[error("Exchange with {0} failed: {1}")]
+    Http(SocketAddr, HttpError),
+    /// The host answered {status}: {message}
+    #[error("The host answered {status}: {message}")]
+    Status { status: u16, message: String },
+    /// The host's answer is not the expected JSON: {0}
+    #[error("The host's answer is not the expected JSON: {0}")]
+    Decode(serde_json::Error),
+    /// Cannot encode the request: {0}
+    #[error("Cannot encode the request: {0}")]
+    Encode(serde_json::Error),
+    #[error(transparent)]
+    Config(#[from] TlsError),
+    #[error(transparent)]
+    Ca(#[from] CaError),
+}
+
+/// A connection recipe for one host.
+#[derive(Debug, Clone)]
+pub struct HostClient {
+    addr: SocketAddr,
+    pin: Fingerprint,
+    config: Arc<ClientConfig>,
+    timeout: Duration,
+}
+
+impl HostClient {
+    /// Talks to the host at `addr` whose key fingerprint is `pin`, presenting `client_cert`.
+    pub fn new(
+        addr: SocketAddr,
+        pin: Fingerprint,
+        client_cert: Option<&ClientCert>,
+    ) -> Result<Self, ClientError> {
+        let auth = client_cert.map(ClientCert::tls_auth).transpose()?;
+        let config = pinned_client_config(pin, auth)?;
+        Ok(Self::with_config(addr, pin, config))
+    }
+
+    /// As `new`, with a TLS configuration of the caller's (for example one verifying the host
+    /// certificate against the manager CA instead of the pin).
+    pub fn with_config(addr: SocketAddr, pin: Fingerprint, config: Arc<ClientConfig>) -> Self {
+        Self {
+            addr,
+            pin,
+            config,
+            timeout: Duration::from_secs(10),
+        }
+    }
+
+    /// Sends one request and returns whatever the host answered.
+    pub fn request<B: Serialize>(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&B>,
+    ) -> Result<Response, ClientError> {
+        let body = body
+            .map(serde_json::to_vec)
+            .transpose()
+            .map_err(ClientError::Encode)?;
+        self.exchange(|stream| {
+            let host = self.addr.to_string();
+            http::write_request(stream, method, path, &host, body.as_deref())
+        })
+    }
+
+    /// Connects, lets `send` write the request, reads the response.
+    pub fn exchange(
+        &self,
+        send: impl FnOnce(&mut StreamOwned<ClientConnection, TcpStream>) -> io::Result<()>,
+    ) -> Result<Response, ClientError> {
+        let addr = self.addr;
+        let tcp = TcpStream::connect_timeout(&addr, self.timeout)
+            .map_err(|e| ClientError::Connect(addr, e))?;
+        tcp.set_read_timeout(Some(self.timeout))
+            .and_then(|()| tcp.set_write_timeout(Some(self.timeout)))
+            .map_err(|e| ClientError::Connect(addr, e))?;
+        let name = ServerName::IpAddress(addr.ip().into());
+        let conn = ClientConnection::new(Arc::clone(&self.config), name)
+            .map_err(|e| ClientError::Tls(addr, e))?;
+        let mut stream = StreamOwned::new(conn, tcp);
+        send(&mut stream).map_err(|e| self.io_error(e))?;
+        http::read_response(&mut stream, &Limits::default()).map_err(|e| match e {
+            HttpError::Io(e) => self.io_error(e),
+            e => ClientError::Http(addr, e),
+        })
+    }
+
+    /// Turns rustls errors carried in I/O errors back into TLS errors, the pin mismatch first.
+    fn io_error(&self, e: io::Error) -> ClientError {
+        let tls = e
+            .get_ref()
+            .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+            .cloned();
+        match tls {
+            Some(tls) => match pin_mismatch(&tls) {
+                Some(mismatch) => ClientError::Pin(mismatch),
+                None => ClientError::Tls(self.addr, tls),
+            },
+            None => ClientError::Http(self.addr, HttpError::Io(e)),
+        }
+    }
+
+    /// Sends one request and decodes a 200 answer as `T`; any other status is an error carrying
+    /// the host's message.
+    pub fn call<B: Serialize, T: DeserializeOwned>(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&B>,
+    ) -> Result<T, ClientError> {
+        let response = self.request(method, path, body)?;
+        if response.status != 200 {
+            let message = response
+                .json_body::<http::ErrorBody>()
+                .map(|b| b.error)
+                .unwrap_or_else(|_| String::from_utf8_lossy(&response.body).into_owned());
+            return Err(ClientError::Status {
+                status: response.status,
+                message,
+            });
+        }
+        response.json_body().map_err(ClientError::Decode)
+    }
+
+    /// `GET /v1/health`.
+    pub fn health(&self) -> Result<api::HealthResponse, ClientError> {
+        self.call::<(), _>("GET", api::HEALTH, None)
+    }
+
+    /// Adopts the host: sends the token and the CA, checks the CSR is for the pinned key, signs
+    /// it for `days` days and completes.
+    pub fn adopt(
+        &self,
+        token: &str,
+        ca: &ManagerCa,
+        days: u32,
+    ) -> Result<api::CompleteResponse, ClientError> {
+        let begin = api::AdoptRequest {
+            token: token.to_string(),
+            manager_ca_pem: ca.cert_pem(),
+        };
+        let answer: api::AdoptResponse = self.call("POST", api::ADOPT, Some(&begin))?;
+        let validity = Validity::days_from(SystemTime::now(), days);
+        let certificate_pem = ca.sign_host_csr(&answer.csr_pem, self.pin, validity)?;
+        let complete = api::CompleteRequest {
+            session_id: answer.session_id,
+            certificate_pem,
+            chain_pem: Vec::new(),
+        };
+        self.call("POST", api::ADOPT_COMPLETE, Some(&complete))
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    //! Failure paths that need no agent; the conversation itself is tested in `e2e_tests`.
+
+    use super::*;
+    use std::net::{Ipv4Addr, TcpListener};
+
+    #[test]
+    fn refused_connection_names_the_address() {
+        // Bind then drop, so the port is very likely closed.
+        let addr = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let client = HostClient::new(addr, Fingerprint::of_spki(b""), None).unwrap();
+        let err = client.health().unwrap_err();
+        assert!(matches!(err, ClientError::Connect(..)), "{err}");
+        assert!(err.to_string().contains(&addr.to_string()), "{err}");
+    }
+
+    #[test]
+    fn a_non_tls_server_is_a_tls_error() {
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = std::thread::spawn(move || {
+            let (mut tcp, _) = listener.accept().unwrap();
+            let _ = io::Write::write_all(&mut tcp, b"HTTP/1.1 200 OK\r\n\r\nplain");
+        });
+        let client = HostClient::new(addr, Fingerprint::of_spki(b""), None).unwrap();
+        let err = client.health().unwrap_err();
+        server.join().unwrap();
+        assert!(matches!(err, ClientError::Tls(..)), "{err}");
+    }
+}

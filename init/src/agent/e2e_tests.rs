@@ -1,0 +1,306 @@
+//! The agent and a manager in one process, over real TLS on loopback TCP.
+
+#![allow(clippy::unwrap_used)]
+
+use super::api::{self, AdoptionPhase};
+use super::atomic::testdir::TestDir;
+use super::ca::{ClientCert, ManagerCa, Validity};
+use super::client::{ClientError, HostClient};
+use super::clock::ManualClock;
+use super::fingerprint::Fingerprint;
+use super::http::{self, Response};
+use super::server::{Agent, AgentConfig, Server};
+use super::tls::provider;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::CertificateDer;
+use rustls::{ClientConfig, RootCertStore};
+use std::io::Write;
+use std::net::{Ipv4Addr, TcpListener};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+const TOKEN: &str = "preset-token-0123456789";
+
+struct Host {
+    _dir: TestDir,
+    agent: Arc<Agent>,
+    server: Server,
+    clock: Arc<ManualClock>,
+}
+
+fn start_in(dir: TestDir) -> Host {
+    let mut config = AgentConfig::new(dir.path().join("state"), vec!["127.0.0.1".into()]);
+    config.preset_token = Some(TOKEN.into());
+    config.token_ttl = Some(Duration::from_secs(3600));
+    let clock = Arc::new(ManualClock::new());
+    let agent = Agent::open(config, clock.clone()).unwrap();
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+    let server = agent.spawn(listener).unwrap();
+    Host {
+        _dir: dir,
+        agent,
+        server,
+        clock,
+    }
+}
+
+fn start(tag: &str) -> Host {
+    start_in(TestDir::new(tag))
+}
+
+fn manager(name: &str) -> (ManagerCa, ClientCert) {
+    let validity = Validity::days_from(SystemTime::now(), 30);
+    let ca = ManagerCa::generate(name, validity).unwrap();
+    let cert = ca.issue_client_cert("keelctl", validity).unwrap();
+    (ca, cert)
+}
+
+impl Host {
+    fn client(&self, cert: Option<&ClientCert>) -> HostClient {
+        HostClient::new(self.server.local_addr(), self.agent.fingerprint(), cert).unwrap()
+    }
+
+    fn status(
+        &self,
+        cert: Option<&ClientCert>,
+        method: &str,
+        path: &str,
+    ) -> Result<u16, ClientError> {
+        self.client(cert)
+            .request::<()>(method, path, None)
+            .map(|r| r.status)
+    }
+
+    fn adopt_raw(&self, token: &str, ca: &ManagerCa) -> Response {
+        let body = api::AdoptRequest {
+            token: token.into(),
+            manager_ca_pem: ca.cert_pem(),
+        };
+        self.client(None)
+            .request("POST", api::ADOPT, Some(&body))
+            .unwrap()
+    }
+}
+
+fn status_of(result: Result<api::CompleteResponse, ClientError>) -> u16 {
+    match result {
+        Err(ClientError::Status { status, .. }) => status,
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
+#[test]
+fn full_adoption_round_trip() {
+    let host = start("e2e-adopt");
+    let (ca, cert) = manager("manager");
+    let anonymous = host.client(None);
+    assert_eq!(
+        anonymous.health().unwrap().adoption,
+        AdoptionPhase::NotAdopted
+    );
+
+    let done = anonymous.adopt(TOKEN, &ca, 30).unwrap();
+    assert_eq!(done.fingerprint, host.agent.fingerprint());
+    assert_eq!(host.agent.phase(), AdoptionPhase::Adopted);
+    assert_eq!(host.agent.token(), None);
+    assert_eq!(anonymous.health().unwrap().adoption, AdoptionPhase::Adopted);
+
+    let info: api::HostInfo = host
+        .client(Some(&cert))
+        .call::<(), _>("GET", api::HOST, None)
+        .unwrap();
+    assert_eq!(info.fingerprint, host.agent.fingerprint());
+
+    // The host now serves the manager-signed certificate: a client that trusts only the
+    // manager CA, checking the name as any TLS client does, gets through.
+    let mut roots = RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_slice(ca.cert_pem().as_bytes()).unwrap())
+        .unwrap();
+    let (chain, key) = cert.tls_auth().unwrap();
+    let config = ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key)
+        .unwrap();
+    let by_ca = HostClient::with_config(
+        host.server.local_addr(),
+        host.agent.fingerprint(),
+        Arc::new(config),
+    );
+    assert_eq!(by_ca.health().unwrap().adoption, AdoptionPhase::Adopted);
+
+    // And it still is after a restart from the state directory.
+    let Host {
+        _dir,
+        agent,
+        server,
+        ..
+    } = host;
+    drop(server);
+    drop(agent);
+    let again = start_in(_dir);
+    assert_eq!(again.agent.phase(), AdoptionPhase::Adopted);
+    assert_eq!(again.agent.fingerprint(), done.fingerprint);
+    assert_eq!(again.status(Some(&cert), "GET", api::HOST).unwrap(), 200);
+    assert_eq!(again.status(None, "GET", api::HOST).unwrap(), 403);
+}
+
+#[test]
+fn fingerprint_mismatch_is_refused_showing_both() {
+    let host = start("e2e-pin");
+    let wrong = Fingerprint::of_spki(b"not the host key");
+    let client = HostClient::new(host.server.local_addr(), wrong, None).unwrap();
+    let err = client.health().unwrap_err();
+    let ClientError::Pin(mismatch) = &err else {
+        panic!("expected a pin mismatch, got {err:?}");
+    };
+    assert_eq!(mismatch.expected, wrong);
+    assert_eq!(mismatch.actual, host.agent.fingerprint());
+    let text = err.to_string();
+    assert!(text.contains(&wrong.to_string()), "{text}");
+    assert!(
+        text.contains(&host.agent.fingerprint().to_string()),
+        "{text}"
+    );
+    // Nothing was adopted through it either.
+    let (ca, _) = manager("manager");
+    assert!(matches!(
+        client.adopt(TOKEN, &ca, 1),
+        Err(ClientError::Pin(_))
+    ));
+    assert_eq!(host.agent.phase(), AdoptionPhase::NotAdopted);
+}
+
+#[test]
+fn wrong_and_expired_tokens_are_refused_and_rate_limited() {
+    let host = start("e2e-token");
+    let (ca, _) = manager("manager");
+    for _ in 0..5 {
+        let r = host.adopt_raw("wrong-token-0123456789", &ca);
+        assert_eq!(r.status, 401);
+        let body: http::ErrorBody = r.json_body().unwrap();
+        assert_eq!(body.error, "The adoption token is wrong");
+    }
+    // Locked out, even with the right token, until the bucket refills.
+    let r = host.adopt_raw(TOKEN, &ca);
+    assert_eq!(r.status, 429);
+    assert_eq!(r.header("retry-after"), Some("10"));
+    host.clock.advance(Duration::from_secs(10));
+    assert_eq!(host.adopt_raw("wrong-token-0123456789", &ca).status, 401);
+    assert_eq!(host.adopt_raw(TOKEN, &ca).status, 429);
+
+    // Past the token's lifetime the right token is refused as expired.
+    host.clock.advance(Duration::from_secs(3600));
+    let r = host.adopt_raw(TOKEN, &ca);
+    assert_eq!(r.status, 401);
+    let body: http::ErrorBody = r.json_body().unwrap();
+    assert!(body.error.contains("expired"), "{}", body.error);
+    assert_eq!(host.agent.phase(), AdoptionPhase::NotAdopted);
+}
+
+#[test]
+fn second_adoption_is_refused_until_release() {
+    let host = start("e2e-second");
+    let (ca, cert) = manager("first");
+    let (other_ca, other_cert) = manager("second");
+    host.client(None).adopt(TOKEN, &ca, 30).unwrap();
+
+    // The spent token adopts nothing more, for the same manager or another.
+    assert_eq!(status_of(host.client(None).adopt(TOKEN, &ca, 30)), 409);
+    assert_eq!(
+        status_of(host.client(None).adopt(TOKEN, &other_ca, 30)),
+        409
+    );
+    // Only the manager may release.
+    assert_eq!(host.status(None, "POST", api::RELEASE).unwrap(), 403);
+    assert!(host
+        .status(Some(&other_cert), "POST", api::RELEASE)
+        .is_err());
+
+    let released: api::ReleaseResponse = host
+        .client(Some(&cert))
+        .call::<(), _>("POST", api::RELEASE, None)
+        .unwrap();
+    assert_eq!(released.adoption, AdoptionPhase::NotAdopted);
+    assert_eq!(
+        host.client(None).health().unwrap().adoption,
+        AdoptionPhase::NotAdopted
+    );
+    // The old manager's certificate opens nothing now.
+    assert_eq!(host.status(Some(&cert), "GET", api::HOST).unwrap(), 403);
+
+    // The old token is dead; the new one (from the console) adopts for another manager.
+    assert_eq!(
+        status_of(host.client(None).adopt(TOKEN, &other_ca, 30)),
+        401
+    );
+    let fresh = host.agent.token().unwrap();
+    assert_ne!(fresh, TOKEN);
+    host.client(None).adopt(&fresh, &other_ca, 30).unwrap();
+    assert_eq!(
+        host.status(Some(&other_cert), "GET", api::HOST).unwrap(),
+        200
+    );
+    assert!(host.status(Some(&cert), "GET", api::HOST).is_err());
+}
+
+#[test]
+fn protected_routes_need_the_managers_certificate() {
+    let host = start("e2e-protected");
+    let (ca, cert) = manager("manager");
+    // Before adoption nobody is the manager.
+    assert_eq!(host.status(None, "GET", api::HOST).unwrap(), 403);
+    host.client(None).adopt(TOKEN, &ca, 30).unwrap();
+
+    let self_signed = {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::default();
+        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+        ClientCert {
+            cert_pem: params.self_signed(&key).unwrap().pem(),
+            key_pem: key.serialize_pem(),
+        }
+    };
+    let (_, foreign) = manager("another manager");
+
+    assert_eq!(host.status(None, "GET", api::HOST).unwrap(), 403);
+    for (name, bad) in [("self-signed", &self_signed), ("other CA", &foreign)] {
+        match host.status(Some(bad), "GET", api::HOST) {
+            Err(ClientError::Tls(_, e)) => {
+                assert!(e.to_string().contains("alert"), "{name}: {e}");
+            }
+            other => panic!("{name}: expected the handshake to be refused, got {other:?}"),
+        }
+    }
+    assert_eq!(host.status(None, "GET", api::HEALTH).unwrap(), 200);
+    assert_eq!(host.status(Some(&cert), "GET", api::HOST).unwrap(), 200);
+}
+
+#[test]
+fn malformed_requests_over_tls_get_json_errors() {
+    let host = start("e2e-malformed");
+    let client = host.client(None);
+    let cases: [(&[u8], u16); 4] = [
+        (b"GET /v1/health HTTP/1.1\r\nbad header\r\n\r\n", 400),
+        (
+            b"POST /v1/adopt HTTP/1.1\r\nContent-Length: 999999\r\n\r\n",
+            413,
+        ),
+        (b"GET /v1/nothing HTTP/1.1\r\n\r\n", 404),
+        (b"DELETE /v1/health HTTP/1.1\r\n\r\n", 405),
+    ];
+    for (raw, want) in cases {
+        let response = client
+            .exchange(|stream| stream.write_all(raw).and_then(|()| stream.flush()))
+            .unwrap();
+        assert_eq!(response.status, want, "{}", String::from_utf8_lossy(raw));
+        let body: http::ErrorBody = response.json_body().unwrap();
+        assert!(!body.error.is_empty());
+    }
+    // A client that connects and says nothing is let go after the I/O timeout, and the agent
+    // keeps serving others meanwhile.
+    let _idle = std::net::TcpStream::connect(host.server.local_addr()).unwrap();
+    assert_eq!(client.health().unwrap().adoption, AdoptionPhase::NotAdopted);
+}

@@ -1,0 +1,27 @@
+//! The host agent: the host's identity, its adoption by a manager, and the mutual-TLS API the
+//! manager drives it through.
+//!
+//! A host is born with an ECDSA P-256 key and a self-signed certificate (`identity`). A manager
+//! that knows the host's key fingerprint (shown on the console) and its one-time adoption token
+//! (`token`) connects over TLS pinning that fingerprint (`tls`), and runs the two-step adoption
+//! (`adoption`, messages in `api`): the host answers a CSR for its existing key, the manager's CA
+//! (`ca`) signs it, and from then on the host serves the manager-signed certificate and only
+//! accepts client certificates from that CA (`server`). `client` is the manager side of the
+//! conversation; `http` is a small HTTP/1.1 layer with no agent types in it.
+
+pub mod adoption;
+pub mod api;
+pub mod atomic;
+pub mod ca;
+pub mod client;
+pub mod clock;
+pub mod fingerprint;
+pub mod http;
+pub mod identity;
+pub mod ratelimit;
+pub mod server;
+pub mod tls;
+pub mod token;
+
+#[cfg(test)]
+mod e2e_tests;

@@ -1,0 +1,312 @@
+//! TLS configurations for both ends of the agent's API, all on rustls with *ring*.
+//!
+//! Host, before adoption: the self-signed certificate, no client authentication (only the
+//! unauthenticated routes answer). Host, after adoption: the manager-signed certificate, and
+//! client certificates verified against the pinned manager CA — optional at the TLS layer so that
+//! health checks still work, required by the route layer for everything else.
+//!
+//! Manager: trusts no CA for the host; it pins the host's public-key fingerprint instead, and
+//! still checks the handshake signature, which proves the host holds that key.
+
+use super::fingerprint::Fingerprint;
+use super::identity::HostIdentity;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::verify_server_cert_signed_by_trust_anchor;
+use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::server::{ParsedCertificate, WebPkiClientVerifier};
+use rustls::{
+    CertificateError, ClientConfig, DigitallySignedStruct, OtherError, RootCertStore, ServerConfig,
+    SignatureScheme,
+};
+use std::sync::Arc;
+
+/// Why a configuration could not be built or a certificate was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// Cannot build the TLS configuration: {0}
+    #[error("Cannot build the TLS configuration: {0}")]
+    Config(#[from] rustls::Error),
+    /// Cannot build the client certificate verifier: {0}
+    #[error("Cannot build the client certificate verifier: {0}")]
+    Verifier(#[from] rustls::server::VerifierBuilderError),
+    /// {0} is not PEM holding exactly one CERTIFICATE (found {1})
+    #[error("{0} is not PEM holding exactly one CERTIFICATE (found {1})")]
+    Pem(&'static str, String),
+    /// The manager CA certificate is unusable: {0}
+    #[error("The manager CA certificate is unusable: {0}")]
+    BadCa(rustls::Error),
+    /// The certificate is not valid under the manager CA: {0}
+    #[error("The certificate is not valid under the manager CA: {0}")]
+    Untrusted(rustls::Error),
+}
+
+/// The host presented a key other than the pinned one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+/// Host key fingerprint mismatch: expected {expected}, the host presented {actual}
+#[error("Host key fingerprint mismatch: expected {expected}, the host presented {actual}")]
+pub struct PinMismatch {
+    pub expected: Fingerprint,
+    pub actual: Fingerprint,
+}
+
+/// The one crypto provider used everywhere (never the process default, which may be unset).
+pub fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// Parses PEM holding exactly one certificate; `what` names it in the error.
+pub fn parse_cert_pem(what: &'static str, pem: &str) -> Result<CertificateDer<'static>, TlsError> {
+    let certs: Vec<_> = CertificateDer::pem_slice_iter(pem.as_bytes()).collect();
+    match <[_; 1]>::try_from(certs) {
+        Ok([Ok(cert)]) => Ok(cert),
+        Ok([Err(e)]) => Err(TlsError::Pem(what, e.to_string())),
+        Err(certs) => Err(TlsError::Pem(what, format!("{} certificates", certs.len()))),
+    }
+}
+
+/// A trust store holding only `ca`.
+fn roots(ca: &CertificateDer<'_>) -> Result<Arc<RootCertStore>, TlsError> {
+    let mut roots = RootCertStore::empty();
+    roots
+        .add(ca.clone().into_owned())
+        .map_err(TlsError::BadCa)?;
+    Ok(Arc::new(roots))
+}
+
+/// Checks that the CA certificate can anchor a chain.
+pub fn check_ca(ca: &CertificateDer<'_>) -> Result<(), TlsError> {
+    roots(ca).map(drop)
+}
+
+/// Checks that `leaf` (with `intermediates`, nearest first) is a server certificate valid at
+/// `now` under `ca`.
+pub fn verify_host_cert(
+    leaf: &CertificateDer<'_>,
+    intermediates: &[CertificateDer<'_>],
+    ca: &CertificateDer<'_>,
+    now: UnixTime,
+) -> Result<(), TlsError> {
+    let parsed = ParsedCertificate::try_from(leaf).map_err(TlsError::Untrusted)?;
+    let algs = provider().signature_verification_algorithms.all;
+    verify_server_cert_signed_by_trust_anchor(&parsed, &*roots(ca)?, intermediates, now, algs)
+        .map_err(TlsError::Untrusted)
+}
+
+/// The host's configuration before adoption.
+pub fn unadopted_server_config(identity: &HostIdentity) -> Result<Arc<ServerConfig>, TlsError> {
+    let config = ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![identity.self_signed_cert().clone()],
+            identity.private_key_der(),
+        )?;
+    Ok(Arc::new(config))
+}
+
+/// The host's configuration after adoption: `chain` is the manager-signed certificate and its
+/// intermediates, `ca` the pinned manager CA.
+pub fn adopted_server_config(
+    identity: &HostIdentity,
+    chain: Vec<CertificateDer<'static>>,
+    ca: &CertificateDer<'_>,
+) -> Result<Arc<ServerConfig>, TlsError> {
+    let provider = provider();
+    let verifier = WebPkiClientVerifier::builder_with_provider(roots(ca)?, provider.clone())
+        .allow_unauthenticated()
+        .build()?;
+    let config = ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain, identity.private_key_der())?;
+    Ok(Arc::new(config))
+}
+
+/// The manager's configuration for talking to the host whose key fingerprint is `pin`,
+/// presenting `client_auth` (certificate chain and key) when given.
+pub fn pinned_client_config(
+    pin: Fingerprint,
+    client_auth: Option<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)>,
+) -> Result<Arc<ClientConfig>, TlsError> {
+    let provider = provider();
+    let verifier = Arc::new(PinnedHostVerifier {
+        pin,
+        algs: provider.signature_verification_algorithms,
+    });
+    let builder = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier);
+    let config = match client_auth {
+        Some((chain, key)) => builder.with_client_auth_cert(chain, key)?,
+        None => builder.with_no_client_auth(),
+    };
+    Ok(Arc::new(config))
+}
+
+/// Accepts exactly the host key whose fingerprint is pinned, whatever names or issuer its
+/// certificate has.
+#[derive(Debug)]
+pub struct PinnedHostVerifier {
+    pin: Fingerprint,
+    algs: WebPkiSupportedAlgorithms,
+}
+
+impl ServerCertVerifier for PinnedHostVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let actual = Fingerprint::of_cert(end_entity)
+            .map_err(|_| rustls::Error::InvalidCertificate(CertificateError::BadEncoding))?;
+        if actual != self.pin {
+            let mismatch = PinMismatch {
+                expected: self.pin,
+                actual,
+            };
+            return Err(rustls::Error::InvalidCertificate(CertificateError::Other(
+                OtherError(Arc::new(mismatch)),
+            )));
+        }
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algs)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algs)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.algs.supported_schemes()
+    }
+}
+
+/// The pin mismatch inside a TLS error, if that is what it is.
+pub fn pin_mismatch(error: &rustls::Error) -> Option<PinMismatch> {
+    match error {
+        rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(e))) => {
+            e.downcast_ref::<PinMismatch>().copied()
+        }
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::super::atomic::testdir::TestDir;
+    use super::super::ca::{ManagerCa, Validity};
+    use super::*;
+    use std::time::{Duration, SystemTime};
+
+    fn now() -> UnixTime {
+        UnixTime::now()
+    }
+
+    #[test]
+    fn pem_parsing_wants_exactly_one_certificate() {
+        let ca = ManagerCa::generate("m", Validity::days_from(SystemTime::now(), 1)).unwrap();
+        let one = ca.cert_pem();
+        assert!(parse_cert_pem("x", &one).is_ok());
+        let cases = [
+            (String::new(), "found 0 certificates"),
+            (format!("{one}{one}"), "found 2 certificates"),
+            (
+                "-----BEGIN CERTIFICATE-----\n!!\n-----END CERTIFICATE-----\n".to_string(),
+                "found",
+            ),
+        ];
+        for (pem, want) in cases {
+            let err = parse_cert_pem("the CA", &pem).unwrap_err().to_string();
+            assert!(err.starts_with("the CA is not PEM"), "{err}");
+            assert!(err.contains(want), "{err}");
+        }
+    }
+
+    #[test]
+    fn host_cert_verification() {
+        let dir = TestDir::new("tls-verify");
+        let host = HostIdentity::load_or_create(dir.path(), &["h".to_string()]).unwrap();
+        let validity = Validity::days_from(SystemTime::now(), 30);
+        let ca = ManagerCa::generate("manager", validity).unwrap();
+        let other = ManagerCa::generate("other", validity).unwrap();
+        let csr = host.csr_pem(&["h".to_string()]).unwrap();
+        let signed = ca
+            .sign_host_csr(&csr, host.fingerprint(), validity)
+            .unwrap();
+        let leaf = parse_cert_pem("leaf", &signed).unwrap();
+        let ca_der = parse_cert_pem("ca", &ca.cert_pem()).unwrap();
+        let other_der = parse_cert_pem("ca", &other.cert_pem()).unwrap();
+
+        assert!(verify_host_cert(&leaf, &[], &ca_der, now()).is_ok());
+        assert!(matches!(
+            verify_host_cert(&leaf, &[], &other_der, now()),
+            Err(TlsError::Untrusted(_))
+        ));
+        let in_a_year = UnixTime::since_unix_epoch(
+            Duration::from_secs(now().as_secs()) + Duration::from_secs(365 * 86400),
+        );
+        let err = verify_host_cert(&leaf, &[], &ca_der, in_a_year).unwrap_err();
+        assert!(err.to_string().contains("expired"), "{err}");
+        // A client certificate is not a server certificate.
+        let client = ca.issue_client_cert("admin", validity).unwrap();
+        let client_der = parse_cert_pem("client", &client.cert_pem).unwrap();
+        assert!(verify_host_cert(&client_der, &[], &ca_der, now()).is_err());
+        // A self-signed host certificate is not under any manager CA.
+        assert!(verify_host_cert(host.self_signed_cert(), &[], &ca_der, now()).is_err());
+    }
+
+    #[test]
+    fn pin_mismatch_is_recognised() {
+        let e = PinMismatch {
+            expected: Fingerprint::of_spki(b"a"),
+            actual: Fingerprint::of_spki(b"b"),
+        };
+        let wrapped =
+            rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(Arc::new(e))));
+        assert_eq!(pin_mismatch(&wrapped), Some(e));
+        assert_eq!(pin_mismatch(&rustls::Error::DecryptError), None);
+        let text = e.to_string();
+        assert!(text.contains(&e.expected.to_string()) && text.contains(&e.actual.to_string()));
+    }
+
+    #[test]
+    fn configurations_build() {
+        let dir = TestDir::new("tls-configs");
+        let host = HostIdentity::load_or_create(dir.path(), &["h".to_string()]).unwrap();
+        assert!(unadopted_server_config(&host).is_ok());
+        let validity = Validity::days_from(SystemTime::now(), 30);
+        let ca = ManagerCa::generate("manager", validity).unwrap();
+        let signed = ca
+            .sign_host_csr(&host.csr_pem(&[]).unwrap(), host.fingerprint(), validity)
+            .unwrap();
+        let chain = vec![parse_cert_pem("leaf", &signed).unwrap()];
+        let ca_der = parse_cert_pem("ca", &ca.cert_pem()).unwrap();
+        assert!(adopted_server_config(&host, chain, &ca_der).is_ok());
+        // A chain for another key is refused rather than served.
+        let other = TestDir::new("tls-configs-other");
+        let stranger = HostIdentity::load_or_create(other.path(), &[]).unwrap();
+        let foreign = vec![stranger.self_signed_cert().clone()];
+        assert!(adopted_server_config(&host, foreign, &ca_der).is_err());
+        assert!(pinned_client_config(host.fingerprint(), None).is_ok());
+    }
+}
