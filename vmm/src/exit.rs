@@ -21,6 +21,22 @@ pub enum ExitReason {
 }
 
 impl ExitReason {
+    /// Every reason, in exit-code order.
+    pub const ALL: [ExitReason; 7] = [
+        ExitReason::GuestPowerOff,
+        ExitReason::VmmError,
+        ExitReason::BadConfig,
+        ExitReason::GuestReboot,
+        ExitReason::TripleFault,
+        ExitReason::KvmError,
+        ExitReason::HostPowerOff,
+    ];
+
+    /// The reason whose exit status is `code`, if any.
+    pub fn from_code(code: u8) -> Option<ExitReason> {
+        Self::ALL.into_iter().find(|r| r.code() == code)
+    }
+
     /// The process exit status for this reason.
     pub fn code(self) -> u8 {
         match self {
@@ -41,18 +57,19 @@ mod tests {
 
     #[test]
     fn exit_codes_are_distinct() {
-        let all = [
-            ExitReason::GuestPowerOff,
-            ExitReason::VmmError,
-            ExitReason::BadConfig,
-            ExitReason::GuestReboot,
-            ExitReason::TripleFault,
-            ExitReason::KvmError,
-            ExitReason::HostPowerOff,
-        ];
+        let all = ExitReason::ALL;
         let mut codes: Vec<u8> = all.iter().map(|r| r.code()).collect();
         codes.sort_unstable();
         codes.dedup();
         assert_eq!(codes.len(), all.len());
+    }
+
+    #[test]
+    fn codes_map_back_to_their_reason() {
+        for reason in ExitReason::ALL {
+            assert_eq!(ExitReason::from_code(reason.code()), Some(reason));
+        }
+        assert_eq!(ExitReason::from_code(7), None);
+        assert_eq!(ExitReason::from_code(u8::MAX), None);
     }
 }

@@ -275,8 +275,10 @@ fn pause_parks_the_vcpu_and_resume_continues() {
     let running = guest.run_in_background();
     guest.wait_for("the guest to count", || guest.counter() > 0);
 
+    assert!(guest.handle.resume().is_err(), "resume of a running VM");
     guest.handle.pause().unwrap();
     assert_eq!(guest.handle.info().state, VmState::Paused);
+    assert!(guest.handle.pause().is_err(), "second pause");
     let paused_at = guest.counter();
     thread::sleep(Duration::from_millis(50));
     assert_eq!(guest.counter(), paused_at, "guest ran while paused");

@@ -19,17 +19,6 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::exit::ExitReason;
 
-/// Every exit reason, to turn the stored code back into the enum.
-const EXIT_REASONS: [ExitReason; 7] = [
-    ExitReason::GuestPowerOff,
-    ExitReason::VmmError,
-    ExitReason::BadConfig,
-    ExitReason::GuestReboot,
-    ExitReason::TripleFault,
-    ExitReason::KvmError,
-    ExitReason::HostPowerOff,
-];
-
 /// No exit requested yet (not an `ExitReason::code()`).
 const NO_EXIT: u8 = u8::MAX;
 
@@ -67,7 +56,7 @@ impl ExitRequest {
     /// The reason requested first, if any.
     pub fn reason(&self) -> Option<ExitReason> {
         let code = self.reason.load(Ordering::Acquire);
-        EXIT_REASONS.into_iter().find(|r| r.code() == code)
+        ExitReason::from_code(code)
     }
 
     /// Becomes readable once an exit was requested.
@@ -126,7 +115,7 @@ mod tests {
 
     #[test]
     fn every_exit_reason_round_trips() {
-        for reason in EXIT_REASONS {
+        for reason in ExitReason::ALL {
             let req = ExitRequest::new().unwrap();
             req.request(reason);
             assert_eq!(req.reason(), Some(reason));

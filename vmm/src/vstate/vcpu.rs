@@ -396,10 +396,11 @@ impl Vcpus {
     pub fn pause(&self) -> Result<(), String> {
         {
             let mut state = self.control.lock();
-            if state.desired == RunState::Exiting {
-                return Err("the VM is shutting down".to_owned());
+            match state.desired {
+                RunState::Exiting => return Err("the VM is shutting down".to_owned()),
+                RunState::Paused => return Err("the VM is already paused".to_owned()),
+                RunState::Running => state.desired = RunState::Paused,
             }
-            state.desired = RunState::Paused;
         }
         self.kick_all();
         let deadline = Instant::now() + PAUSE_TIMEOUT;
@@ -425,10 +426,11 @@ impl Vcpus {
     /// Lets paused vCPUs run again.
     pub fn resume(&self) -> Result<(), String> {
         let mut state = self.control.lock();
-        if state.desired == RunState::Exiting {
-            return Err("the VM is shutting down".to_owned());
+        match state.desired {
+            RunState::Exiting => return Err("the VM is shutting down".to_owned()),
+            RunState::Running => return Err("the VM is not paused".to_owned()),
+            RunState::Paused => state.desired = RunState::Running,
         }
-        state.desired = RunState::Running;
         self.control.changed.notify_all();
         Ok(())
     }
