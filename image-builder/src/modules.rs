@@ -6,6 +6,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::path::{Path, PathBuf};
 
+use keel_kmod::{alias_entry, dep_entries, glob_match, module_name, GlobStyle};
+
 use crate::tree::{Tree, TreeError};
 
 /// Errors selecting modules.
@@ -64,36 +66,6 @@ pub fn parse_names(names: &str) -> Vec<Pattern> {
     parse_list(&names.replace(',', "\n"))
 }
 
-/// A module's name as the kernel knows it: file name without `.ko`, `-` spelled `_`.
-pub fn module_name(path: &str) -> String {
-    let file = path.rsplit('/').next().unwrap_or(path);
-    let stem = file.split(".ko").next().unwrap_or(file);
-    stem.replace('-', "_")
-}
-
-/// Shell-style matching: `*` within a path component, `**` across components, `?` one char.
-pub fn glob_match(pattern: &[u8], text: &[u8]) -> bool {
-    match pattern.split_first() {
-        None => text.is_empty(),
-        Some((b'*', rest)) => {
-            let (crosses, rest) = match rest.split_first() {
-                Some((b'*', after)) => (true, after),
-                _ => (false, rest),
-            };
-            (0..=text.len()).any(|split| {
-                let (skipped, remaining) = text.split_at(split);
-                (crosses || !skipped.contains(&b'/')) && glob_match(rest, remaining)
-            })
-        }
-        Some((b'?', rest)) => text
-            .split_first()
-            .is_some_and(|(c, after)| *c != b'/' && glob_match(rest, after)),
-        Some((want, rest)) => text
-            .split_first()
-            .is_some_and(|(c, after)| c == want && glob_match(rest, after)),
-    }
-}
-
 /// The module index of one kernel: `modules.dep`, `modules.alias`, `modules.builtin`.
 #[derive(Clone, Debug, Default)]
 pub struct ModuleIndex {
@@ -138,25 +110,21 @@ impl ModuleIndex {
             builtin_text: builtin.to_string(),
             ..Default::default()
         };
-        for (number, line) in dep.lines().enumerate() {
-            if line.trim().is_empty() {
-                continue;
-            }
-            let (module, needs) = line
-                .split_once(':')
-                .ok_or_else(|| (number + 1, line.to_string()))?;
-            let needs = needs.split_whitespace().map(str::to_string).collect();
-            index.deps.insert(module.to_string(), needs);
-            index.dep_lines.push((module.to_string(), line.to_string()));
+        for entry in dep_entries(dep) {
+            let entry = entry.map_err(|bad| (bad.number, bad.text))?;
+            let needs = entry.needs.iter().map(|need| need.to_string()).collect();
+            index.deps.insert(entry.path.to_string(), needs);
+            index
+                .dep_lines
+                .push((entry.path.to_string(), entry.line.to_string()));
         }
         index.alias_lines = alias
             .lines()
             .map(|line| {
-                let target = match line.split_whitespace().collect::<Vec<_>>()[..] {
-                    ["alias", _, module] => Some(module.to_string()),
-                    _ => None,
-                };
-                (target, line.to_string())
+                (
+                    alias_entry(line).map(|(_, module)| module),
+                    line.to_string(),
+                )
             })
             .collect();
         Ok(index)
@@ -172,10 +140,10 @@ impl ModuleIndex {
         for pattern in patterns {
             let matches = |path: &str| {
                 if pattern.is_path() {
-                    glob_match(pattern.text.as_bytes(), path.as_bytes())
+                    glob_match(&pattern.text, path, GlobStyle::Path)
                 } else {
                     let name = pattern.text.replace('-', "_");
-                    glob_match(name.as_bytes(), module_name(path).as_bytes())
+                    glob_match(&name, &module_name(path), GlobStyle::Path)
                 }
             };
             chosen.extend(self.deps.keys().filter(|p| matches(p)).cloned());
@@ -300,45 +268,6 @@ alias cpu:type:x86,ven*fam*mod*:feature:*0085* kvm_amd
 
     fn names(set: &BTreeSet<String>) -> Vec<String> {
         set.iter().map(|p| module_name(p)).collect()
-    }
-
-    #[test]
-    fn globs() {
-        let cases = [
-            ("kernel/drivers/net/**", "kernel/drivers/net/a/b/c.ko", true),
-            ("kernel/drivers/net/*", "kernel/drivers/net/a/b.ko", false),
-            (
-                "kernel/drivers/net/*/b.ko",
-                "kernel/drivers/net/a/b.ko",
-                true,
-            ),
-            ("nft_*", "nft_ct", true),
-            ("nft_*", "nf_tables", false),
-            ("e1000?", "e1000e", true),
-            ("e1000?", "e1000", false),
-            ("kvm", "kvm_amd", false),
-            ("a?c", "a/c", false),
-        ];
-        for (pattern, text, want) in cases {
-            assert_eq!(
-                glob_match(pattern.as_bytes(), text.as_bytes()),
-                want,
-                "{pattern} {text}"
-            );
-        }
-    }
-
-    #[test]
-    fn module_names_normalise() {
-        let cases = [
-            ("kernel/drivers/md/dm-mod.ko", "dm_mod"),
-            ("kernel/fs/ext4/ext4.ko", "ext4"),
-            ("kernel/fs/ext4/ext4.ko.xz", "ext4"),
-            ("8021q.ko", "8021q"),
-        ];
-        for (path, want) in cases {
-            assert_eq!(module_name(path), want);
-        }
     }
 
     #[test]

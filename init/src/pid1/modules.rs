@@ -7,6 +7,8 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
+use keel_kmod::{alias_entry, dep_entries, glob_match, module_name, GlobStyle};
+
 #[derive(Debug, thiserror::Error)]
 pub enum ModuleError {
     /// Cannot read {0}: {1}
@@ -18,85 +20,6 @@ pub enum ModuleError {
     /// Module {0} is not listed in modules.dep
     #[error("module {0} is not listed in modules.dep")]
     Unknown(String),
-}
-
-/// Matches one `[...]` class at the start of `p` against `c`: `Some((matched, length))`, or
-/// `None` if the class is not terminated (then '[' is an ordinary character).
-fn class(p: &[u8], c: u8) -> Option<(bool, usize)> {
-    let mut i = 1;
-    let negate = matches!(p.get(i), Some(b'!' | b'^'));
-    if negate {
-        i += 1;
-    }
-    let mut matched = false;
-    let mut first = true;
-    loop {
-        let lo = *p.get(i)?;
-        if lo == b']' && !first {
-            return Some((matched != negate, i + 1));
-        }
-        first = false;
-        match (p.get(i + 1), p.get(i + 2)) {
-            (Some(b'-'), Some(&hi)) if hi != b']' => {
-                matched |= lo <= c && c <= hi;
-                i += 3;
-            }
-            _ => {
-                matched |= lo == c;
-                i += 1;
-            }
-        }
-    }
-}
-
-/// If the single (non-'*') pattern element at `p[pi..]` matches `c`, the index after it.
-fn step(p: &[u8], pi: usize, c: u8) -> Option<usize> {
-    match p.get(pi)? {
-        b'?' => Some(pi + 1),
-        b'[' => match class(&p[pi..], c) {
-            Some((true, len)) => Some(pi + len),
-            Some((false, _)) => None,
-            None => (c == b'[').then_some(pi + 1),
-        },
-        b'\\' if pi + 1 < p.len() => (p[pi + 1] == c).then_some(pi + 2),
-        &lit => (lit == c).then_some(pi + 1),
-    }
-}
-
-/// fnmatch(3)-style glob matching as used in modules.alias: `*`, `?`, `[a-z]`, `[!x]`, `\x`.
-pub fn glob_match(pattern: &str, text: &str) -> bool {
-    let (p, t) = (pattern.as_bytes(), text.as_bytes());
-    let (mut pi, mut ti) = (0, 0);
-    // Where to resume after the last '*': (pattern index after it, text index it absorbed up to).
-    let mut star: Option<(usize, usize)> = None;
-    while ti < t.len() {
-        if p.get(pi) == Some(&b'*') {
-            pi += 1;
-            star = Some((pi, ti));
-            continue;
-        }
-        if let Some(next) = step(p, pi, t[ti]) {
-            pi = next;
-            ti += 1;
-            continue;
-        }
-        match star {
-            Some((sp, st)) => {
-                star = Some((sp, st + 1));
-                pi = sp;
-                ti = st + 1;
-            }
-            None => return false,
-        }
-    }
-    p[pi..].iter().all(|&c| c == b'*')
-}
-
-/// A module's name from its path: `kernel/arch/x86/kvm/kvm-amd.ko` → `kvm_amd`.
-pub fn module_name(path: &str) -> String {
-    let base = path.rsplit('/').next().unwrap_or(path);
-    let stem = base.find(".ko").map_or(base, |i| &base[..i]);
-    stem.replace('-', "_")
 }
 
 /// modules.alias and modules.dep of one kernel release.
@@ -113,26 +36,15 @@ impl ModuleIndex {
     pub fn parse(alias_text: &str, dep_text: &str) -> Self {
         let aliases = alias_text
             .lines()
-            .filter_map(|line| {
-                let mut f = line.split_whitespace();
-                match (f.next(), f.next(), f.next()) {
-                    (Some("alias"), Some(glob), Some(module)) => {
-                        Some((glob.to_string(), module.replace('-', "_")))
-                    }
-                    _ => None,
-                }
-            })
+            .filter_map(alias_entry)
+            .map(|(glob, module)| (glob.to_string(), module))
             .collect();
-        let deps = dep_text
-            .lines()
-            .filter_map(|line| {
-                let (path, rest) = line.split_once(':')?;
-                let path = path.trim();
-                if path.is_empty() {
-                    return None;
-                }
-                let list = rest.split_whitespace().map(String::from).collect();
-                Some((module_name(path), (path.to_string(), list)))
+        // Malformed lines are skipped: PID 1 loads what it can rather than nothing.
+        let deps = dep_entries(dep_text)
+            .flatten()
+            .map(|entry| {
+                let needs = entry.needs.iter().map(|need| need.to_string()).collect();
+                (module_name(entry.path), (entry.path.to_string(), needs))
             })
             .collect();
         ModuleIndex { aliases, deps }
@@ -151,7 +63,7 @@ impl ModuleIndex {
     pub fn modules_for(&self, modalias: &str) -> Vec<&str> {
         let mut out: Vec<&str> = Vec::new();
         for (glob, module) in &self.aliases {
-            if !out.contains(&module.as_str()) && glob_match(glob, modalias) {
+            if !out.contains(&module.as_str()) && glob_match(glob, modalias, GlobStyle::Plain) {
                 out.push(module);
             }
         }
@@ -300,75 +212,6 @@ impl Loader {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn globs() {
-        let cases = [
-            ("abc", "abc", true),
-            ("abc", "abd", false),
-            ("a*", "a", true),
-            ("a*c", "abbbc", true),
-            ("a*c", "abbbd", false),
-            ("*", "", true),
-            ("", "", true),
-            ("", "a", false),
-            ("a?c", "abc", true),
-            ("a?c", "ac", false),
-            ("[abc]x", "bx", true),
-            ("[abc]x", "dx", false),
-            ("[a-f]", "e", true),
-            ("[a-f]", "g", false),
-            ("[!a-f]", "g", true),
-            ("[^a-f]", "a", false),
-            ("[]]", "]", true),
-            ("[a-]", "-", true),
-            ("[abc", "[abc", true),
-            ("\\*", "*", true),
-            ("\\*", "x", false),
-            ("*a*b*c*", "xxaxxbxxcxx", true),
-            ("*a*b*c*", "xxaxxcxxbxx", false),
-            (
-                "pci:v00008086d00001099sv*sd*bc*sc*i*",
-                "pci:v00008086d00001099sv00008086sd00000001bc02sc00i00",
-                true,
-            ),
-            (
-                "pci:v00008086d00001099sv*sd*bc*sc*i*",
-                "pci:v00008086d0000109Asv00008086sd00000001bc02sc00i00",
-                false,
-            ),
-            (
-                "cpu:type:x86,ven*fam*mod*:feature:*00C2*",
-                "cpu:type:x86,ven0002fam0017mod0001:feature:,0000,0001,00C2,00E0",
-                true,
-            ),
-            ("acpi*:LNXPWRBN:*", "acpi:LNXPWRBN:", true),
-            ("acpi*:PNP0C0C:*", "acpi:LNXPWRBN:", false),
-            (
-                "input:b*v*p*e*-e*k*r*a*m*l*s*f*w*",
-                "input:b0019v0000p0001e0000-e0,1,k74,ramlsfw",
-                true,
-            ),
-            ("virtio:d00000001v*", "virtio:d00000001v00001AF4", true),
-            ("virtio:d00000001v*", "virtio:d00000002v00001AF4", false),
-        ];
-        for (pattern, text, want) in cases {
-            assert_eq!(glob_match(pattern, text), want, "{pattern:?} vs {text:?}");
-        }
-    }
-
-    #[test]
-    fn names_from_paths() {
-        let cases = [
-            ("kernel/arch/x86/kvm/kvm-amd.ko", "kvm_amd"),
-            ("kernel/drivers/block/loop.ko", "loop"),
-            ("kernel/fs/squashfs/squashfs.ko.xz", "squashfs"),
-            ("evdev.ko", "evdev"),
-        ];
-        for (path, want) in cases {
-            assert_eq!(module_name(path), want);
-        }
-    }
 
     const ALIAS: &str = "# Aliases extracted from modules themselves.\n\
         alias cpu:type:x86,ven*fam*mod*:feature:*00C2* kvm_amd\n\
