@@ -1,0 +1,5 @@
+//! Host networking: the typed configuration, its layers, validation, the plan that turns the
+//! running state into the desired one, and rtnetlink to apply it.
+
+pub mod model;
+pub mod validate;
