@@ -3,4 +3,5 @@
 
 pub mod layers;
 pub mod model;
+pub mod plan;
 pub mod validate;
