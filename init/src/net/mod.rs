@@ -3,5 +3,8 @@
 
 pub mod layers;
 pub mod model;
+pub mod netlink;
 pub mod plan;
+#[cfg(test)]
+mod testns;
 pub mod validate;
