@@ -1,6 +1,7 @@
 //! Host networking: the typed configuration, its layers, validation, the plan that turns the
 //! running state into the desired one, and rtnetlink to apply it.
 
+pub mod dhcp;
 pub mod layers;
 pub mod model;
 pub mod netlink;
