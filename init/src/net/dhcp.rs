@@ -400,9 +400,12 @@ impl Client {
     }
 }
 
+/// Option code and data.
+type Options = Vec<(u8, Vec<u8>)>;
+
 /// The options of a DHCP message, in order (later duplicates are appended, per RFC 3396).
-fn options(packet: &[u8]) -> Vec<(u8, Vec<u8>)> {
-    let mut out: Vec<(u8, Vec<u8>)> = Vec::new();
+fn options(packet: &[u8]) -> Options {
+    let mut out: Options = Vec::new();
     let mut rest = packet.get(BOOTP_LEN + 4..).unwrap_or(&[]);
     while let Some((&code, tail)) = rest.split_first() {
         match code {
@@ -531,7 +534,7 @@ pub(crate) fn server_reply(kind: u8, xid: u32, mac: &[u8; 6], lease: &Lease) -> 
 
 /// The message type and transaction id of a client message (for tests and the test server).
 #[cfg(test)]
-pub(crate) fn client_message(packet: &[u8]) -> Option<(u8, u32, Vec<(u8, Vec<u8>)>)> {
+pub(crate) fn client_message(packet: &[u8]) -> Option<(u8, u32, Options)> {
     (packet.len() > BOOTP_LEN + 4 && packet[0] == 1).then_some(())?;
     let opts = options(packet);
     let kind = opts
@@ -569,7 +572,7 @@ mod tests {
         }
     }
 
-    fn sent(actions: &[Action]) -> Vec<(u8, u32, &'static str, Vec<(u8, Vec<u8>)>)> {
+    fn sent(actions: &[Action]) -> Vec<(u8, u32, &'static str, Options)> {
         actions
             .iter()
             .filter_map(|a| match a {
