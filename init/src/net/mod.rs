@@ -2,6 +2,7 @@
 //! running state into the desired one, and rtnetlink to apply it.
 
 pub mod dhcp;
+pub mod keeper;
 pub mod layers;
 pub mod model;
 pub mod netlink;
