@@ -7,6 +7,7 @@ pub mod layers;
 pub mod model;
 pub mod netlink;
 pub mod plan;
+pub mod safe;
 #[cfg(test)]
 mod testns;
 pub mod validate;
