@@ -8,6 +8,7 @@ pub mod model;
 pub mod netlink;
 pub mod plan;
 pub mod safe;
+pub mod store;
 #[cfg(test)]
 mod testns;
 pub mod validate;
