@@ -45,7 +45,7 @@ const REQUEST_TRIES: u32 = 4;
 const MIN_RENEW_RETRY_MS: u64 = 60_000;
 
 /// A granted lease.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Lease {
     pub address: Ipv4Addr,
     pub prefix: u8,

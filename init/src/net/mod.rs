@@ -4,6 +4,7 @@
 pub mod dhcp;
 pub mod keeper;
 pub mod layers;
+pub mod manager;
 pub mod model;
 pub mod netlink;
 pub mod plan;

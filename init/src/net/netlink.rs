@@ -14,6 +14,7 @@ const NLMSG_DONE: u16 = 3;
 const NLM_F_REQUEST: u16 = 0x1;
 const NLM_F_ACK: u16 = 0x4;
 const NLM_F_DUMP: u16 = 0x300;
+const NLM_F_REPLACE: u16 = 0x100;
 const NLM_F_EXCL: u16 = 0x200;
 const NLM_F_CREATE: u16 = 0x400;
 
@@ -464,7 +465,8 @@ impl Netlink {
     ) -> Result<(), NetlinkError> {
         let index = self.index(name)?;
         let (kind, flags) = if add {
-            (RTM_NEWROUTE, NLM_F_CREATE | NLM_F_EXCL)
+            // Replaces a default route of the same metric: idempotent.
+            (RTM_NEWROUTE, NLM_F_CREATE | NLM_F_REPLACE)
         } else {
             (RTM_DELROUTE, 0)
         };

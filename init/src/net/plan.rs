@@ -450,13 +450,27 @@ pub fn plan(
             });
         }
     }
+    // Deleting an address can take the routes through it along: re-add those (idempotently).
+    let deleted_addrs: Vec<(String, bool)> = ops
+        .iter()
+        .filter_map(|op| match op {
+            Op::DelAddr { name, addr } => Some((name.clone(), addr.addr.is_ipv4())),
+            _ => None,
+        })
+        .collect();
+    let readdressed = |name: &str, gateway: &IpAddr| {
+        deleted_addrs
+            .iter()
+            .any(|(n, v4)| n == name && *v4 == gateway.is_ipv4())
+    };
     for (name, gateway) in wanted_routes {
-        let present = state.routes.iter().any(|r| {
-            r.protocol == PROTO_STATIC
-                && r.gateway == gateway
-                && state.name_of(r.oif) == Some(name.as_str())
-                && exists(&name)
-        });
+        let present = !readdressed(&name, &gateway)
+            && state.routes.iter().any(|r| {
+                r.protocol == PROTO_STATIC
+                    && r.gateway == gateway
+                    && state.name_of(r.oif) == Some(name.as_str())
+                    && exists(&name)
+            });
         if !present {
             ops.push(Op::AddDefaultRoute { name, gateway });
         }

@@ -1,4 +1,4 @@
-//! Test support: runs a test body in a private user and network namespace, where it may create
+//! Test support: runs a test body in a private user, network and UTS namespace, where it may create
 //! links against the real kernel without privileges and without touching the machine's network.
 //!
 //! A process can only enter a new user namespace while single-threaded, and the test harness is
@@ -38,7 +38,7 @@ pub fn run_isolated(name: &str, body: impl FnOnce()) {
     // write, close) on data prepared before the fork; no allocation happens there.
     unsafe {
         command.pre_exec(move || {
-            if libc::unshare(libc::CLONE_NEWUSER | libc::CLONE_NEWNET) != 0 {
+            if libc::unshare(libc::CLONE_NEWUSER | libc::CLONE_NEWNET | libc::CLONE_NEWUTS) != 0 {
                 return Err(std::io::Error::last_os_error());
             }
             for (path, text) in &files {

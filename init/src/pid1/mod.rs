@@ -102,7 +102,7 @@ impl Sink for ConsoleSink {
     }
 }
 
-fn set_hostname(name: &str) {
+pub(crate) fn set_hostname(name: &str) {
     // SAFETY: the pointer and length describe name's bytes.
     if unsafe { libc::sethostname(name.as_ptr().cast(), name.len()) } != 0 {
         log(&format!(
