@@ -57,6 +57,9 @@ pub enum NetError {
     /// Applying failed ({0}); the previous configuration was restored
     #[error("applying failed ({0}); the previous configuration was restored")]
     RolledBack(String),
+    /// {0}
+    #[error("{0}")]
+    Remote(String),
     /// Host networking is not running: {0}
     #[error("host networking is not running: {0}")]
     NotRunning(String),
@@ -639,6 +642,7 @@ fn nics_with_link(nl: &mut Netlink) -> Result<Vec<Nic>, NetError> {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use crate::net::control::{self, Request};
     use crate::net::testns;
 
     /// The whole manager against the real kernel in a private namespace: boot with a static
@@ -821,6 +825,31 @@ mod tests {
                     std::thread::sleep(Duration::from_millis(200));
                 }
                 assert_eq!(store.load().unwrap().unwrap(), keep);
+
+                // The same manager through the control socket, as the agent and the console reach it.
+                let sock = dir.join("net.sock");
+                control::serve(m.clone(), &sock).unwrap();
+                let status: Status =
+                    serde_json::from_value(control::call(&sock, &Request::Status {}).unwrap())
+                        .unwrap();
+                assert_eq!(status.saved, keep);
+                let err = control::call(&sock, &Request::Confirm {})
+                    .unwrap_err()
+                    .to_string();
+                assert_eq!(err, "no change is waiting for confirmation");
+                let err = control::call(
+                    &sock,
+                    &Request::Apply {
+                        change: bad,
+                        options: ApplyOptions::default(),
+                    },
+                )
+                .unwrap_err();
+                assert!(
+                    err.to_string()
+                        .contains("interfaces[keelbr0].ipv4.address: 192.0.2.300/24"),
+                    "{err}"
+                );
                 let _ = std::fs::remove_dir_all(&dir);
             },
         );
