@@ -145,6 +145,10 @@ pub struct Status {
 /// Where console lines go.
 pub type Log = Arc<dyn Fn(&str) + Send + Sync>;
 
+/// Makes the kernel able to create links of these kinds (`bridge`, `bond`, `vlan`): PID 1 loads
+/// their modules, as the kernel's own request for them would call a modprobe Keel does not have.
+pub type KindLoader = Arc<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
+
 /// What the DHCP keepers update: leases and the resolver configuration they feed.
 struct Dynamic {
     leases: BTreeMap<String, Lease>,
@@ -197,6 +201,7 @@ struct Pending {
 }
 
 struct Inner {
+    load_kind: Option<KindLoader>,
     lower: NetConfig,
     saved: NetConfig,
     running: NetConfig,
@@ -238,6 +243,7 @@ impl Manager {
         store: Store,
         resolv: PathBuf,
         log: Log,
+        load_kind: Option<KindLoader>,
     ) -> Result<Manager, NetError> {
         let (net, warnings) = layers::parse_cmdline(cmdline);
         warnings.iter().for_each(|w| log(w));
@@ -258,6 +264,7 @@ impl Manager {
         };
         let manager = Manager {
             inner: Arc::new(Mutex::new(Inner {
+                load_kind,
                 lower,
                 saved: NetConfig::default(),
                 running: NetConfig::default(),
@@ -307,6 +314,22 @@ impl Manager {
     /// Makes the running configuration `desired`: stops keepers that no longer apply, carries out
     /// the plan, starts keepers, sets the host name and the resolver.
     fn execute(&self, inner: &mut Inner, desired: &NetConfig) -> Result<Vec<Op>, NetError> {
+        if let Some(load) = &inner.load_kind {
+            let mut kinds: Vec<&str> = desired
+                .interfaces()
+                .iter()
+                .filter_map(|i| i.kind.link_kind())
+                .collect();
+            kinds.sort_unstable();
+            kinds.dedup();
+            for kind in kinds {
+                if let Err(e) = load(kind) {
+                    self.log(&format!(
+                        "keel: network: cannot load the {kind} driver: {e}"
+                    ));
+                }
+            }
+        }
         let mut nl = Netlink::open()?;
         let state = nl.state()?;
         let ops = plan(&state, Some(&inner.running), desired)?;
@@ -671,6 +694,7 @@ mod tests {
                 store.clone(),
                 dir.join("resolv.conf"),
                 log,
+                None,
             )
             .unwrap();
                 let status = m.status().unwrap();

@@ -35,14 +35,43 @@ use manager::Manager;
 /// The manager, in the process that runs it (PID 1).
 static LOCAL: OnceLock<Manager> = OnceLock::new();
 
+/// The kernel module behind a link kind, and its parameters (no default bond0 from bonding).
+fn kind_module(kind: &str) -> Option<(&'static str, &'static std::ffi::CStr)> {
+    match kind {
+        "bridge" => Some(("bridge", c"")),
+        "vlan" => Some(("8021q", c"")),
+        "bond" => Some(("bonding", c"max_bonds=0")),
+        _ => None,
+    }
+}
+
 /// PID 1, at boot: brings the network up from the layers and serves the control socket.
-pub fn boot(cmdline: &str, log: Log) -> Result<(), NetError> {
+/// `modules` is PID 1's module loader (for the bridge, 8021q and bonding drivers).
+pub fn boot(
+    cmdline: &str,
+    log: Log,
+    modules: Option<crate::pid1::modules::Loader>,
+) -> Result<(), NetError> {
     let store = store::Store::new(Path::new(store::STATE_DIR));
+    let loader = modules.map(|l| {
+        let loader = std::sync::Mutex::new(l);
+        let load: manager::KindLoader = std::sync::Arc::new(move |kind: &str| {
+            let Some((module, params)) = kind_module(kind) else {
+                return Ok(());
+            };
+            let mut l = loader
+                .lock()
+                .map_err(|_| String::from("module loader poisoned"))?;
+            l.load_with(module, params).map_err(|e| e.to_string())
+        });
+        load
+    });
     let manager = Manager::boot(
         cmdline,
         store,
         PathBuf::from(store::RESOLV_CONF),
         log.clone(),
+        loader,
     )?;
     if let Err(e) = control::serve(manager.clone(), Path::new(control::SOCKET)) {
         log(&format!(
