@@ -25,6 +25,8 @@ use super::validate::{validate, Invalid};
 pub const DEFAULT_CONFIRM: Duration = Duration::from_secs(60);
 /// How long boot waits for a NIC to report link before picking one.
 const CARRIER_WAIT: Duration = Duration::from_secs(3);
+/// How long boot's check of a static gateway waits for an answer.
+const GATEWAY_CHECK: Duration = Duration::from_secs(10);
 /// Per-probe timeout when a change's confirmation window ends.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
 /// What the status says without a persistent state partition.
@@ -301,6 +303,20 @@ impl Manager {
             manager.execute(&mut inner, &desired)?;
             if !inner.store.persistent() {
                 manager.log(&format!("keel: network: {NOT_PERSISTENT}"));
+            }
+            // A static gateway is checked once, so the console tells a wrong address at once.
+            if let Some(Some(IpAddr::V4(gw))) = manager.gateway_to_probe(&desired) {
+                let me = manager.clone();
+                let _ = std::thread::Builder::new()
+                    .name("net-gateway".into())
+                    .spawn(move || {
+                        let answer = match super::safe::ping(gw, GATEWAY_CHECK) {
+                            Ok(true) => "answers",
+                            Ok(false) => "does not answer",
+                            Err(_) => "cannot be probed",
+                        };
+                        me.log(&format!("keel: network: gateway {gw} {answer}"));
+                    });
             }
         }
         Ok(manager)
