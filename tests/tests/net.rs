@@ -2,7 +2,8 @@
 //! handing out 10.0.2.15/24, DNS 10.0.2.3):
 //! - the defaults: the management bridge keelbr0 over the NIC with link gets its DHCP lease;
 //! - a static `ip=` in dracut syntax on a bridge over an active-backup bond of two NICs (the
-//!   bridge, bonding drivers loaded on demand), with the gateway answering through it.
+//!   bridge, bonding drivers loaded on demand), with the gateway answering through it, and the
+//!   bond failing over to the second NIC when the first one's link is cut.
 
 use std::time::Duration;
 
@@ -62,6 +63,12 @@ fn static_ip_on_a_bonded_bridge() -> Result<(), Error> {
         TIMEOUT,
     )?;
     vm.wait_for_line("keel: network: gateway 10.0.2.2 answers", TIMEOUT)?;
+    // eth0 is enslaved first and so active; cutting its link fails over to eth1 (miimon).
+    vm.qmp()?.set_link("net0", false)?;
+    vm.wait_for_line(
+        "bond0: (slave eth1): making interface the new active one",
+        Duration::from_secs(30),
+    )?;
     assert!(
         !vm.lines().iter().any(|l| l.text.contains("via dhcp")),
         "DHCP ran on a static configuration; see {}",

@@ -249,6 +249,14 @@ fn run(interface: &str, hostname: Option<String>, stop: &AtomicBool, report: &Re
         ^ std::process::id();
     let mut client = Client::new(mac, hostname, seed);
     let mut buf = vec![0u8; 2048];
+    // The same error every retransmission (a link without carrier) is reported once.
+    let mut last_error = String::new();
+    let mut report_error = |e: String| {
+        if e != last_error {
+            report(interface, Event::Error(e.clone()));
+            last_error = e;
+        }
+    };
     while !stop.load(Ordering::Relaxed) {
         let mut actions = client.poll(now());
         let wait = Duration::from_millis(client.deadline().saturating_sub(now())).min(TICK);
@@ -259,11 +267,11 @@ fn run(interface: &str, hostname: Option<String>, stop: &AtomicBool, report: &Re
                 }
             }
             Ok(None) => {}
-            Err(e) => report(interface, Event::Error(format!("receive: {e}"))),
+            Err(e) => report_error(format!("receive: {e}")),
         }
         for action in actions {
             if let Err(e) = perform(&mut nl, &socket, interface, &action, report) {
-                report(interface, Event::Error(e));
+                report_error(e);
             }
         }
     }
