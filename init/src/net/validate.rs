@@ -62,7 +62,9 @@ pub fn netmask_prefix(mask: Ipv4Addr) -> Option<u8> {
 
 /// True if `a` and `b` are in the same IPv4 network of length `prefix`.
 pub fn same_subnet4(a: Ipv4Addr, b: Ipv4Addr, prefix: u8) -> bool {
-    let mask = u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0);
+    let mask = u32::MAX
+        .checked_shl(32u32.saturating_sub(u32::from(prefix)))
+        .unwrap_or(0);
     u32::from(a) & mask == u32::from(b) & mask
 }
 
