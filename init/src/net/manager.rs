@@ -250,7 +250,7 @@ impl Manager {
         let (net, warnings) = layers::parse_cmdline(cmdline);
         warnings.iter().for_each(|w| log(w));
         let mut nl = Netlink::open()?;
-        let nics = nics_with_link(&mut nl)?;
+        let (nics, raised) = nics_with_link(&mut nl)?;
         let lower = layers::merge(
             &layers::defaults(&nics),
             &layers::cmdline_layer(&net, &nics),
@@ -301,6 +301,10 @@ impl Manager {
                 }
             };
             manager.execute(&mut inner, &desired)?;
+            // NICs raised only to look for link and not configured go back down.
+            for name in raised.iter().filter(|n| desired.interface(n).is_none()) {
+                let _ = nl.apply(&Op::SetDown { name: name.clone() });
+            }
             if !inner.store.persistent() {
                 manager.log(&format!("keel: network: {NOT_PERSISTENT}"));
             }
@@ -652,12 +656,20 @@ impl Manager {
 }
 
 /// Brings every NIC up and waits briefly for link, so the defaults can pick one that has it.
-fn nics_with_link(nl: &mut Netlink) -> Result<Vec<Nic>, NetError> {
+/// Returns the NICs and the names of those it brought up (IPv6 off, so none autoconfigures).
+fn nics_with_link(nl: &mut Netlink) -> Result<(Vec<Nic>, Vec<String>), NetError> {
     let state = nl.state()?;
+    let mut raised = Vec::new();
     for nic in state.nics().filter(|l| !l.up) {
-        let _ = nl.apply(&Op::SetUp {
-            name: nic.name.clone(),
+        let name = nic.name.clone();
+        let _ = nl.apply(&Op::Ipv6 {
+            name: name.clone(),
+            enabled: false,
+            slaac: false,
         });
+        if nl.apply(&Op::SetUp { name: name.clone() }).is_ok() {
+            raised.push(name);
+        }
     }
     let deadline = Instant::now() + CARRIER_WAIT;
     let mut state: State = nl.state()?;
@@ -668,13 +680,14 @@ fn nics_with_link(nl: &mut Netlink) -> Result<Vec<Nic>, NetError> {
         std::thread::sleep(Duration::from_millis(100));
         state = nl.state()?;
     }
-    Ok(state
+    let nics = state
         .nics()
         .map(|l| Nic {
             name: l.name.clone(),
             carrier: l.carrier,
         })
-        .collect())
+        .collect();
+    Ok((nics, raised))
 }
 
 #[cfg(test)]
@@ -697,6 +710,7 @@ mod tests {
                 let _ = std::fs::remove_dir_all(&dir);
                 let mut nl = Netlink::open().unwrap();
                 testns::veth("eth0", "gw0");
+                testns::veth("spare0", "spare1");
                 nl.apply(&Op::SetUp { name: "gw0".into() }).unwrap();
                 nl.apply(&Op::SetUp { name: "lo".into() }).unwrap();
                 nl.address(true, "gw0", "192.0.2.1/24".parse::<NetLike>().unwrap().0)
@@ -728,6 +742,8 @@ mod tests {
                 );
                 assert_eq!(status.gateways, ["192.0.2.1 dev keelbr0"]);
                 assert_eq!(status.note.as_deref(), Some(NOT_PERSISTENT));
+                // Raised to look for link, not configured: down again.
+                assert!(!status.links.iter().find(|l| l.name == "spare0").unwrap().up);
                 assert!(std::fs::read_to_string(dir.join("resolv.conf"))
                     .unwrap()
                     .contains("nameserver 192.0.2.53\n"));

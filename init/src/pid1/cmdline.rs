@@ -19,7 +19,7 @@ pub struct KeelParams {
     pub join_token: Option<String>,
     /// `keel.debug` / `keel.debug=1`: verbose boot messages.
     pub debug: bool,
-    /// `keel.ip=`: static network configuration, handed verbatim to the network setup.
+    /// `keel.ip=`: network configuration in dracut's `ip=` syntax, read by `net::layers`.
     pub ip: Option<String>,
 }
 
