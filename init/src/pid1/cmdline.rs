@@ -19,7 +19,7 @@ pub struct KeelParams {
     pub join_token: Option<String>,
     /// `keel.debug` / `keel.debug=1`: verbose boot messages.
     pub debug: bool,
-    /// `keel.ip=`: static network configuration, handed verbatim to the network setup.
+    /// `keel.ip=`: network configuration in dracut's `ip=` syntax, read by `net::layers`.
     pub ip: Option<String>,
 }
 
@@ -142,6 +142,10 @@ pub fn parse(cmdline: &str) -> Parsed {
         let Some(key) = name.strip_prefix("keel.") else {
             continue;
         };
+        // The network parameters are read (and reported) by `net::layers`.
+        if crate::net::layers::CMDLINE_KEYS.contains(&key) {
+            continue;
+        }
         let shown = match &value {
             Some(v) => format!("{name}={v}"),
             None => name.clone(),
@@ -221,7 +225,7 @@ mod tests {
     #[test]
     fn values_and_warnings() {
         let cases: [(&str, KeelParams, &[&str]); 8] = [
-            ("root=/dev/sda keelx=1 keel", KeelParams::default(), &[]),
+            ("root=/dev/sda keelx=1 keel keel.dns=1.1.1.1", KeelParams::default(), &[]),
             (
                 "keel.foo=1",
                 KeelParams::default(),

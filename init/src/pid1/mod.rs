@@ -102,7 +102,7 @@ impl Sink for ConsoleSink {
     }
 }
 
-fn set_hostname(name: &str) {
+pub(crate) fn set_hostname(name: &str) {
     // SAFETY: the pointer and length describe name's bytes.
     if unsafe { libc::sethostname(name.as_ptr().cast(), name.len()) } != 0 {
         log(&format!(
@@ -113,12 +113,15 @@ fn set_hostname(name: &str) {
 }
 
 /// Cold plug (twice: drivers loaded in the first pass add devices, e.g. input devices) and the
-/// KVM module for this CPU.
-fn load_drivers(release: &str, debug: bool) {
+/// KVM module for this CPU. Returns the loader for later on-demand loads (network drivers).
+fn load_drivers(release: &str, debug: bool) -> Option<modules::Loader> {
     let dir = PathBuf::from("/lib/modules").join(release);
     let index = match modules::ModuleIndex::read(&dir) {
         Ok(index) => index,
-        Err(e) => return log(&format!("keel: modules: {e}")),
+        Err(e) => {
+            log(&format!("keel: modules: {e}"));
+            return None;
+        }
     };
     let mut loader = modules::Loader::new(dir, index);
     let mut failures = Vec::new();
@@ -152,6 +155,7 @@ fn load_drivers(release: &str, debug: bool) {
     } else {
         kmsg(&line);
     }
+    Some(loader)
 }
 
 fn stage2(signals: &libc::sigset_t) -> ! {
@@ -178,7 +182,7 @@ fn stage2(signals: &libc::sigset_t) -> ! {
     set_hostname(params.hostname.as_deref().unwrap_or("keel"));
 
     let release = sys::kernel_release();
-    load_drivers(&release, params.debug);
+    let loader = load_drivers(&release, params.debug);
 
     log(&banner::headline(VERSION, &release, sys::uptime()));
     log(&kvm::status_line());
@@ -191,6 +195,12 @@ fn stage2(signals: &libc::sigset_t) -> ! {
             "keel: watching power button {}",
             buttons.join(", ")
         ));
+    }
+
+    // Host networking (docs/network.md): layers, validation, netlink, DHCP keepers.
+    let net_log: crate::net::Log = Arc::new(|line: &str| log(line));
+    if let Err(e) = crate::net::boot(&cmdline, net_log, loader) {
+        log(&format!("keel: network: {e}"));
     }
 
     let (specs, errors) = services::load_dir(Path::new(SERVICES_DIR));

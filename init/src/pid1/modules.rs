@@ -86,12 +86,16 @@ impl ModuleIndex {
 
 /// Inserts one module file; a module that is already loaded counts as success.
 pub fn insert(path: &Path) -> Result<(), ModuleError> {
+    insert_with(path, c"")
+}
+
+/// `insert` with module parameters (`"max_bonds=0"`).
+pub fn insert_with(path: &Path, params: &std::ffi::CStr) -> Result<(), ModuleError> {
     let file = File::options()
         .read(true)
         .custom_flags(libc::O_CLOEXEC)
         .open(path)
         .map_err(|e| ModuleError::Load(path.to_path_buf(), e))?;
-    let params = c"";
     // SAFETY: the fd is open for the duration of the call and params is a NUL-terminated string.
     let ret =
         unsafe { libc::syscall(libc::SYS_finit_module, file.as_raw_fd(), params.as_ptr(), 0) };
@@ -186,6 +190,25 @@ impl Loader {
             }
             insert(&self.dir.join(&path))?;
             self.loaded.push(module_name(&path));
+        }
+        Ok(())
+    }
+
+    /// Loads `name` (dependencies first, without parameters) with `params` for `name` itself.
+    pub fn load_with(&mut self, name: &str, params: &std::ffi::CStr) -> Result<(), ModuleError> {
+        let order = self.index.load_order(name)?;
+        let Some((own, deps)) = order.split_last() else {
+            return Ok(());
+        };
+        for path in deps {
+            if self.attempted.insert(path.clone()) {
+                insert(&self.dir.join(path))?;
+                self.loaded.push(module_name(path));
+            }
+        }
+        if self.attempted.insert(own.clone()) {
+            insert_with(&self.dir.join(own), params)?;
+            self.loaded.push(module_name(own));
         }
         Ok(())
     }

@@ -1,0 +1,159 @@
+//! The local control socket: PID 1 owns the network manager; other processes (the agent, the
+//! console) reach it over `/run/keel/net.sock`, root only. One JSON request per connection, one
+//! JSON reply: `{"op":"status"}`, `{"op":"preview","change":{…}}`,
+//! `{"op":"apply","change":{…},"options":{"confirm_within_secs":60,"manager":"h:p"}}`,
+//! `{"op":"confirm"}` → `{"ok":…}` or `{"error":"…"}`.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::Path;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::manager::{ApplyOptions, Manager, NetError};
+use super::model::NetConfig;
+
+/// The socket's path.
+pub const SOCKET: &str = "/run/keel/net.sock";
+/// Requests larger than this are refused (a configuration is a few KiB).
+const MAX_REQUEST: u64 = 1 << 20;
+/// A client that sends nothing for this long is dropped.
+const IO_TIMEOUT: Duration = Duration::from_secs(10);
+/// Long enough for an apply (plan, netlink) on a slow machine.
+const REPLY_TIMEOUT: Duration = Duration::from_secs(60);
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum Request {
+    Status {},
+    Preview {
+        change: NetConfig,
+    },
+    Apply {
+        change: NetConfig,
+        #[serde(default)]
+        options: ApplyOptions,
+    },
+    Confirm {},
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum Reply {
+    Ok(serde_json::Value),
+    Error(String),
+}
+
+fn handle(manager: &Manager, request: Request) -> Result<serde_json::Value, NetError> {
+    let value = |v: Result<serde_json::Value, serde_json::Error>| {
+        v.map_err(|e| NetError::Remote(e.to_string()))
+    };
+    match request {
+        Request::Status {} => value(serde_json::to_value(manager.status()?)),
+        Request::Preview { change } => value(serde_json::to_value(manager.preview(&change)?)),
+        Request::Apply { change, options } => {
+            value(serde_json::to_value(manager.apply(&change, &options)?))
+        }
+        Request::Confirm {} => manager.confirm().map(|()| serde_json::Value::Null),
+    }
+}
+
+fn serve_one(manager: &Manager, stream: UnixStream) -> std::io::Result<()> {
+    stream.set_read_timeout(Some(IO_TIMEOUT))?;
+    let mut line = String::new();
+    BufReader::new(stream.try_clone()?.take(MAX_REQUEST)).read_line(&mut line)?;
+    let reply = match serde_json::from_str::<Request>(&line) {
+        Ok(request) => match handle(manager, request) {
+            Ok(v) => Reply::Ok(v),
+            Err(e) => Reply::Error(e.to_string()),
+        },
+        Err(e) => Reply::Error(format!("bad request: {e}")),
+    };
+    let mut text = serde_json::to_vec(&reply).map_err(std::io::Error::other)?;
+    text.push(b'\n');
+    (&stream).write_all(&text)
+}
+
+/// Serves `manager` on `path` from a thread.
+pub fn serve(manager: Manager, path: &Path) -> std::io::Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let _ = std::fs::remove_file(path);
+    let listener = UnixListener::bind(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    std::thread::Builder::new()
+        .name("net-control".into())
+        .spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let _ = serve_one(&manager, stream);
+            }
+        })?;
+    Ok(())
+}
+
+/// Sends `request` to the manager at `path` and returns its answer.
+pub fn call(path: &Path, request: &Request) -> Result<serde_json::Value, NetError> {
+    let not_running = |e: std::io::Error| NetError::NotRunning(format!("{}: {e}", path.display()));
+    let mut stream = UnixStream::connect(path).map_err(not_running)?;
+    stream
+        .set_read_timeout(Some(REPLY_TIMEOUT))
+        .map_err(not_running)?;
+    let mut text = serde_json::to_vec(request).map_err(|e| NetError::Remote(e.to_string()))?;
+    text.push(b'\n');
+    stream.write_all(&text).map_err(not_running)?;
+    let mut line = String::new();
+    BufReader::new(stream.take(MAX_REQUEST * 4))
+        .read_line(&mut line)
+        .map_err(not_running)?;
+    match serde_json::from_str::<Reply>(&line) {
+        Ok(Reply::Ok(v)) => Ok(v),
+        Ok(Reply::Error(e)) => Err(NetError::Remote(e)),
+        Err(e) => Err(NetError::Remote(format!(
+            "bad reply from {}: {e}",
+            path.display()
+        ))),
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_are_strict_json() {
+        let cases = [
+            (r#"{"op":"status"}"#, Some(Request::Status {})),
+            (r#"{"op":"confirm"}"#, Some(Request::Confirm {})),
+            (
+                r#"{"op":"apply","change":{"hostname":"h"}}"#,
+                Some(Request::Apply {
+                    change: NetConfig {
+                        hostname: Some("h".into()),
+                        ..NetConfig::default()
+                    },
+                    options: ApplyOptions::default(),
+                }),
+            ),
+            (
+                r#"{"op":"apply","change":{},"options":{"confirm_within_secs":5,"manager":"m:1"}}"#,
+                Some(Request::Apply {
+                    change: NetConfig::default(),
+                    options: ApplyOptions {
+                        confirm_within_secs: 5,
+                        manager: Some("m:1".into()),
+                    },
+                }),
+            ),
+            (r#"{"op":"status","x":1}"#, None),
+            (r#"{"op":"reboot"}"#, None),
+            (r#"{"op":"preview","change":{"hostnme":"h"}}"#, None),
+        ];
+        for (text, want) in cases {
+            assert_eq!(serde_json::from_str::<Request>(text).ok(), want, "{text}");
+        }
+    }
+}
