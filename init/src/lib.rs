@@ -2,4 +2,5 @@
 //! A library so every part is reachable from its tests and from the one binary.
 
 pub mod agent;
+pub mod jail;
 pub mod pid1;
