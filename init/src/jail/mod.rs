@@ -122,7 +122,9 @@ pub struct JailStdio {
     pub stderr: Option<OwnedFd>,
 }
 
-/// A running jailed process: PID 1 of its own PID namespace, a child of the caller.
+/// A running jailed process: PID 1 of its own PID namespace, a child of the caller. Dropping it
+/// neither kills nor reaps the process: `wait` (or reap the PID in a SIGCHLD loop) and then
+/// `Jailer::cleanup`.
 #[derive(Debug)]
 pub struct Jailed {
     pid: libc::pid_t,
