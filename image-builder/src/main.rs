@@ -25,7 +25,8 @@ use modules::ModuleIndex;
 use tree::{Node, Tree};
 
 /// The default kernel command line; `--cmdline` appends `keel.*` parameters to it.
-pub const DEFAULT_CMDLINE: &str = "console=tty0 console=ttyS0,115200 panic=-1";
+pub const DEFAULT_CMDLINE: &str = "console=tty0 console=ttyS0,115200 panic=-1 \
+    lockdown=integrity kvm.nx_huge_pages=auto slab_nomerge vsyscall=none";
 
 /// Empty directories the root image carries as mount points.
 const MOUNT_POINTS: [&str; 6] = ["proc", "sys", "dev", "run", "tmp", "var"];

@@ -2,5 +2,7 @@
 //! A library so every part is reachable from its tests and from the one binary.
 
 pub mod agent;
+pub mod firewall;
+pub mod jail;
 pub mod net;
 pub mod pid1;

@@ -4,6 +4,7 @@
 pub mod banner;
 pub mod cmdline;
 pub mod console;
+pub mod hardening;
 pub mod kvm;
 pub mod modules;
 pub mod mounts;
@@ -133,6 +134,9 @@ fn load_drivers(release: &str, debug: bool) -> Option<modules::Loader> {
         Some(module) => failures.extend(loader.load(module).err()),
         None => log("keel: kvm: unknown CPU vendor, no KVM module loaded"),
     }
+    for module in crate::firewall::MODULES {
+        failures.extend(loader.load(module).err());
+    }
     for failure in failures {
         let line = format!("keel: modules: {failure}");
         // A driver declining a device it matched by alias is routine; the log keeps it.
@@ -183,6 +187,13 @@ fn stage2(signals: &libc::sigset_t) -> ! {
 
     let release = sys::kernel_release();
     let loader = load_drivers(&release, params.debug);
+    for failure in hardening::apply(&hardening::SETTINGS, Path::new("/proc/sys")) {
+        log(&format!("keel: hardening: {failure}"));
+    }
+    match crate::firewall::apply() {
+        Ok(()) => kmsg("keel: firewall: inet keel loaded (default deny)"),
+        Err(e) => log(&format!("keel: firewall: {e}")),
+    }
 
     log(&banner::headline(VERSION, &release, sys::uptime()));
     log(&kvm::status_line());

@@ -76,7 +76,8 @@ pub const STAGE2: [MountSpec; 3] = [
         target: "sys/fs/cgroup",
         fstype: "cgroup2",
         flags: NOSUID_NODEV_NOEXEC,
-        data: "nsdelegate",
+        // favordynmods: cheaper cgroup migrations when VMs start (Firecracker's host guide).
+        data: "nsdelegate,favordynmods",
     },
     MountSpec {
         source: "devpts",

@@ -14,6 +14,9 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
+#[path = "../hardening.rs"]
+mod hardening;
+
 const VMM: &str = "/usr/bin/keel-vmm";
 const PAYLOAD: &str = "/usr/lib/keel-tests";
 const WORK: &str = "/run/keel-e2e";
@@ -300,6 +303,11 @@ const SCENARIOS: &[(&str, Scenario)] = &[
     ("vmm-boot", boot_and_power_off),
     ("vmm-shutdown", api_and_graceful_shutdown),
     ("vmm-bench", benchmark),
+    ("hardening-sysctl", hardening::sysctls),
+    ("jail-probe", hardening::jail_probe),
+    ("jail-memory-cap", hardening::jail_memory_cap),
+    ("jail-vmm", hardening::jail_vmm),
+    ("firewall-listen", hardening::firewall_listen),
 ];
 
 fn requested_scenarios(cmdline: &str) -> Vec<&str> {
@@ -312,6 +320,10 @@ fn requested_scenarios(cmdline: &str) -> Vec<&str> {
 }
 
 fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("probe") {
+        return hardening::probe_main(&args[2..]);
+    }
     let cmdline = fs::read_to_string("/proc/cmdline").unwrap_or_default();
     for name in requested_scenarios(&cmdline) {
         let started = Instant::now();

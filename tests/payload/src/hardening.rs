@@ -1,0 +1,365 @@
+//! Hardening scenarios of the in-host runner (tests/tests/hardening.rs): kernel settings in
+//! effect, the firewall seen from outside (the runner listens; the test scans through QEMU), and
+//! jails: a probe that reports what it can see, a memory cap breach, a jailed keel-vmm booting Linux.
+
+use std::fs;
+use std::io::{BufRead, BufReader, Write};
+use std::net::{Ipv4Addr, TcpListener};
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use keel_init::jail::{probe, CgroupLimits, Expose, JailSpec, JailStdio, Jailer, Rlimit};
+use keel_init::pid1::hardening;
+
+const RUNNER: &str = "/usr/bin/keel-e2e-runner";
+const WORK: &str = "/run/keel-e2e/jail";
+/// A port with a listener that the firewall must still hide.
+pub const HIDDEN_PORT: u16 = 9000;
+const ZERO_CAPS: &str = "0000000000000000";
+
+/// Every required kernel setting reads back as set; lockdown closes /dev/mem.
+pub fn sysctls() -> Result<(), String> {
+    for s in hardening::SETTINGS.iter() {
+        let path = hardening::path(s.key, Path::new("/proc/sys"));
+        match fs::read_to_string(&path) {
+            Ok(v) if v.trim() == s.value => println!("sysctl {} = {}", s.key, s.value),
+            Ok(v) => return Err(format!("{} is {}, not {}", s.key, v.trim(), s.value)),
+            Err(_) if s.optional => println!("sysctl {} absent (optional)", s.key),
+            Err(e) => return Err(format!("read {}: {e}", path.display())),
+        }
+    }
+    match fs::File::open("/dev/mem") {
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {}
+        other => return Err(format!("opening /dev/mem under lockdown gave {other:?}")),
+    }
+    Ok(())
+}
+
+/// Gives eth0 QEMU's user-network address (nothing else configures it in this branch), listens
+/// on the agent port (answering with a banner) and on a port the firewall must drop, says
+/// `E2E READY firewall`, and waits for the test's connection on the agent port.
+pub fn firewall_listen() -> Result<(), String> {
+    configure_eth0()?;
+    let agent = bind(keel_init::firewall::AGENT_PORT)?;
+    let hidden = bind(HIDDEN_PORT)?;
+    // Were the firewall missing, a scan of this port would get an answer.
+    std::thread::spawn(move || {
+        for mut stream in hidden.incoming().map_while(Result::ok) {
+            let _ = stream.write_all(b"KEEL-FIREWALL-LEAK\n");
+        }
+    });
+    println!("E2E READY firewall");
+    let _ = std::io::stdout().flush();
+    let (mut stream, peer) = agent
+        .accept()
+        .map_err(|e| format!("accept on the agent port: {e}"))?;
+    println!("agent port: connection from {peer}");
+    stream
+        .write_all(b"KEEL-FIREWALL-OPEN\n")
+        .map_err(|e| format!("answer on the agent port: {e}"))?;
+    // Let the bytes reach QEMU before the socket closes.
+    std::thread::sleep(Duration::from_secs(1));
+    Ok(())
+}
+
+fn bind(port: u16) -> Result<TcpListener, String> {
+    TcpListener::bind((Ipv4Addr::UNSPECIFIED, port)).map_err(|e| format!("listen on {port}: {e}"))
+}
+
+fn ifreq(name: &str) -> libc::ifreq {
+    // SAFETY: ifreq is plain old data; zeroed is valid.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (slot, b) in req.ifr_name.iter_mut().zip(name.bytes()) {
+        *slot = b as libc::c_char;
+    }
+    req
+}
+
+fn sockaddr(ip: [u8; 4]) -> libc::sockaddr {
+    let sin = libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: 0,
+        sin_addr: libc::in_addr {
+            s_addr: u32::from_ne_bytes(ip),
+        },
+        sin_zero: [0; 8],
+    };
+    // SAFETY: sockaddr_in and sockaddr have the same size; the kernel reads it as sockaddr_in.
+    unsafe { std::mem::transmute::<libc::sockaddr_in, libc::sockaddr>(sin) }
+}
+
+/// 10.0.2.15/24 on eth0, up (QEMU's user network; slirp delivers forwarded ports there).
+fn configure_eth0() -> Result<(), String> {
+    // SAFETY: a plain socket for interface ioctls, owned below.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(format!("socket: {}", std::io::Error::last_os_error()));
+    }
+    // SAFETY: fd is a new descriptor nothing else owns.
+    let _owned = unsafe { OwnedFd::from_raw_fd(fd) };
+    let ioctl = |request: libc::c_ulong, req: &mut libc::ifreq, what: &str| {
+        // SAFETY: req is a valid ifreq for these interface requests.
+        if unsafe { libc::ioctl(fd, request, req as *mut libc::ifreq) } != 0 {
+            return Err(format!("eth0 {what}: {}", std::io::Error::last_os_error()));
+        }
+        Ok(())
+    };
+    let mut req = ifreq("eth0");
+    req.ifr_ifru.ifru_addr = sockaddr([10, 0, 2, 15]);
+    ioctl(libc::SIOCSIFADDR, &mut req, "address")?;
+    let mut req = ifreq("eth0");
+    req.ifr_ifru.ifru_netmask = sockaddr([255, 255, 255, 0]);
+    ioctl(libc::SIOCSIFNETMASK, &mut req, "netmask")?;
+    let mut req = ifreq("eth0");
+    ioctl(libc::SIOCGIFFLAGS, &mut req, "flags")?;
+    // SAFETY: SIOCGIFFLAGS filled the flags member of the union.
+    unsafe { req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short };
+    ioctl(libc::SIOCSIFFLAGS, &mut req, "up")
+}
+
+fn jailer() -> Jailer {
+    Jailer::default()
+}
+
+fn pipe() -> Result<(OwnedFd, OwnedFd), String> {
+    let mut fds = [0; 2];
+    // SAFETY: fds is a valid array for pipe2 to fill.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(format!("pipe: {}", std::io::Error::last_os_error()));
+    }
+    // SAFETY: two new descriptors nothing else owns.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// This runner jailed as a probe (`keel-e2e-runner probe`), /vm/ro exposed read-only.
+fn probe_spec(vm_id: &str, uid: u32, limits: CgroupLimits) -> Result<JailSpec, String> {
+    let dir = Path::new(WORK);
+    fs::create_dir_all(dir).map_err(|e| format!("create {WORK}: {e}"))?;
+    let ro = dir.join(format!("{vm_id}-ro"));
+    fs::write(&ro, "ro").map_err(|e| format!("write {}: {e}", ro.display()))?;
+    // The VM's own file: only the read-only mount can refuse the write.
+    std::os::unix::fs::chown(&ro, Some(uid), Some(uid))
+        .map_err(|e| format!("chown {}: {e}", ro.display()))?;
+    Ok(JailSpec {
+        vm_id: vm_id.into(),
+        uid,
+        gid: uid,
+        program: RUNNER.into(),
+        files: vec![Expose {
+            host: ro,
+            jail: "/vm/ro".into(),
+            read_only: true,
+            executable: false,
+        }],
+        sockets_dir: dir.join(format!("{vm_id}-sockets")),
+        devices: vec!["/dev/kvm".into(), "/dev/urandom".into()],
+        rlimits: vec![Rlimit::NoFile(64), Rlimit::Core(0)],
+        cgroup: limits,
+        proc: true,
+    })
+}
+
+/// What runs inside the probe jail: the report, then `end`.
+pub fn probe_main(args: &[String]) {
+    let mut lines = probe::report(Path::new("/"), Some(Path::new("/vm/ro")));
+    let cgroups = fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+    lines.push(format!("cgroup={}", cgroups.trim()));
+    lines.push(format!(
+        "kvm={}",
+        fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/kvm")
+            .map_or_else(|e| format!("{:?}", e.kind()), |_| "ok".into())
+    ));
+    lines.push(format!("privileged={}", probe::privileged_call()));
+    for line in lines {
+        println!("{line}");
+    }
+    if args.first().map(String::as_str) == Some("oom") {
+        let _ = std::io::stdout().flush();
+        // Touch far more than the cap, a MiB at a time, until the OOM killer ends us.
+        let mut hog: Vec<Vec<u8>> = Vec::new();
+        for _ in 0..256 {
+            hog.push(vec![1u8; 1 << 20]);
+        }
+        println!("allocated={} MiB", hog.len());
+    }
+    println!("end");
+}
+
+fn run_probe(
+    spec: &JailSpec,
+    args: &[&str],
+) -> Result<(Vec<String>, std::process::ExitStatus), String> {
+    let (out_r, out_w) = pipe()?;
+    let mut argv = vec!["probe".to_string(), "probe".to_string()];
+    argv.extend(args.iter().map(|a| a.to_string()));
+    let stdio = JailStdio {
+        stdin: None,
+        stdout: Some(out_w),
+        stderr: None,
+    };
+    let jailed = jailer()
+        .spawn(spec, &argv, stdio)
+        .map_err(|e| e.to_string())?;
+    let lines: Vec<String> = BufReader::new(fs::File::from(out_r))
+        .lines()
+        .map_while(Result::ok)
+        .collect();
+    let status = jailed.wait().map_err(|e| format!("wait: {e}"))?;
+    Ok((lines, status))
+}
+
+fn expect(report: &[String], key: &str, want: &str) -> Result<(), String> {
+    match probe::field(report, key) {
+        Some(v) if v == want => Ok(()),
+        other => Err(format!(
+            "{key} is {other:?}, expected {want:?}; report: {report:?}"
+        )),
+    }
+}
+
+/// A jailed probe sees only its jail, is PID 1 alone, unprivileged, without capabilities, with
+/// no_new_privs, in its cgroup; /dev/kvm works for it.
+pub fn jail_probe() -> Result<(), String> {
+    let spec = probe_spec("probe", 2000, CgroupLimits::for_vm(16, 1))?;
+    let (report, status) = run_probe(&spec, &[])?;
+    let _ = jailer().cleanup("probe");
+    report.iter().for_each(|l| println!("probe| {l}"));
+    if !status.success() {
+        return Err(format!("probe ended with {status}"));
+    }
+    expect(&report, "pid", "1")?;
+    expect(&report, "procs", "1")?;
+    expect(&report, "Uid", "2000 2000 2000 2000")?;
+    expect(&report, "Groups", "")?;
+    for caps in ["CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"] {
+        expect(&report, caps, ZERO_CAPS)?;
+    }
+    expect(&report, "NoNewPrivs", "1")?;
+    expect(&report, "env", "0")?;
+    expect(&report, "fds", "0,1,2")?;
+    expect(&report, "write /vm/ro", "ReadOnlyFilesystem")?;
+    expect(&report, "privileged", "PermissionDenied")?;
+    expect(&report, "cgroup", "0::/")?;
+    expect(&report, "kvm", "ok")?;
+    expect(
+        &report,
+        "paths",
+        "/bin,/bin/keel-e2e-runner,/dev,/dev/kvm,/dev/urandom,/proc,/run,/run/vm,/vm,/vm/ro",
+    )
+}
+
+/// A probe allocating past its memory cap is OOM-killed inside its cgroup; the event is
+/// reported and this runner (the host) carries on.
+pub fn jail_memory_cap() -> Result<(), String> {
+    let limits = CgroupLimits {
+        memory_max: Some(32 << 20),
+        pids_max: Some(16),
+        ..CgroupLimits::default()
+    };
+    let spec = probe_spec("oom", 2001, limits)?;
+    let (report, status) = run_probe(&spec, &["oom"])?;
+    let events = jailer().cgroup_events("oom").map_err(|e| e.to_string());
+    let cleanup = jailer().cleanup("oom").map_err(|e| e.to_string());
+    let events = events?;
+    println!("oom probe ended with {status}; events {events:?}");
+    cleanup?;
+    use std::os::unix::process::ExitStatusExt;
+    if status.signal() != Some(libc::SIGKILL) {
+        return Err(format!(
+            "the probe ended with {status}, not SIGKILL; {report:?}"
+        ));
+    }
+    if events.oom_kill == 0 || events.memory_max == 0 {
+        return Err(format!(
+            "memory.events did not record the breach: {events:?}"
+        ));
+    }
+    Ok(())
+}
+
+/// keel-vmm, jailed as the agent will run it, boots Debian's kernel and the guest powers off.
+pub fn jail_vmm() -> Result<(), String> {
+    let sockets = PathBuf::from(WORK).join("vm1");
+    let kernel = PathBuf::from("/usr/lib/keel-tests/vmlinuz");
+    let initrd = PathBuf::from("/usr/lib/keel-tests/initrd.img");
+    let spec = JailSpec::for_vmm(
+        "vm1",
+        2002,
+        2002,
+        Path::new("/usr/bin/keel-vmm"),
+        &kernel,
+        Some(&initrd),
+        &[],
+        &sockets,
+        128,
+        1,
+    );
+    // Nothing loads the tun module in this branch yet; a VM without a NIC needs no /dev/net/tun.
+    let mut spec = spec;
+    spec.devices.retain(|d| d.exists());
+    let map = |p: &Path| {
+        spec.jail_path(p)
+            .ok_or_else(|| format!("{} is not in the jail", p.display()))
+    };
+    let config = serde_json::json!({
+        "vcpus": 1,
+        "memory_mib": 128,
+        "kernel": map(&kernel)?,
+        "initrd": map(&initrd)?,
+        "cmdline": "console=ttyS0 quiet panic=-1 keel_guest.mode=poweroff",
+        "serial": { "mode": "stdout" }
+    });
+    fs::create_dir_all(&sockets).map_err(|e| format!("create {}: {e}", sockets.display()))?;
+    let config_path = sockets.join("vm.json");
+    fs::write(&config_path, config.to_string()).map_err(|e| format!("write vm.json: {e}"))?;
+    let argv = [
+        "keel-vmm".to_string(),
+        "--config".into(),
+        map(&config_path)?.display().to_string(),
+        "--api-sock".into(),
+        map(&sockets.join("api.sock"))?.display().to_string(),
+    ];
+    let (out_r, out_w) = pipe()?;
+    let err_w = out_w.try_clone().map_err(|e| e.to_string())?;
+    let stdio = JailStdio {
+        stdin: None,
+        stdout: Some(out_w),
+        stderr: Some(err_w),
+    };
+    let started = Instant::now();
+    let jailed = jailer()
+        .spawn(&spec, &argv, stdio)
+        .map_err(|e| e.to_string())?;
+    let mut up = false;
+    for line in BufReader::new(fs::File::from(out_r))
+        .lines()
+        .map_while(Result::ok)
+    {
+        println!("jailed-vmm| {line}");
+        up |= line.contains("KEEL-GUEST: up");
+        if up && sockets.join("api.sock").exists() {
+            // The API socket the VMM made inside the jail is on the host, owned by the VM.
+            use std::os::unix::fs::MetadataExt;
+            let uid = fs::metadata(sockets.join("api.sock")).map(|m| m.uid()).ok();
+            println!("api.sock owner {uid:?}");
+        }
+    }
+    let status = jailed.wait().map_err(|e| format!("wait: {e}"))?;
+    let events = jailer().cgroup_events("vm1").map_err(|e| e.to_string());
+    let _ = jailer().cleanup("vm1");
+    println!(
+        "jailed keel-vmm: {status} after {:?}, events {events:?}",
+        started.elapsed()
+    );
+    if !up {
+        return Err("the jailed guest never came up".into());
+    }
+    match status.code() {
+        Some(0) => Ok(()),
+        _ => Err(format!("jailed keel-vmm ended with {status}")),
+    }
+}
