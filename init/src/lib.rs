@@ -3,3 +3,4 @@
 
 pub mod agent;
 pub mod pid1;
+pub mod state;

@@ -193,6 +193,9 @@ fn stage2(signals: &libc::sigset_t) -> ! {
         ));
     }
 
+    let (_state, state_lines) = crate::state::init(&release);
+    state_lines.iter().for_each(|l| log(l));
+
     let (specs, errors) = services::load_dir(Path::new(SERVICES_DIR));
     errors
         .iter()

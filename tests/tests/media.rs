@@ -1,0 +1,186 @@
+//! Boot media end to end (docs/boot-media.md): the hybrid ISO under SeaBIOS and OVMF, PXE through
+//! QEMU's TFTP server and the NIC's iPXE ROM with a build-time kernel parameter in effect, the USB
+//! disk image under UEFI with its state partition surviving a reboot, and a burst of atomic writes
+//! to the state partition that QEMU kills never leave it unreadable.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use keel_tests::{paths, Boot, Error, Firmware, Image, Qemu, QemuBuilder};
+
+/// Firmware plus GRUB plus a TCG boot; OVMF alone takes a few seconds.
+const BOOT: Duration = Duration::from_secs(150);
+const READY: &str = "keel: boot complete in";
+/// How many times the write burst is killed.
+const KILLS: usize = 3;
+
+fn ready(vm: &mut Qemu) -> Result<(), Error> {
+    vm.wait_for_line_matching(
+        &format!("starting with {READY:?}"),
+        |l| l.starts_with(READY),
+        BOOT,
+    )?;
+    Ok(())
+}
+
+/// A private scratch directory under the target directory, emptied first.
+fn scratch(name: &str) -> PathBuf {
+    let dir = paths::log_dir().join("media").join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    if let Err(e) = std::fs::create_dir_all(&dir) {
+        panic!("cannot create {}: {e}", dir.display());
+    }
+    dir
+}
+
+/// A writable copy of the built USB image.
+fn usb_copy(image: &Image, name: &str) -> PathBuf {
+    let copy = scratch(name).join("keel-usb.img");
+    if let Err(e) = std::fs::copy(image.dir.join("keel-usb.img"), &copy) {
+        panic!("cannot copy keel-usb.img: {e}");
+    }
+    copy
+}
+
+fn boot_iso(name: &str, firmware: Firmware) -> Result<(), Error> {
+    let image = Image::locate()?;
+    let iso = image.dir.join("keel.iso");
+    let mut vm = QemuBuilder::new(name, Boot::Cdrom(iso))
+        .firmware(firmware)
+        .spawn()?;
+    ready(&mut vm)?;
+    let lines = vm.lines();
+    assert!(
+        lines.iter().any(|l| l
+            .text
+            .starts_with("keel: state: none, running from RAM only")),
+        "a CD-only host must say it runs from RAM; see {}",
+        vm.log_path().display()
+    );
+    Ok(())
+}
+
+#[test]
+fn iso_boots_under_seabios() -> Result<(), Error> {
+    boot_iso("media-iso-seabios", Firmware::SeaBios)
+}
+
+#[test]
+fn iso_boots_under_ovmf() -> Result<(), Error> {
+    boot_iso("media-iso-ovmf", Firmware::Ovmf)
+}
+
+/// Builds the media again from the image with `keel.debug` added to the build-time command line,
+/// then network-boots its `pxe/` directory: with keel.debug in effect PID 1 reports the loaded
+/// modules on the console, which it otherwise only logs.
+#[test]
+fn pxe_boots_with_the_build_time_command_line() -> Result<(), Error> {
+    let image = Image::locate()?;
+    let out = scratch("pxe-out");
+    for name in ["vmlinuz", "initramfs.img"] {
+        if let Err(e) = std::fs::copy(image.dir.join(name), out.join(name)) {
+            panic!("cannot copy {name}: {e}");
+        }
+    }
+    let cmdline = format!("{} keel.debug", image.cmdline);
+    std::fs::write(out.join("cmdline"), format!("{cmdline}\n")).map_err(|source| {
+        Error::Create {
+            path: out.join("cmdline"),
+            source,
+        }
+    })?;
+    std::fs::copy(image.dir.join("manifest.json"), out.join("manifest.json")).map_err(
+        |source| Error::Create {
+            path: out.join("manifest.json"),
+            source,
+        },
+    )?;
+    let builder = paths::image_builder();
+    let status = Command::new(&builder)
+        .arg("--cache")
+        .arg(out.join("cache"))
+        .args(["media", "--out"])
+        .arg(&out)
+        .status()
+        .map_err(|source| Error::Spawn {
+            program: builder.display().to_string(),
+            source,
+        })?;
+    assert!(status.success(), "{} media failed", builder.display());
+    let script = std::fs::read_to_string(out.join("pxe/keel.ipxe")).unwrap_or_default();
+    assert!(
+        script.contains(&format!("kernel vmlinuz {cmdline}\n")),
+        "{script}"
+    );
+
+    let boot = Boot::Pxe {
+        tftp_dir: out.join("pxe"),
+        bootfile: "keel.ipxe".into(),
+    };
+    let mut vm = QemuBuilder::new("media-pxe", boot).spawn()?;
+    vm.wait_for_line_matching(
+        "starting with \"keel: modules loaded:\" (keel.debug in effect)",
+        |l| l.starts_with("keel: modules loaded:"),
+        BOOT,
+    )?;
+    ready(&mut vm)
+}
+
+/// The USB image under UEFI: the state partition is found and mounted; its boot counter, a file
+/// written there at every boot, goes from 1 to 2 across a clean power-off.
+#[test]
+fn usb_image_state_survives_a_reboot() -> Result<(), Error> {
+    let image = Image::locate()?;
+    let disk = usb_copy(&image, "usb");
+    for boot in 1..=2 {
+        let mut vm = QemuBuilder::new(&format!("media-usb-{boot}"), Boot::Disk(disk.clone()))
+            .firmware(Firmware::Ovmf)
+            .spawn()?;
+        vm.wait_for_line(
+            &format!("keel: state: /dev/vda3 mounted at /var/lib/keel/state (boot {boot})"),
+            BOOT,
+        )?;
+        ready(&mut vm)?;
+        vm.power_off()?;
+        let status = vm.wait_exit(Duration::from_secs(60))?;
+        assert!(status.success(), "QEMU exited with {status}");
+    }
+    Ok(())
+}
+
+/// Inside the test image (direct kernel boot, the USB image as its disk): the runner replaces a
+/// record on the state partition atomically in a loop and QEMU is killed in the middle, a few
+/// times; every boot finds the record whole.
+#[test]
+fn killing_a_burst_of_atomic_writes_never_corrupts_state() -> Result<(), Error> {
+    let test_image = Image::locate_in(&paths::out_dir().join("test"))?;
+    let disk = usb_copy(&Image::locate()?, "burst");
+    let drive = format!("file={},format=raw,if=virtio", disk.display());
+    for round in 0..=KILLS {
+        let boot = Boot::image(&test_image).with_params("keel_e2e=state-check,state-burst");
+        let mut vm = QemuBuilder::new(&format!("media-burst-{round}"), boot)
+            .without_network()
+            .args(["-drive", drive.as_str()])
+            .spawn()?;
+        let check = vm.wait_for_line_matching(
+            "the state-check verdict",
+            |l| l.contains("E2E PASS state-check") || l.contains("E2E FAIL state-check"),
+            BOOT,
+        )?;
+        assert!(
+            check.text.contains("E2E PASS"),
+            "round {round}: {}; see {}",
+            check.text,
+            vm.log_path().display()
+        );
+        if round == KILLS {
+            break;
+        }
+        vm.wait_for_line("E2E state-burst: writing", BOOT)?;
+        // Vary the moment of the kill a little between rounds.
+        std::thread::sleep(Duration::from_millis(150 * round as u64));
+        drop(vm);
+    }
+    Ok(())
+}
