@@ -72,6 +72,8 @@ bench: test-image
 	@$(BUILDER) size-report --manifest $(OUT)/manifest.json
 	@echo "==> keel-vmm inside the Keel test image (nested KVM under QEMU/TCG: compare runs, not absolutes)"
 	KEEL_OUT=$(OUT) $(CARGO) bench -p keel-tests --bench vmm
+	@echo "==> boot media: QEMU start to the ready line (docs/boot-media.md)"
+	KEEL_OUT=$(OUT) $(CARGO) bench -p keel-tests --bench media
 
 clean:
 	$(CARGO) clean
