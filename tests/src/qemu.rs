@@ -26,6 +26,8 @@ pub enum Boot {
     Cdrom(PathBuf),
     /// The firmware boots a raw disk image on virtio-blk; QEMU writes to it, so pass a copy.
     Disk(PathBuf),
+    /// The firmware boots a raw disk image as a USB stick (xHCI, usb-storage); pass a copy.
+    UsbStick(PathBuf),
     /// The NIC's iPXE ROM boots `bootfile` from QEMU's built-in TFTP server serving `tftp_dir`.
     Pxe { tftp_dir: PathBuf, bootfile: String },
 }
@@ -112,6 +114,18 @@ impl Boot {
                 drive.push(image);
                 drive.push(",format=raw,if=virtio");
                 vec!["-drive".into(), drive]
+            }
+            Boot::UsbStick(image) => {
+                let mut drive = OsString::from("if=none,id=stick,format=raw,file=");
+                drive.push(image);
+                vec![
+                    "-device".into(),
+                    "qemu-xhci".into(),
+                    "-drive".into(),
+                    drive,
+                    "-device".into(),
+                    "usb-storage,drive=stick,bootindex=1".into(),
+                ]
             }
             Boot::Pxe { .. } => vec!["-boot".into(), "n".into()],
         }
@@ -364,6 +378,11 @@ mod tests {
                      -drive if=pflash,format=raw,file=/run/OVMF_VARS.fd \
                      -drive file=/t/usb.img,format=raw,if=virtio",
                 ],
+            ),
+            (
+                QemuBuilder::new("t", Boot::UsbStick("/t/usb.img".into())),
+                &["-device qemu-xhci -drive if=none,id=stick,format=raw,file=/t/usb.img \
+                   -device usb-storage,drive=stick,bootindex=1"],
             ),
             (
                 QemuBuilder::new(

@@ -164,18 +164,19 @@ fn pxe_boots_with_the_build_time_command_line() -> Result<(), Error> {
     ready(&mut vm)
 }
 
-/// The USB image under UEFI: the state partition is found and mounted; its boot counter, a file
-/// written there at every boot, goes from 1 to 2 across a clean power-off.
+/// The USB image as a USB stick under UEFI: the state partition is found (after usb-storage's
+/// settle delay) and mounted; its boot counter, a file written there at every boot, goes from 1
+/// to 2 across a clean power-off.
 #[test]
 fn usb_image_state_survives_a_reboot() -> Result<(), Error> {
     let image = Image::locate()?;
     let disk = usb_copy(&image, "usb");
     for boot in 1..=2 {
-        let mut vm = QemuBuilder::new(&format!("media-usb-{boot}"), Boot::Disk(disk.clone()))
+        let mut vm = QemuBuilder::new(&format!("media-usb-{boot}"), Boot::UsbStick(disk.clone()))
             .firmware(Firmware::Ovmf)
             .spawn()?;
         vm.wait_for_line(
-            &format!("keel: state: /dev/vda3 mounted at /var/lib/keel/state (boot {boot})"),
+            &format!("keel: state: /dev/sda3 mounted at /var/lib/keel/state (boot {boot})"),
             BOOT,
         )?;
         ready(&mut vm)?;

@@ -159,8 +159,17 @@ fn discovery_wait(sys: &Path) -> Duration {
     }
 }
 
-/// Scans until a candidate appears or the discovery wait is over.
-fn find() -> Vec<Candidate> {
+/// The module loader for this kernel, if its index is readable.
+fn loader(release: &str) -> Option<modules::Loader> {
+    let dir = PathBuf::from("/lib/modules").join(release);
+    let index = modules::ModuleIndex::read(&dir).ok()?;
+    Some(modules::Loader::new(dir, index))
+}
+
+/// Scans until a candidate appears or the discovery wait is over. Disks found after PID 1's cold
+/// plug (a USB stick's SCSI disk, a slow SATA port) need their driver (sd_mod) loaded as they
+/// appear, as udev would on the hotplug event: each poll runs another cold-plug pass.
+fn find(loader: &mut Option<modules::Loader>) -> Vec<Candidate> {
     let started = Instant::now();
     let wait = discovery_wait(Path::new("/sys"));
     loop {
@@ -169,16 +178,19 @@ fn find() -> Vec<Candidate> {
             return found;
         }
         std::thread::sleep(Duration::from_millis(100));
+        if let Some(loader) = loader.as_mut() {
+            // Failures are drivers declining devices, as in PID 1's cold plug.
+            let _ = loader.coldplug(Path::new("/sys/devices"));
+        }
     }
 }
 
 /// Loads the file system driver (Debian builds ext4 and vfat as modules).
-fn load_fs_module(release: &str, fstype: FsType) -> Result<(), String> {
-    let dir = PathBuf::from("/lib/modules").join(release);
-    let index = modules::ModuleIndex::read(&dir).map_err(|e| e.to_string())?;
-    modules::Loader::new(dir, index)
-        .load(fstype.kernel_name())
-        .map_err(|e| e.to_string())
+fn load_fs_module(loader: &mut Option<modules::Loader>, fstype: FsType) -> Result<(), String> {
+    match loader {
+        Some(loader) => loader.load(fstype.kernel_name()).map_err(|e| e.to_string()),
+        None => Err(String::from("no readable module index")),
+    }
 }
 
 /// Reads the boot counter (garbage counts as 0) and durably writes the next value.
@@ -195,7 +207,7 @@ fn count_boot(dir: &Path) -> Result<u64, String> {
 
 /// Mounts `candidate` at `target` and proves it writable. On failure the partition is left
 /// unmounted, so nothing writes to a damaged file system.
-fn mount(release: &str, candidate: &Candidate, target: &Path) -> Status {
+fn mount(loader: &mut Option<modules::Loader>, candidate: &Candidate, target: &Path) -> Status {
     let device = candidate.device.display().to_string();
     let damaged = |reason: String| Status::Damaged {
         device: device.clone(),
@@ -205,7 +217,7 @@ fn mount(release: &str, candidate: &Candidate, target: &Path) -> Status {
         return damaged(format!("cannot create {}: {e}", target.display()));
     }
     let fstype = candidate.fstype.kernel_name();
-    let module = load_fs_module(release, candidate.fstype);
+    let module = load_fs_module(loader, candidate.fstype);
     let flags = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
     // ext4 replays its journal on mount; on an error it goes read-only rather than on writing.
     let data = match candidate.fstype {
@@ -234,7 +246,8 @@ fn mount(release: &str, candidate: &Candidate, target: &Path) -> Status {
 
 /// PID 1 at boot: finds, mounts and records the state partition; returns the console lines.
 pub fn init(release: &str) -> (Status, Vec<String>) {
-    let found = find();
+    let mut loader = loader(release);
+    let found = find(&mut loader);
     let mut lines = Vec::new();
     let status = match found.split_first() {
         None => Status::None,
@@ -249,7 +262,7 @@ pub fn init(release: &str) -> (Status, Vec<String>) {
                     names.join(", ")
                 ));
             }
-            mount(release, first, Path::new(STATE_DIR))
+            mount(&mut loader, first, Path::new(STATE_DIR))
         }
     };
     lines.push(status.console_line());
