@@ -11,6 +11,8 @@ BUILDER := $(CARGO_TARGET_DIR)/release/keel-image-builder
 OUT := $(CURDIR)/out
 # Extra keel.* kernel parameters baked into out/cmdline, e.g. make image CMDLINE="keel.debug".
 CMDLINE ?=
+# The same, under the name docs/boot-media.md uses; lands in out/cmdline, the ISO, PXE and USB media.
+KEEL_CMDLINE ?=
 
 QEMU := qemu-system-x86_64 -accel tcg -cpu EPYC,+svm,+npt -m 2048 -smp 2 -nographic -no-reboot \
 	-kernel $(OUT)/vmlinuz -initrd $(OUT)/initramfs.img \
@@ -28,7 +30,8 @@ build:
 image: deps build
 	$(BUILDER) build --out $(OUT) \
 		--bin keel=$(BINDIR)/keel --bin keel-vmm=$(BINDIR)/keel-vmm \
-		--cmdline "$(CMDLINE)"
+		--cmdline "$(CMDLINE) $(KEEL_CMDLINE)"
+	$(BUILDER) media --out $(OUT)
 
 # The test image: the production image plus what the end-to-end tests run inside the host
 # (tests/payload: the scenario runner and a guest /init; Debian's cloud kernel as the guest kernel).
@@ -69,6 +72,8 @@ bench: test-image
 	@$(BUILDER) size-report --manifest $(OUT)/manifest.json
 	@echo "==> keel-vmm inside the Keel test image (nested KVM under QEMU/TCG: compare runs, not absolutes)"
 	KEEL_OUT=$(OUT) $(CARGO) bench -p keel-tests --bench vmm
+	@echo "==> boot media: QEMU start to the ready line (docs/boot-media.md)"
+	KEEL_OUT=$(OUT) $(CARGO) bench -p keel-tests --bench media
 
 clean:
 	$(CARGO) clean

@@ -3,6 +3,8 @@
 set -euo pipefail
 
 packages=(qemu-system-x86 ovmf squashfs-tools cpio zstd xorriso dpkg-dev kmod)
+# Boot media (docs/boot-media.md): GRUB for BIOS and UEFI, FAT and ext4 tools, sfdisk, iPXE ROMs.
+packages+=(grub-pc-bin grub-efi-amd64-bin grub-common mtools dosfstools e2fsprogs fdisk ipxe-qemu)
 
 missing=()
 for pkg in "${packages[@]}"; do

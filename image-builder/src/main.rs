@@ -6,6 +6,7 @@ mod fetch;
 mod kconfig;
 mod lock;
 mod manifest;
+mod media;
 mod modules;
 mod squashfs;
 mod tool;
@@ -73,6 +74,18 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Build the boot media from a finished out/: keel.iso, pxe/, keel-usb.img (added to the
+    /// manifest).
+    Media {
+        #[arg(long, default_value = "out")]
+        out: PathBuf,
+        /// Size of the USB image's KEEL-STATE partition, in MiB.
+        #[arg(long, default_value_t = 64)]
+        state_mib: u64,
+        /// Copied to out/pxe/README.md.
+        #[arg(long, default_value = "docs/pxe.md")]
+        pxe_readme: PathBuf,
+    },
     /// Print the size report of a finished build.
     SizeReport {
         #[arg(long, default_value = "out/manifest.json")]
@@ -135,6 +148,9 @@ enum BuildError {
     /// {0}
     #[error("{0}")]
     Manifest(#[from] manifest::ManifestError),
+    /// {0}
+    #[error("{0}")]
+    Media(#[from] media::MediaError),
     /// Kernel {0} lacks options Keel requires:\n  {1}
     #[error("Kernel {0} lacks options Keel requires:\n  {1}")]
     KernelConfig(String, String),
@@ -168,6 +184,11 @@ fn main() -> ExitCode {
             modules,
             out,
         } => guest_initramfs(&cli.lock, &cli.cache, which, &init, &modules, &out),
+        Command::Media {
+            out,
+            state_mib,
+            pxe_readme,
+        } => build_media(&cli.cache, out, state_mib, pxe_readme),
         Command::SizeReport { manifest } => Manifest::load(&manifest)
             .map(|m| print!("{}", m.size_report()))
             .map_err(BuildError::from),
@@ -348,6 +369,29 @@ fn build(lock: &Path, cache: &Path, args: &BuildArgs) -> Result<(), BuildError> 
         components,
     };
     manifest.write(&args.out.join("manifest.json"))?;
+    print!("{}", manifest.size_report());
+    Ok(())
+}
+
+fn build_media(
+    cache: &Path,
+    out: PathBuf,
+    state_mib: u64,
+    pxe_readme: PathBuf,
+) -> Result<(), BuildError> {
+    let started = step("building boot media (keel.iso, pxe/, keel-usb.img)");
+    let inputs = media::Inputs {
+        staging: cache.join("stage-media"),
+        out,
+        state_mib,
+        pxe_readme,
+    };
+    let components = media::build(&inputs)?;
+    let path = inputs.out.join("manifest.json");
+    let mut manifest = Manifest::load(&path)?;
+    manifest.upsert(components);
+    manifest.write(&path)?;
+    done(started);
     print!("{}", manifest.size_report());
     Ok(())
 }

@@ -110,6 +110,16 @@ impl Manifest {
         serde_json::from_str(&text).map_err(|e| ManifestError::Parse(path.to_path_buf(), e))
     }
 
+    /// Adds components, replacing those of the same name (rebuilding media over an old out/).
+    pub fn upsert(&mut self, components: Vec<Component>) {
+        for c in components {
+            match self.components.iter_mut().find(|old| old.name == c.name) {
+                Some(old) => *old = c,
+                None => self.components.push(c),
+            }
+        }
+    }
+
     /// The per-component size report printed after a build.
     pub fn size_report(&self) -> String {
         let mut report = String::from("component          bytes      MiB  sha256\n");
@@ -186,5 +196,34 @@ mod tests {
             "{report}"
         );
         assert!(report.contains("3 modules"), "{report}");
+    }
+
+    #[test]
+    fn upsert_replaces_by_name_and_appends_new() {
+        let c = |name: &str, size| Component {
+            name: name.into(),
+            path: name.into(),
+            size,
+            sha256: String::new(),
+        };
+        let mut manifest = Manifest {
+            kernel: KernelInfo {
+                package: String::new(),
+                version: String::new(),
+                release: String::new(),
+                sha256: String::new(),
+            },
+            modules: 0,
+            early_modules: vec![],
+            cmdline: String::new(),
+            components: vec![c("vmlinuz", 1), c("keel.iso", 2)],
+        };
+        manifest.upsert(vec![c("keel.iso", 3), c("keel-usb.img", 4)]);
+        let got: Vec<(&str, u64)> = manifest
+            .components
+            .iter()
+            .map(|c| (c.name.as_str(), c.size))
+            .collect();
+        assert_eq!(got, [("vmlinuz", 1), ("keel.iso", 3), ("keel-usb.img", 4)]);
     }
 }

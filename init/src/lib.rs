@@ -6,3 +6,4 @@ pub mod firewall;
 pub mod jail;
 pub mod net;
 pub mod pid1;
+pub mod state;

@@ -14,5 +14,5 @@ pub use console::Line;
 pub use error::Error;
 pub use machine::Qemu;
 pub use paths::Image;
-pub use qemu::{Boot, QemuBuilder};
+pub use qemu::{Boot, Firmware, QemuBuilder};
 pub use qmp::{Qmp, QmpError};

@@ -47,6 +47,13 @@ impl Qemu {
             None => Vec::new(),
         };
         let args = builder.command_args(&qmp_socket, &forwards);
+        if builder.firmware == crate::qemu::Firmware::Ovmf {
+            let vars = crate::qemu::ovmf_vars_path(&qmp_socket);
+            std::fs::copy(crate::qemu::OVMF_VARS, &vars).map_err(|source| Error::Create {
+                path: vars.clone(),
+                source,
+            })?;
+        }
 
         let log_path = paths::log_dir().join(format!("{}.log", file_name(&builder.name)));
         let log = create_log(&log_path, &builder.program, &args)?;

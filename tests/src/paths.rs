@@ -27,6 +27,18 @@ pub fn out_dir() -> PathBuf {
     out_dir_from(std::env::var_os("KEEL_OUT"), &workspace_root())
 }
 
+/// `keel-image-builder`: `KEEL_IMAGE_BUILDER`, else the release build in `CARGO_TARGET_DIR` (or
+/// `<root>/target`), which `make image` builds.
+pub fn image_builder() -> PathBuf {
+    if let Some(path) = std::env::var_os("KEEL_IMAGE_BUILDER").filter(|p| !p.is_empty()) {
+        return PathBuf::from(path);
+    }
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .filter(|p| !p.is_empty())
+        .map_or_else(|| workspace_root().join("target"), PathBuf::from);
+    target.join("release").join("keel-image-builder")
+}
+
 /// Where console logs go, one file per QEMU run.
 pub fn log_dir() -> PathBuf {
     workspace_root().join("target").join("e2e-logs")

@@ -12,7 +12,7 @@ use crate::ports::{self, Forward};
 /// The `-netdev` id of the user network, for `Qmp::set_link`.
 pub const NETDEV_ID: &str = "net0";
 
-/// What the machine boots from. Further media (ISO, PXE, disk image) become further variants.
+/// What the machine boots from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Boot {
@@ -22,6 +22,34 @@ pub enum Boot {
         initrd: Option<PathBuf>,
         cmdline: String,
     },
+    /// The firmware boots a CD (`-cdrom`), e.g. `out/keel.iso`.
+    Cdrom(PathBuf),
+    /// The firmware boots a raw disk image on virtio-blk; QEMU writes to it, so pass a copy.
+    Disk(PathBuf),
+    /// The firmware boots a raw disk image as a USB stick (xHCI, usb-storage); pass a copy.
+    UsbStick(PathBuf),
+    /// The NIC's iPXE ROM boots `bootfile` from QEMU's built-in TFTP server serving `tftp_dir`.
+    Pxe { tftp_dir: PathBuf, bootfile: String },
+}
+
+/// The firmware: SeaBIOS (QEMU's default, legacy BIOS) or OVMF (UEFI, from Debian's `ovmf`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Firmware {
+    #[default]
+    SeaBios,
+    Ovmf,
+}
+
+/// OVMF's code (read-only) and the variable store template copied for each run.
+pub const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
+pub const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
+
+/// Where a run's private copy of the OVMF variable store lives: beside its QMP socket.
+pub fn ovmf_vars_path(qmp_socket: &Path) -> PathBuf {
+    qmp_socket
+        .parent()
+        .unwrap_or(Path::new("."))
+        .join("OVMF_VARS.fd")
 }
 
 impl Boot {
@@ -34,7 +62,8 @@ impl Boot {
         }
     }
 
-    /// Appends kernel parameters (for example `keel.debug`) to a direct kernel boot.
+    /// Appends kernel parameters (for example `keel.debug`) to a direct kernel boot. Boot media
+    /// carry their command line in their boot loader configuration and are returned unchanged.
     pub fn with_params(self, params: &str) -> Boot {
         match self {
             Boot::Kernel {
@@ -51,6 +80,17 @@ impl Boot {
                     .collect::<Vec<_>>()
                     .join(" "),
             },
+            other => other,
+        }
+    }
+
+    /// Options for the user network's `-netdev` (PXE serves TFTP there).
+    fn netdev_options(&self) -> String {
+        match self {
+            Boot::Pxe { tftp_dir, bootfile } => {
+                format!(",tftp={},bootfile={bootfile}", tftp_dir.display())
+            }
+            _ => String::new(),
         }
     }
 
@@ -68,6 +108,26 @@ impl Boot {
                 args.extend(["-append".into(), cmdline.into()]);
                 args
             }
+            Boot::Cdrom(iso) => vec!["-cdrom".into(), iso.into()],
+            Boot::Disk(image) => {
+                let mut drive = OsString::from("file=");
+                drive.push(image);
+                drive.push(",format=raw,if=virtio");
+                vec!["-drive".into(), drive]
+            }
+            Boot::UsbStick(image) => {
+                let mut drive = OsString::from("if=none,id=stick,format=raw,file=");
+                drive.push(image);
+                vec![
+                    "-device".into(),
+                    "qemu-xhci".into(),
+                    "-drive".into(),
+                    drive,
+                    "-device".into(),
+                    "usb-storage,drive=stick,bootindex=1".into(),
+                ]
+            }
+            Boot::Pxe { .. } => vec!["-boot".into(), "n".into()],
         }
     }
 }
@@ -86,6 +146,7 @@ pub struct QemuBuilder {
     pub(crate) nic_model: Option<String>,
     pub(crate) guest_ports: Vec<u16>,
     extra_args: Vec<OsString>,
+    pub(crate) firmware: Firmware,
 }
 
 impl QemuBuilder {
@@ -102,7 +163,14 @@ impl QemuBuilder {
             nic_model: Some("virtio-net-pci".into()),
             guest_ports: Vec::new(),
             extra_args: Vec::new(),
+            firmware: Firmware::default(),
         }
+    }
+
+    /// The firmware; OVMF gets a fresh copy of its variable store for each run.
+    pub fn firmware(mut self, firmware: Firmware) -> Self {
+        self.firmware = firmware;
+        self
     }
 
     pub fn memory_mib(mut self, mib: u32) -> Self {
@@ -176,9 +244,24 @@ impl QemuBuilder {
         if let Some(model) = &self.nic_model {
             args.extend([
                 "-netdev".into(),
-                format!("user,id={NETDEV_ID}{}", ports::hostfwd_options(forwards)).into(),
+                format!(
+                    "user,id={NETDEV_ID}{}{}",
+                    ports::hostfwd_options(forwards),
+                    self.boot.netdev_options()
+                )
+                .into(),
                 "-device".into(),
                 format!("{model},netdev={NETDEV_ID}").into(),
+            ]);
+        }
+        if self.firmware == Firmware::Ovmf {
+            let mut vars = OsString::from("if=pflash,format=raw,file=");
+            vars.push(ovmf_vars_path(qmp_socket));
+            args.extend([
+                "-drive".into(),
+                format!("if=pflash,format=raw,readonly=on,file={OVMF_CODE}").into(),
+                "-drive".into(),
+                vars,
             ]);
         }
         args.extend(self.boot.args());
@@ -282,10 +365,62 @@ mod tests {
     }
 
     #[test]
+    fn boot_media_and_firmware() {
+        let cases: Vec<(QemuBuilder, &[&str])> = vec![
+            (
+                QemuBuilder::new("t", Boot::Cdrom("/o/keel.iso".into())),
+                &["-device virtio-net-pci,netdev=net0 -cdrom /o/keel.iso"],
+            ),
+            (
+                QemuBuilder::new("t", Boot::Disk("/t/usb.img".into())).firmware(Firmware::Ovmf),
+                &[
+                    "-drive if=pflash,format=raw,readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.fd \
+                     -drive if=pflash,format=raw,file=/run/OVMF_VARS.fd \
+                     -drive file=/t/usb.img,format=raw,if=virtio",
+                ],
+            ),
+            (
+                QemuBuilder::new("t", Boot::UsbStick("/t/usb.img".into())),
+                &["-device qemu-xhci -drive if=none,id=stick,format=raw,file=/t/usb.img \
+                   -device usb-storage,drive=stick,bootindex=1"],
+            ),
+            (
+                QemuBuilder::new(
+                    "t",
+                    Boot::Pxe {
+                        tftp_dir: "/o/pxe".into(),
+                        bootfile: "keel.ipxe".into(),
+                    },
+                ),
+                &["-netdev user,id=net0,tftp=/o/pxe,bootfile=keel.ipxe -device virtio-net-pci,netdev=net0 -boot n"],
+            ),
+        ];
+        for (builder, present) in cases {
+            let line = strings(builder.command_args(Path::new("/run/q.sock"), &[])).join(" ");
+            for want in present {
+                assert!(line.contains(want), "{want:?} missing from {line}");
+            }
+            assert!(!line.contains("-kernel"), "{line}");
+        }
+        assert_eq!(
+            Boot::Cdrom("/x".into()).with_params("keel.debug"),
+            Boot::Cdrom("/x".into())
+        );
+    }
+
+    #[test]
     fn with_params_appends_with_one_space() {
-        let Boot::Kernel { cmdline, .. } = kernel_boot().with_params("keel.debug");
-        assert_eq!(cmdline, "console=ttyS0 panic=-1 keel.debug");
-        let Boot::Kernel { cmdline, .. } = kernel_boot().with_params("");
-        assert_eq!(cmdline, "console=ttyS0 panic=-1");
+        let cmdline_of = |boot: Boot| match boot {
+            Boot::Kernel { cmdline, .. } => cmdline,
+            other => panic!("not a kernel boot: {other:?}"),
+        };
+        assert_eq!(
+            cmdline_of(kernel_boot().with_params("keel.debug")),
+            "console=ttyS0 panic=-1 keel.debug"
+        );
+        assert_eq!(
+            cmdline_of(kernel_boot().with_params("")),
+            "console=ttyS0 panic=-1"
+        );
     }
 }

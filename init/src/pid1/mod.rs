@@ -208,6 +208,9 @@ fn stage2(signals: &libc::sigset_t) -> ! {
         ));
     }
 
+    let (_state, state_lines) = crate::state::init(&release);
+    state_lines.iter().for_each(|l| log(l));
+
     // Host networking (docs/network.md): layers, validation, netlink, DHCP keepers.
     let net_log: crate::net::Log = Arc::new(|line: &str| log(line));
     if let Err(e) = crate::net::boot(&cmdline, net_log, loader) {

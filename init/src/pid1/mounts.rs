@@ -188,6 +188,23 @@ pub fn mount_readonly(device: &Path, target: &Path, fstype: &str) -> Result<(), 
     })
 }
 
+/// Mounts a block device with the given flags and options (the state partition).
+pub fn mount_device(
+    device: &Path,
+    target: &Path,
+    fstype: &str,
+    flags: libc::c_ulong,
+    data: &str,
+) -> Result<(), MountError> {
+    let source = device.to_string_lossy();
+    raw_mount(&source, target, Some(fstype), flags, data).map_err(|err| MountError::Mount {
+        fstype: fstype.to_string(),
+        source_name: source.into_owned(),
+        target: target.to_path_buf(),
+        err,
+    })
+}
+
 /// `mount --move from to`.
 pub fn move_mount(from: &Path, to: &Path) -> Result<(), MountError> {
     raw_mount(&from.to_string_lossy(), to, None, libc::MS_MOVE, "")

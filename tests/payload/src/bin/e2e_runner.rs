@@ -297,6 +297,65 @@ fn benchmark() -> Result<(), String> {
     Ok(())
 }
 
+/// The state partition's burst file: a record whose padding length depends on its sequence number,
+/// so a torn or mixed write cannot pass `check_burst_record`.
+fn burst_record(n: u64) -> String {
+    let pad = "k".repeat(1000 + (n % 7) as usize * 700);
+    serde_json::json!({ "n": n, "pad": pad }).to_string()
+}
+
+fn check_burst_record(text: &str) -> Result<u64, String> {
+    let value: serde_json::Value =
+        serde_json::from_str(text).map_err(|e| format!("burst record unreadable: {e}"))?;
+    let n = value["n"].as_u64().ok_or("burst record has no n")?;
+    if burst_record(n) != text {
+        return Err(format!("burst record {n} is not what was written"));
+    }
+    Ok(n)
+}
+
+fn burst_path() -> Result<PathBuf, String> {
+    let status = keel_init::state::status();
+    let dir = status
+        .dir()
+        .ok_or_else(|| format!("no state partition: {}", status.console_line()))?;
+    Ok(dir.join("e2e-burst.json"))
+}
+
+/// The state partition is mounted and the burst record, if any, is whole.
+fn state_check() -> Result<(), String> {
+    let path = burst_path()?;
+    match fs::read_to_string(&path) {
+        Ok(text) => {
+            let n = check_burst_record(&text)?;
+            println!("E2E state-check: burst record {n} intact");
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            println!("E2E state-check: no burst record yet");
+        }
+        Err(e) => return Err(format!("read {}: {e}", path.display())),
+    }
+    Ok(())
+}
+
+/// Replaces the burst record atomically as fast as it can, for the host side to kill QEMU in the
+/// middle; stops by itself after 60 s.
+fn state_burst() -> Result<(), String> {
+    let path = burst_path()?;
+    let started = Instant::now();
+    let mut n = 0u64;
+    while started.elapsed() < Duration::from_secs(60) {
+        n += 1;
+        keel_init::agent::atomic::write_atomic(&path, burst_record(n).as_bytes(), 0o644)
+            .map_err(|e| e.to_string())?;
+        if n == 10 {
+            println!("E2E state-burst: writing");
+            let _ = io::stdout().flush();
+        }
+    }
+    Ok(())
+}
+
 type Scenario = fn() -> Result<(), String>;
 
 const SCENARIOS: &[(&str, Scenario)] = &[
@@ -308,6 +367,8 @@ const SCENARIOS: &[(&str, Scenario)] = &[
     ("jail-memory-cap", hardening::jail_memory_cap),
     ("jail-vmm", hardening::jail_vmm),
     ("firewall-listen", hardening::firewall_listen),
+    ("state-check", state_check),
+    ("state-burst", state_burst),
 ];
 
 fn requested_scenarios(cmdline: &str) -> Vec<&str> {
@@ -343,6 +404,18 @@ fn main() {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn burst_records_detect_tearing() {
+        for n in [1, 6, 7, 100] {
+            assert_eq!(check_burst_record(&burst_record(n)), Ok(n));
+        }
+        let torn = burst_record(3);
+        assert!(check_burst_record(&torn[..torn.len() - 10]).is_err());
+        let mixed = burst_record(3).replace("\"n\":3", "\"n\":4");
+        assert!(check_burst_record(&mixed).is_err());
+        assert!(check_burst_record("").is_err());
+    }
 
     #[test]
     fn scenarios_come_from_the_command_line() {
