@@ -11,6 +11,9 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+pub mod devices;
+pub use devices::{DiskConfig, NicConfig};
+
 /// One VM, as read from `vm.json`. Unknown fields are rejected.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -30,6 +33,15 @@ pub struct VmConfig {
     /// Where the guest's COM1 output goes.
     #[serde(default)]
     pub serial: SerialConfig,
+    /// virtio-blk disks, in PCI slot order (the guest names them vda, vdb, …).
+    #[serde(default)]
+    pub disks: Vec<DiskConfig>,
+    /// virtio-net NICs on tap devices.
+    #[serde(default)]
+    pub nics: Vec<NicConfig>,
+    /// A virtio-rng entropy device.
+    #[serde(default)]
+    pub rng: bool,
 }
 
 /// Destination of the guest's serial console.
@@ -122,6 +134,9 @@ pub enum ConfigError {
     /// cmdline: byte {offset} is {byte:#04x}; only printable ASCII is allowed
     #[error("cmdline: byte {offset} is {byte:#04x}; only printable ASCII is allowed (no NUL)")]
     CmdlineBadByte { offset: usize, byte: u8 },
+    /// {0}
+    #[error("{0}")]
+    Device(#[from] devices::DeviceConfigError),
     /// serial path {path}: {reason}
     #[error("serial path {}: {reason}", path.display())]
     BadSerialPath { path: PathBuf, reason: &'static str },
@@ -176,6 +191,7 @@ impl VmConfig {
             check_readable_file("initrd", initrd)?;
         }
         check_cmdline(&self.cmdline)?;
+        devices::validate(&self.disks, &self.nics, self.rng)?;
         match &self.serial {
             SerialConfig::Stdout | SerialConfig::Off => Ok(()),
             SerialConfig::File { path } => check_creatable(path),
@@ -281,6 +297,9 @@ mod tests {
                 initrd: Some(self.dir.join("initrd")),
                 cmdline: "console=ttyS0 reboot=k panic=1".into(),
                 serial: SerialConfig::Stdout,
+                disks: Vec::new(),
+                nics: Vec::new(),
+                rng: false,
             }
         }
     }

@@ -1,0 +1,71 @@
+//! Runs virtio devices on the VMM's event loop: one subscriber per device watches its queue
+//! notifications (ioeventfds) and its back-end descriptor, and hands each event to the device.
+//! Work left after a device's per-event budget is re-queued by signalling the same eventfd, so
+//! every other device gets its turn first.
+
+use std::os::fd::RawFd;
+use std::sync::{Arc, Mutex};
+
+use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
+use vmm_sys_util::eventfd::EventFd;
+
+use super::pci::VirtioPciDevice;
+use super::{DeviceEvent, Progress};
+
+/// Token of the back-end descriptor (queue tokens are their indices).
+const BACKEND: u32 = u32::MAX;
+
+/// The event-loop side of one virtio device.
+pub struct VirtioWorker {
+    device: Arc<Mutex<VirtioPciDevice>>,
+    queue_evts: Vec<EventFd>,
+    backend: Option<RawFd>,
+}
+
+impl VirtioWorker {
+    pub fn new(device: Arc<Mutex<VirtioPciDevice>>) -> std::io::Result<Self> {
+        let (queue_evts, backend) = {
+            let d = device.lock().unwrap_or_else(|e| e.into_inner());
+            (d.queue_events()?, d.backend_fd())
+        };
+        Ok(VirtioWorker {
+            device,
+            queue_evts,
+            backend,
+        })
+    }
+
+    fn run(&self, event: DeviceEvent) -> Progress {
+        self.device
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .handle(event)
+    }
+}
+
+impl MutEventSubscriber for VirtioWorker {
+    fn init(&mut self, ops: &mut EventOps) {
+        for (i, evt) in self.queue_evts.iter().enumerate() {
+            let _ = ops.add(Events::with_data(evt, i as u32, EventSet::IN));
+        }
+        if let Some(fd) = self.backend {
+            let _ = ops.add(Events::with_data_raw(fd, BACKEND, EventSet::IN));
+        }
+    }
+
+    fn process(&mut self, events: Events, _ops: &mut EventOps) {
+        let token = events.data();
+        if token == BACKEND {
+            self.run(DeviceEvent::Backend);
+            return;
+        }
+        let Some(evt) = self.queue_evts.get(token as usize) else {
+            return;
+        };
+        // Any number of notifications since the last read count as one.
+        let _ = evt.read();
+        if self.run(DeviceEvent::Queue(token as usize)) == Progress::More {
+            let _ = evt.write(1);
+        }
+    }
+}
