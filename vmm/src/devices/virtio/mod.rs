@@ -8,6 +8,7 @@
 //! A request that fails is completed with an error (or a zero length); a queue that cannot be
 //! used at all puts the device in NEEDS_RESET, and the VMM carries on with its other devices.
 
+pub mod block;
 pub mod chain;
 pub mod pci;
 pub mod rng;

@@ -7,6 +7,7 @@ use kvm_ioctls::VmFd;
 use vm_allocator::IdAllocator;
 use vm_memory::GuestMemoryMmap;
 
+use super::block::Block;
 use super::pci::{VirtioPciDevice, VirtioPciError, BAR_SIZE};
 use super::rng::Rng;
 use super::VirtioDevice;
@@ -56,6 +57,10 @@ pub fn create_virtio_devices(
         .map_err(|_| SetupError::NoGsi("first".into()))?;
 
     let mut models: Vec<(String, Box<dyn VirtioDevice>)> = Vec::new();
+    for (i, disk) in config.disks.iter().enumerate() {
+        let block = Block::open(disk).map_err(|e| SetupError::Backend(e.to_string()))?;
+        models.push((format!("disks[{i}]"), Box::new(block)));
+    }
     if config.rng {
         models.push(("rng".into(), Box::new(Rng)));
     }
