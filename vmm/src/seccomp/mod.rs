@@ -141,6 +141,7 @@ mod tests {
                     u32::try_from(std::mem::size_of::<kvm_bindings::kvm_ioeventfd>()).unwrap(),
                 ),
             ),
+            ("TUNSETOFFLOAD", crate::devices::virtio::tap::TUNSETOFFLOAD),
             ("FIONBIO", libc::FIONBIO),
             ("TCGETS", libc::TCGETS),
             ("TCSETS", libc::TCSETS),

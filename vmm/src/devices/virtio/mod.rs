@@ -10,9 +10,11 @@
 
 pub mod block;
 pub mod chain;
+pub mod net;
 pub mod pci;
 pub mod rng;
 pub mod setup;
+pub mod tap;
 #[cfg(test)]
 pub(crate) mod testing;
 pub mod worker;

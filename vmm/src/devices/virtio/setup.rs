@@ -8,12 +8,15 @@ use vm_allocator::IdAllocator;
 use vm_memory::GuestMemoryMmap;
 
 use super::block::Block;
+use super::net::Net;
 use super::pci::{VirtioPciDevice, VirtioPciError, BAR_SIZE};
 use super::rng::Rng;
+use super::tap::Tap;
 use super::VirtioDevice;
 use crate::arch::layout::{
     MSI_GSI_FIRST, MSI_GSI_LAST, PCI_ECAM_START, PCI_MMIO_SIZE, PCI_MMIO_START,
 };
+use crate::config::devices::parse_mac;
 use crate::config::VmConfig;
 use crate::devices::bus::{Bus, BusError, SharedDevice};
 use crate::devices::pci::msix::MsiRouter;
@@ -60,6 +63,17 @@ pub fn create_virtio_devices(
     for (i, disk) in config.disks.iter().enumerate() {
         let block = Block::open(disk).map_err(|e| SetupError::Backend(e.to_string()))?;
         models.push((format!("disks[{i}]"), Box::new(block)));
+    }
+    for (i, nic) in config.nics.iter().enumerate() {
+        let name = nic.tap.clone().unwrap_or_else(|| format!("keeltap{i}"));
+        let mac = parse_mac(&nic.mac)
+            .map_err(|why| SetupError::Backend(format!("nics[{i}] mac {}: {why}", nic.mac)))?;
+        let tap = Tap::open(&name, nic.bridge.as_deref())
+            .map_err(|e| SetupError::Backend(format!("nics[{i}] tap {name}: {e}")))?;
+        models.push((
+            format!("nics[{i}]"),
+            Box::new(Net::new(name, Box::new(tap), mac)),
+        ));
     }
     if config.rng {
         models.push(("rng".into(), Box::new(Rng)));

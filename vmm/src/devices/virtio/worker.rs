@@ -14,12 +14,15 @@ use super::{DeviceEvent, Progress};
 
 /// Token of the back-end descriptor (queue tokens are their indices).
 const BACKEND: u32 = u32::MAX;
+/// Token of the worker's own eventfd, which re-runs back-end work left over by the budget.
+const KICK: u32 = u32::MAX - 1;
 
 /// The event-loop side of one virtio device.
 pub struct VirtioWorker {
     device: Arc<Mutex<VirtioPciDevice>>,
     queue_evts: Vec<EventFd>,
     backend: Option<RawFd>,
+    kick: EventFd,
 }
 
 impl VirtioWorker {
@@ -32,6 +35,7 @@ impl VirtioWorker {
             device,
             queue_evts,
             backend,
+            kick: EventFd::new(vmm_sys_util::eventfd::EFD_NONBLOCK)?,
         })
     }
 
@@ -49,14 +53,23 @@ impl MutEventSubscriber for VirtioWorker {
             let _ = ops.add(Events::with_data(evt, i as u32, EventSet::IN));
         }
         if let Some(fd) = self.backend {
-            let _ = ops.add(Events::with_data_raw(fd, BACKEND, EventSet::IN));
+            // Edge-triggered: a device that cannot take more frames leaves them queued without
+            // the loop waking again until new ones arrive or the guest notifies.
+            let set = EventSet::IN | EventSet::EDGE_TRIGGERED;
+            let _ = ops.add(Events::with_data_raw(fd, BACKEND, set));
+            let _ = ops.add(Events::with_data(&self.kick, KICK, EventSet::IN));
         }
     }
 
     fn process(&mut self, events: Events, _ops: &mut EventOps) {
         let token = events.data();
-        if token == BACKEND {
-            self.run(DeviceEvent::Backend);
+        if token == BACKEND || token == KICK {
+            if token == KICK {
+                let _ = self.kick.read();
+            }
+            if self.run(DeviceEvent::Backend) == Progress::More {
+                let _ = self.kick.write(1);
+            }
             return;
         }
         let Some(evt) = self.queue_evts.get(token as usize) else {
