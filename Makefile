@@ -16,7 +16,7 @@ QEMU := qemu-system-x86_64 -accel tcg -cpu EPYC,+svm,+npt -m 2048 -smp 2 -nograp
 	-kernel $(OUT)/vmlinuz -initrd $(OUT)/initramfs.img \
 	-netdev user,id=net0,hostfwd=tcp::8443-:8443 -device e1000,netdev=net0
 
-.PHONY: deps build image test-image run check unit e2e test bench clean
+.PHONY: deps build image test-image run check unit e2e test bench clean fuzz
 
 deps:
 	@./image-builder/install-deps.sh
@@ -41,7 +41,7 @@ test-image: image
 	cp $(BINDIR)/keel-e2e-runner $(TEST_OVERLAY)/usr/bin/
 	cp "$$($(BUILDER) fetch-kernel --which guest)"/boot/vmlinuz-* $(TEST_OVERLAY)/usr/lib/keel-tests/vmlinuz
 	$(BUILDER) guest-initramfs --which guest --init $(BINDIR)/keel-guest-init \
-		--modules button,evdev --out $(TEST_OVERLAY)/usr/lib/keel-tests/initrd.img
+		--modules button,evdev,virtio_pci,virtio_blk,virtio_net,virtio-rng --out $(TEST_OVERLAY)/usr/lib/keel-tests/initrd.img
 	$(BUILDER) build --out $(TEST_OUT) --overlay $(TEST_OVERLAY) \
 		--bin keel=$(BINDIR)/keel --bin keel-vmm=$(BINDIR)/keel-vmm
 
@@ -69,6 +69,15 @@ bench: test-image
 	@$(BUILDER) size-report --manifest $(OUT)/manifest.json
 	@echo "==> keel-vmm inside the Keel test image (nested KVM under QEMU/TCG: compare runs, not absolutes)"
 	KEEL_OUT=$(OUT) $(CARGO) bench -p keel-tests --bench vmm
+
+# cargo-fuzz targets for the virtio queue handling (vmm/fuzz). Needs a nightly toolchain and
+# cargo-fuzz; `cargo test -p keel-vmm` drives the same targets with deterministic inputs on stable.
+FUZZ_SECONDS ?= 60
+fuzz:
+	@command -v cargo-fuzz >/dev/null && $(CARGO) +nightly --version >/dev/null 2>&1 || \
+		{ echo "make fuzz needs cargo-fuzz and a nightly toolchain (cargo install cargo-fuzz)"; exit 1; }
+	cd vmm/fuzz && for t in virtio_rng virtio_block virtio_net; do \
+		$(CARGO) +nightly fuzz run $$t -- -max_total_time=$(FUZZ_SECONDS) || exit 1; done
 
 clean:
 	$(CARGO) clean

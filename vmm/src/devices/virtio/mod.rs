@@ -10,6 +10,7 @@
 
 pub mod block;
 pub mod chain;
+pub mod fuzz;
 pub mod net;
 pub mod pci;
 pub mod rng;
