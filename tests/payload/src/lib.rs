@@ -41,3 +41,42 @@ mod tests {
 
 pub mod modules;
 pub mod net;
+
+/// Block size of the sequential read benchmark, and count and size of the random reads.
+pub const BENCH_SEQ_BLOCK: usize = 1 << 20;
+pub const BENCH_RANDOM_READS: usize = 2048;
+pub const BENCH_RANDOM_BLOCK: usize = 4096;
+
+/// Times a sequential read of the first `size` bytes of `file` in `BENCH_SEQ_BLOCK` pieces, then
+/// `BENCH_RANDOM_READS` reads of `BENCH_RANDOM_BLOCK` bytes at reproducible aligned offsets. The
+/// buffer is page aligned so `file` may be opened with O_DIRECT. Guest and host run the same code
+/// on the same image, which makes the two comparable.
+pub fn read_benchmark(
+    file: &std::fs::File,
+    size: u64,
+) -> std::io::Result<(std::time::Duration, std::time::Duration)> {
+    use std::os::unix::fs::FileExt;
+    let mut raw = vec![0u8; BENCH_SEQ_BLOCK + 4096];
+    let off = raw.as_ptr().align_offset(4096);
+    let buf = &mut raw[off..off + BENCH_SEQ_BLOCK];
+    let start = std::time::Instant::now();
+    let mut pos = 0;
+    while pos + BENCH_SEQ_BLOCK as u64 <= size {
+        file.read_exact_at(buf, pos)?;
+        pos += BENCH_SEQ_BLOCK as u64;
+    }
+    let seq = start.elapsed();
+    let blocks = size / BENCH_RANDOM_BLOCK as u64;
+    let offsets = pattern(0x7261_6e64, BENCH_RANDOM_READS * 8);
+    let start = std::time::Instant::now();
+    for chunk in offsets.chunks_exact(8) {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(chunk);
+        let block = u64::from_le_bytes(word) % blocks.max(1);
+        file.read_exact_at(
+            &mut buf[..BENCH_RANDOM_BLOCK],
+            block * BENCH_RANDOM_BLOCK as u64,
+        )?;
+    }
+    Ok((seq, start.elapsed()))
+}

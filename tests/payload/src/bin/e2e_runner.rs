@@ -429,6 +429,90 @@ fn virtio_devices() -> Result<(), String> {
     expect_status(vm.expect_exit(Duration::from_secs(30))?, 0)
 }
 
+/// Extracts `key=<number>` from a guest report line.
+fn field(line: &str, key: &str) -> Option<u64> {
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix(key)?.strip_prefix('='))
+        .and_then(|v| v.parse().ok())
+}
+
+/// MiB/s of `bytes` in `us` microseconds.
+fn mib_s(bytes: u64, us: u64) -> f64 {
+    bytes as f64 / (1 << 20) as f64 / (us.max(1) as f64 / 1e6)
+}
+
+/// virtio-blk sequential and random reads in the guest (O_DIRECT on /dev/vda) beside the same
+/// reads by the host kernel on the same image file, and guest-to-host TCP throughput. Prints
+/// `E2E BENCH` lines; under nested emulation only the ratios mean something.
+fn virtio_benchmark() -> Result<(), String> {
+    use keel_test_payload::{read_benchmark, BENCH_RANDOM_BLOCK, BENCH_RANDOM_READS};
+    use std::net::{Ipv4Addr, TcpListener};
+    let image = Path::new(WORK).join("bench.img");
+    fs::create_dir_all(WORK).map_err(|e| format!("create {WORK}: {e}"))?;
+    let size: u64 = 64 << 20;
+    fs::write(&image, keel_test_payload::pattern(1, size as usize))
+        .map_err(|e| format!("write {}: {e}", image.display()))?;
+    let host_file = fs::File::open(&image).map_err(|e| e.to_string())?;
+    let (host_seq, host_rand) = read_benchmark(&host_file, size).map_err(|e| e.to_string())?;
+
+    start_host_network()?;
+    let listener = TcpListener::bind((Ipv4Addr::new(10, 0, 2, 1), 7778))
+        .map_err(|e| format!("listen: {e}"))?;
+    let (tx, received) = mpsc::channel();
+    std::thread::spawn(move || {
+        if let Ok((mut conn, _)) = listener.accept() {
+            let mut sink = vec![0u8; 1 << 20];
+            let mut total = 0u64;
+            while let Ok(n @ 1..) = conn.read(&mut sink) {
+                total += n as u64;
+            }
+            let _ = conn.write_all(b"k");
+            let _ = tx.send(total);
+        }
+    });
+    let devices = serde_json::json!({
+        "disks": [{"path": image, "read_only": true}],
+        "nics": [{"tap": "keeltap1", "mac": "52:54:00:12:34:57", "bridge": "keelbr0"}]
+    });
+    let mut vm = Vm::start_with("vbench", 1, GUEST_MEMORY_MIB, "virtio-bench", devices)?;
+    let blk = vm.expect_line("KEEL-GUEST: bench blk", Duration::from_secs(300))?;
+    let (seq_us, rand_us) = field(&blk, "seq_us")
+        .zip(field(&blk, "rand_us"))
+        .ok_or_else(|| format!("malformed {blk:?}"))?;
+    let rand_bytes = (BENCH_RANDOM_READS * BENCH_RANDOM_BLOCK) as u64;
+    let (g_seq, h_seq) = (
+        mib_s(size, seq_us),
+        mib_s(size, host_seq.as_micros() as u64),
+    );
+    let (g_rand, h_rand) = (
+        mib_s(rand_bytes, rand_us),
+        mib_s(rand_bytes, host_rand.as_micros() as u64),
+    );
+    println!(
+        "E2E BENCH virtio-blk-seq-read guest_mib_s={g_seq:.1} host_mib_s={h_seq:.1} ratio={:.3}",
+        g_seq / h_seq
+    );
+    println!(
+        "E2E BENCH virtio-blk-rand-4k-read guest_mib_s={g_rand:.2} host_mib_s={h_rand:.2} ratio={:.3}",
+        g_rand / h_rand
+    );
+    let tcp = vm.expect_line("KEEL-GUEST: bench tcp", Duration::from_secs(300))?;
+    let (bytes, us) = field(&tcp, "bytes")
+        .zip(field(&tcp, "us"))
+        .ok_or_else(|| format!("malformed {tcp:?}"))?;
+    let got = received
+        .recv_timeout(Duration::from_secs(30))
+        .map_err(|e| format!("host received nothing: {e}"))?;
+    if got != bytes {
+        return Err(format!("host received {got} bytes, guest sent {bytes}"));
+    }
+    println!(
+        "E2E BENCH virtio-net-guest-to-host-tcp mib_s={:.1} bytes={bytes}",
+        mib_s(bytes, us)
+    );
+    expect_status(vm.expect_exit(Duration::from_secs(30))?, 0)
+}
+
 type Scenario = fn() -> Result<(), String>;
 
 const SCENARIOS: &[(&str, Scenario)] = &[
@@ -436,6 +520,7 @@ const SCENARIOS: &[(&str, Scenario)] = &[
     ("vmm-shutdown", api_and_graceful_shutdown),
     ("vmm-bench", benchmark),
     ("vmm-virtio", virtio_devices),
+    ("vmm-virtio-bench", virtio_benchmark),
 ];
 
 fn requested_scenarios(cmdline: &str) -> Vec<&str> {

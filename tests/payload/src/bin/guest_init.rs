@@ -203,6 +203,54 @@ fn network() -> io::Result<()> {
     Ok(())
 }
 
+/// Reads /dev/vda with O_DIRECT (the guest's page cache would measure nothing), then sends
+/// 16 MiB to the host's TCP port 7778 if there is a NIC; reports the times.
+fn virtio_bench() -> io::Result<()> {
+    use std::net::{Ipv4Addr, TcpStream};
+    use std::os::unix::fs::OpenOptionsExt;
+    use std::time::{Duration, Instant};
+    load_modules(&["virtio_pci", "virtio_blk"])?;
+    wait_for("/dev/vda")?;
+    let sectors: u64 = fs::read_to_string("/sys/block/vda/size")?
+        .trim()
+        .parse()
+        .map_err(io::Error::other)?;
+    let disk = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECT)
+        .open("/dev/vda")?;
+    let size = sectors * 512;
+    let (seq, rand) = keel_test_payload::read_benchmark(&disk, size)?;
+    say(&format!(
+        "bench blk bytes={size} seq_us={} rand_us={}",
+        seq.as_micros(),
+        rand.as_micros()
+    ));
+    if has_virtio_net() {
+        load_modules(&["virtio_net"])?;
+        wait_for("/sys/class/net/eth0")?;
+        keel_test_payload::net::configure("eth0", Ipv4Addr::new(10, 0, 2, 2), 24)?;
+        let mut stream = TcpStream::connect_timeout(
+            &(Ipv4Addr::new(10, 0, 2, 1), 7778).into(),
+            Duration::from_secs(10),
+        )?;
+        let chunk = vec![0x5au8; 1 << 20];
+        let start = Instant::now();
+        for _ in 0..16 {
+            std::io::Write::write_all(&mut stream, &chunk)?;
+        }
+        stream.shutdown(std::net::Shutdown::Write)?;
+        let mut ack = [0u8; 1];
+        let _ = stream.read(&mut ack);
+        say(&format!(
+            "bench tcp bytes={} us={}",
+            16 << 20,
+            start.elapsed().as_micros()
+        ));
+    }
+    Ok(())
+}
+
 fn virtio(write: bool) -> io::Result<()> {
     use keel_test_payload::{checksum, pattern, DISK_PATTERN_LEN};
     use std::io::{Seek, SeekFrom, Write};
@@ -304,6 +352,11 @@ fn main() {
             }
         }
         "poweroff" => {}
+        "virtio-bench" => {
+            if let Err(e) = virtio_bench() {
+                say(&format!("virtio benchmark failed: {e}"));
+            }
+        }
         mode @ ("virtio-write" | "virtio-read") => {
             if let Err(e) = virtio(mode == "virtio-write") {
                 say(&format!("virtio check failed: {e}"));
