@@ -345,6 +345,21 @@ mod tests {
                 &["vm.json: unknown field `foo`", "at line 3 column 9"],
             ),
             (
+                r#"{"vcpus": 1, "memory_mib": 64, "kernel": "/k", "disks": [{"path": "/d", "readonly": true}]}"#,
+                &[
+                    "unknown field `readonly`",
+                    "expected one of `path`, `read_only`, `serial`, `direct`",
+                ],
+            ),
+            (
+                r#"{"vcpus": 1, "memory_mib": 64, "kernel": "/k", "nics": [{"tap": "t0"}]}"#,
+                &["missing field `mac`"],
+            ),
+            (
+                r#"{"vcpus": 1, "memory_mib": 64, "kernel": "/k", "rng": "yes"}"#,
+                &["invalid type: string \"yes\", expected a boolean"],
+            ),
+            (
                 r#"{"vcpus": 300, "memory_mib": 64, "kernel": "/k"}"#,
                 &["vm.json: invalid value: integer `300`", "line 1 column 13"],
             ),
