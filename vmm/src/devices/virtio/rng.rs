@@ -153,6 +153,17 @@ mod tests {
     }
 
     #[test]
+    fn a_head_index_past_the_queue_needs_a_reset() {
+        let mut q = GuestQueue::new(4);
+        let mut d = device(&q, Box::new(Rng));
+        bring_up(&mut d, 4);
+        q.publish(9);
+        d.handle(DeviceEvent::Queue(0));
+        assert_ne!(d.status() & super::super::STATUS_NEEDS_RESET, 0);
+        assert_eq!(q.used_idx(), 0);
+    }
+
+    #[test]
     fn notify_storm_is_served_in_bounded_slices() {
         let mut q = GuestQueue::new(4);
         let mut d = device(&q, Box::new(Rng));
