@@ -40,6 +40,12 @@ test-image: image
 	cp -r tests/image/. $(TEST_OVERLAY)/
 	cp $(BINDIR)/keel-e2e-runner $(TEST_OVERLAY)/usr/bin/
 	cp "$$($(BUILDER) fetch-kernel --which guest)"/boot/vmlinuz-* $(TEST_OVERLAY)/usr/lib/keel-tests/vmlinuz
+	# An empty ext4 disk for the virtio-blk test (the guest has no mkfs); fixed time, UUID and
+	# hash seed keep the image reproducible.
+	truncate -s 16M $(TEST_OVERLAY)/usr/lib/keel-tests/ext4.img
+	E2FSPROGS_FAKE_TIME=1 mkfs.ext4 -q -F -U 6b65656c-7669-4f72-8000-000000000001 \
+		-E hash_seed=6b65656c-7669-4f72-8000-000000000002,root_owner=0:0 \
+		$(TEST_OVERLAY)/usr/lib/keel-tests/ext4.img
 	$(BUILDER) guest-initramfs --which guest --init $(BINDIR)/keel-guest-init \
 		--modules button,evdev,virtio_pci,virtio_blk,virtio_net,virtio-rng --out $(TEST_OVERLAY)/usr/lib/keel-tests/initrd.img
 	$(BUILDER) build --out $(TEST_OUT) --overlay $(TEST_OVERLAY) \

@@ -349,7 +349,8 @@ fn start_host_network() -> Result<(Vec<u8>, PingOutcome), String> {
 /// host ping each other and 4 MiB cross over TCP intact; the guest reads /dev/hwrng, sees both disks with
 /// their serials, writes a 4 MiB pattern to the first and finds the read-only second refusing
 /// writes; after a power-off the pattern reads back from a second boot and from the host file.
-/// (The guest has no mkfs.ext4, so the disk holds the raw pattern rather than a file system.)
+/// The same pattern goes into a file on a third disk holding ext4 (formatted at image build time,
+/// since the guest has no mkfs.ext4) and reads back from the file system after the power cycle.
 fn virtio_devices() -> Result<(), String> {
     use keel_test_payload::{checksum, pattern, DISK_PATTERN_LEN};
     let data = Path::new(WORK).join("data.img");
@@ -357,9 +358,14 @@ fn virtio_devices() -> Result<(), String> {
     fs::create_dir_all(WORK).map_err(|e| format!("create {WORK}: {e}"))?;
     fs::write(&data, vec![0u8; 8 << 20]).map_err(|e| format!("write {}: {e}", data.display()))?;
     fs::write(&ro, vec![0x5au8; 1 << 20]).map_err(|e| format!("write {}: {e}", ro.display()))?;
+    // An empty ext4 file system made at image build time (the guest has no mkfs.ext4).
+    let ext4 = Path::new(WORK).join("ext4.img");
+    fs::copy(Path::new(PAYLOAD).join("ext4.img"), &ext4)
+        .map_err(|e| format!("copy {PAYLOAD}/ext4.img: {e}"))?;
     let disks = serde_json::json!([
         {"path": data, "serial": "keel-data"},
-        {"path": ro, "read_only": true, "serial": "keel-ro"}
+        {"path": ro, "read_only": true, "serial": "keel-ro"},
+        {"path": ext4, "serial": "keel-ext4", "direct": false}
     ]);
     let want = format!(
         "sum={:016x}",
@@ -405,6 +411,10 @@ fn virtio_devices() -> Result<(), String> {
     if !refused.contains("refused") {
         return Err(format!("read-only disk: {refused}"));
     }
+    let ext4_wrote = vm.expect_line("KEEL-GUEST: ext4 wrote", timeout)?;
+    if !ext4_wrote.contains(&want) {
+        return Err(format!("guest wrote {ext4_wrote}, expected {want}"));
+    }
     expect_status(vm.expect_exit(Duration::from_secs(30))?, 0)?;
 
     let image = fs::read(&data).map_err(|e| format!("read {}: {e}", data.display()))?;
@@ -425,6 +435,12 @@ fn virtio_devices() -> Result<(), String> {
     let read = vm.expect_line("KEEL-GUEST: vda read", timeout)?;
     if !read.contains(&want) {
         return Err(format!("second boot read {read}, expected {want}"));
+    }
+    let ext4_read = vm.expect_line("KEEL-GUEST: ext4 read", timeout)?;
+    if !ext4_read.contains(&want) {
+        return Err(format!(
+            "second boot read {ext4_read} from ext4, expected {want}"
+        ));
     }
     expect_status(vm.expect_exit(Duration::from_secs(30))?, 0)
 }

@@ -310,6 +310,37 @@ fn virtio(write: bool) -> io::Result<()> {
             checksum(&data)
         ));
     }
+    if Path::new("/sys/block/vdc").exists() || wait_for("/dev/vdc").is_ok() {
+        ext4_file(write, &pattern)?;
+    }
+    Ok(())
+}
+
+/// On the ext4 disk /dev/vdc: writes `/keel.bin` (then syncs and unmounts), or reads it back,
+/// and reports its checksum.
+fn ext4_file(write: bool, pattern: &[u8]) -> io::Result<()> {
+    use keel_test_payload::checksum;
+    mount("/dev/vdc", "/mnt", "ext4")?;
+    let path = Path::new("/mnt/keel.bin");
+    let result = if write {
+        fs::write(path, pattern)
+            .and_then(|()| File::open(path)?.sync_all())
+            .map(|()| pattern.to_vec())
+    } else {
+        fs::read(path)
+    };
+    let target = cstr("/mnt")?;
+    // SAFETY: umount takes a valid NUL-terminated path.
+    if unsafe { libc::umount(target.as_ptr()) } != 0 {
+        say(&format!("umount /mnt: {}", io::Error::last_os_error()));
+    }
+    let data = result?;
+    let verb = if write { "wrote" } else { "read" };
+    say(&format!(
+        "ext4 {verb} bytes={} sum={:016x}",
+        data.len(),
+        checksum(&data)
+    ));
     Ok(())
 }
 
