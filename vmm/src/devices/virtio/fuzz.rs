@@ -4,8 +4,8 @@
 //! exercises the same code.
 //!
 //! An input is a guest: its first byte picks the queue size, the rest is copied over guest memory
-//! from the descriptor table on, so descriptors, ring indices and buffer addresses are all the
-//! fuzzer's. The device must never panic, and every call must return.
+//! from the available rings on (then the descriptor tables), so ring indices, descriptors and
+//! buffer addresses are all the fuzzer's. The device must never panic, and every call must return.
 
 use std::sync::OnceLock;
 
@@ -19,8 +19,14 @@ use super::{DeviceEvent, VirtioDevice, VirtioTransport};
 use crate::config::DiskConfig;
 
 const MEM_SIZE: usize = 1 << 20;
-const DESC: u64 = 0x1000;
-const AVAIL: u64 = 0x3000;
+/// Where the input goes. The available rings come first and the descriptor tables right after,
+/// so short inputs already reach both; the used rings (device-written) follow.
+const INPUT_START: u64 = 0x1000;
+/// Per queue q: available ring at AVAIL + q * AVAIL_STRIDE (518 bytes for 256 entries),
+/// descriptor table at DESC + q * 0x1000, used ring at USED + q * 0x1000.
+const AVAIL: u64 = 0x1000;
+const AVAIL_STRIDE: u64 = 0x300;
+const DESC: u64 = 0x1600;
 const USED: u64 = 0x4000;
 
 /// Counts interrupts instead of raising them.
@@ -36,16 +42,16 @@ impl VirtioTransport for NoInterrupts {
 fn guest(data: &[u8], queues: usize) -> Option<(GuestMemoryMmap, Vec<Queue>)> {
     let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).ok()?;
     let (first, rest) = data.split_first()?;
-    let n = rest.len().min(MEM_SIZE - DESC as usize);
-    mem.write_slice(&rest[..n], GuestAddress(DESC)).ok()?;
+    let n = rest.len().min(MEM_SIZE - INPUT_START as usize);
+    mem.write_slice(&rest[..n], GuestAddress(INPUT_START)).ok()?;
     let size = 1u16 << (first % 9); // 1..=256, as a driver may pick
     let mut out = Vec::new();
     for q in 0..queues as u64 {
         let mut queue = Queue::new(256).ok()?;
         queue.set_size(size);
-        queue.set_desc_table_address(Some((DESC + q * 0x8000) as u32), Some(0));
-        queue.set_avail_ring_address(Some((AVAIL + q * 0x8000) as u32), Some(0));
-        queue.set_used_ring_address(Some((USED + q * 0x8000) as u32), Some(0));
+        queue.set_desc_table_address(Some((DESC + q * 0x1000) as u32), Some(0));
+        queue.set_avail_ring_address(Some((AVAIL + q * AVAIL_STRIDE) as u32), Some(0));
+        queue.set_used_ring_address(Some((USED + q * 0x1000) as u32), Some(0));
         queue.set_ready(true);
         out.push(queue);
     }
