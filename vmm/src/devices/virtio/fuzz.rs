@@ -43,7 +43,8 @@ fn guest(data: &[u8], queues: usize) -> Option<(GuestMemoryMmap, Vec<Queue>)> {
     let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).ok()?;
     let (first, rest) = data.split_first()?;
     let n = rest.len().min(MEM_SIZE - INPUT_START as usize);
-    mem.write_slice(&rest[..n], GuestAddress(INPUT_START)).ok()?;
+    mem.write_slice(&rest[..n], GuestAddress(INPUT_START))
+        .ok()?;
     let size = 1u16 << (first % 9); // 1..=256, as a driver may pick
     let mut out = Vec::new();
     for q in 0..queues as u64 {
