@@ -9,7 +9,7 @@ use keel_tests::{paths, Boot, Error, Image, QemuBuilder};
 
 fn run() -> Result<(), Error> {
     let image = Image::locate_in(&paths::out_dir().join("test"))?;
-    let boot = Boot::image(&image).with_params("keel_e2e=vmm-bench");
+    let boot = Boot::image(&image).with_params("keel_e2e=vmm-bench,vmm-virtio-bench");
     let mut host = QemuBuilder::new("bench-vmm", boot).spawn()?;
     host.wait_for_line("E2E DONE", Duration::from_secs(600))?;
     let lines = host.lines();

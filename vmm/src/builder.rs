@@ -98,6 +98,9 @@ pub enum BuildError {
     /// {0}
     #[error("{0}")]
     Vcpu(#[from] VcpuError),
+    /// {0}
+    #[error("{0}")]
+    Virtio(#[from] crate::devices::virtio::setup::SetupError),
 }
 
 /// Where the kernel starts and what the zero page needs from its image.
@@ -198,7 +201,7 @@ fn place<T: crate::devices::bus::BusDevice + 'static>(
 /// Builds the whole VM. `start` is when the VMM process started (for the boot timer).
 pub fn build(kvm: &Kvm, config: &VmConfig, start: Instant) -> Result<Vmm, BuildError> {
     let mem = create_guest_memory(config.memory_mib)?;
-    let vm = create_vm(kvm, &mem)?;
+    let vm = Arc::new(create_vm(kvm, &mem)?);
 
     let kernel = load_kernel(&mem, &config.kernel)?;
     let cmdline = Cmdline::try_from(&config.cmdline, layout::CMDLINE_MAX_SIZE)
@@ -209,7 +212,12 @@ pub fn build(kvm: &Kvm, config: &VmConfig, start: Instant) -> Result<Vmm, BuildE
         Some(path) => Some(load_initrd(&mem, path, &kernel)?),
         None => None,
     };
-    let rsdp = create_acpi_tables(&mem, &AcpiConfig::new(config.vcpus))?;
+    let acpi = AcpiConfig {
+        extra_dsdt_aml: crate::acpi::pci::pci_aml(),
+        extra_tables: vec![crate::acpi::pci::mcfg()],
+        ..AcpiConfig::new(config.vcpus)
+    };
+    let rsdp = create_acpi_tables(&mem, &acpi)?;
     write_boot_params(
         &mem,
         &BootInfo {
@@ -224,6 +232,8 @@ pub fn build(kvm: &Kvm, config: &VmConfig, start: Instant) -> Result<Vmm, BuildE
     let pio = Arc::new(Bus::new());
     let mmio = Arc::new(Bus::new());
     let devices = create_devices(&vm, &pio, &mmio, &exit, config, start)?;
+    let virtio =
+        crate::devices::virtio::setup::create_virtio_devices(&vm, &mem, &pio, &mmio, config)?;
     let vcpus = create_vcpus(
         kvm,
         &vm,
@@ -243,6 +253,7 @@ pub fn build(kvm: &Kvm, config: &VmConfig, start: Instant) -> Result<Vmm, BuildE
         ged: devices.ged,
         serial_input: devices.serial_input,
         boot_timer: devices.boot_timer,
+        virtio,
         vcpu_count: config.vcpus,
         memory_mib: config.memory_mib,
         start,

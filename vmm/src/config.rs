@@ -11,6 +11,9 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+pub mod devices;
+pub use devices::{DiskConfig, NicConfig};
+
 /// One VM, as read from `vm.json`. Unknown fields are rejected.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -30,6 +33,15 @@ pub struct VmConfig {
     /// Where the guest's COM1 output goes.
     #[serde(default)]
     pub serial: SerialConfig,
+    /// virtio-blk disks, in PCI slot order (the guest names them vda, vdb, …).
+    #[serde(default)]
+    pub disks: Vec<DiskConfig>,
+    /// virtio-net NICs on tap devices.
+    #[serde(default)]
+    pub nics: Vec<NicConfig>,
+    /// A virtio-rng entropy device.
+    #[serde(default)]
+    pub rng: bool,
 }
 
 /// Destination of the guest's serial console.
@@ -122,6 +134,9 @@ pub enum ConfigError {
     /// cmdline: byte {offset} is {byte:#04x}; only printable ASCII is allowed
     #[error("cmdline: byte {offset} is {byte:#04x}; only printable ASCII is allowed (no NUL)")]
     CmdlineBadByte { offset: usize, byte: u8 },
+    /// {0}
+    #[error("{0}")]
+    Device(#[from] devices::DeviceConfigError),
     /// serial path {path}: {reason}
     #[error("serial path {}: {reason}", path.display())]
     BadSerialPath { path: PathBuf, reason: &'static str },
@@ -176,6 +191,7 @@ impl VmConfig {
             check_readable_file("initrd", initrd)?;
         }
         check_cmdline(&self.cmdline)?;
+        devices::validate(&self.disks, &self.nics, self.rng)?;
         match &self.serial {
             SerialConfig::Stdout | SerialConfig::Off => Ok(()),
             SerialConfig::File { path } => check_creatable(path),
@@ -281,6 +297,9 @@ mod tests {
                 initrd: Some(self.dir.join("initrd")),
                 cmdline: "console=ttyS0 reboot=k panic=1".into(),
                 serial: SerialConfig::Stdout,
+                disks: Vec::new(),
+                nics: Vec::new(),
+                rng: false,
             }
         }
     }
@@ -324,6 +343,21 @@ mod tests {
             (
                 "{\n  \"vcpus\": 1,\n    \"foo\": 3,\n  \"memory_mib\": 64, \"kernel\": \"/k\"}",
                 &["vm.json: unknown field `foo`", "at line 3 column 9"],
+            ),
+            (
+                r#"{"vcpus": 1, "memory_mib": 64, "kernel": "/k", "disks": [{"path": "/d", "readonly": true}]}"#,
+                &[
+                    "unknown field `readonly`",
+                    "expected one of `path`, `read_only`, `serial`, `direct`",
+                ],
+            ),
+            (
+                r#"{"vcpus": 1, "memory_mib": 64, "kernel": "/k", "nics": [{"tap": "t0"}]}"#,
+                &["missing field `mac`"],
+            ),
+            (
+                r#"{"vcpus": 1, "memory_mib": 64, "kernel": "/k", "rng": "yes"}"#,
+                &["invalid type: string \"yes\", expected a boolean"],
             ),
             (
                 r#"{"vcpus": 300, "memory_mib": 64, "kernel": "/k"}"#,

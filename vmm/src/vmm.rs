@@ -30,12 +30,14 @@ use crate::vstate::vcpu::{Vcpu, Vcpus};
 /// What the builder hands over.
 pub struct VmParts {
     pub mem: GuestMemoryMmap,
-    pub vm: VmFd,
+    pub vm: Arc<VmFd>,
     pub vcpus: Vec<Vcpu>,
     pub exit: Arc<ExitRequest>,
     pub ged: Arc<Mutex<AcpiGed>>,
     pub serial_input: SerialInput,
     pub boot_timer: Arc<Mutex<BootTimer>>,
+    /// Virtio devices, served from the event loop.
+    pub virtio: Vec<Arc<Mutex<crate::devices::virtio::pci::VirtioPciDevice>>>,
     pub vcpu_count: u8,
     pub memory_mib: u32,
     pub start: Instant,
@@ -227,6 +229,7 @@ impl Vmm {
             ged,
             serial_input,
             boot_timer: _,
+            virtio,
             vcpu_count,
             memory_mib,
             start,
@@ -235,6 +238,11 @@ impl Vmm {
             EventManager::new().map_err(|e| format!("cannot create the event loop: {e}"))?;
         events.add_subscriber(Arc::new(Mutex::new(ExitWatcher(exit.clone()))));
         events.add_subscriber(Arc::new(Mutex::new(serial_input)));
+        for device in virtio {
+            let worker = crate::devices::virtio::worker::VirtioWorker::new(device)
+                .map_err(|e| format!("cannot watch a virtio device: {e}"))?;
+            events.add_subscriber(Arc::new(Mutex::new(worker)));
+        }
         let vcpus = Arc::new(Vcpus::start(vcpus).map_err(|e| e.to_string())?);
         let handle = Arc::new(VmHandle {
             vcpus: vcpus.clone(),
@@ -260,7 +268,7 @@ impl Vmm {
 pub struct RunningVmm {
     // Kept alive for as long as the vCPUs run: KVM maps this memory into the guest.
     _mem: GuestMemoryMmap,
-    _vm: VmFd,
+    _vm: Arc<VmFd>,
     vcpus: Arc<Vcpus>,
     exit: Arc<ExitRequest>,
     events: EventManager<Subscriber>,

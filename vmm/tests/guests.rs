@@ -170,6 +170,9 @@ impl Guest {
             initrd: None,
             cmdline: "console=ttyS0".to_owned(),
             serial: serial_config(serial.clone()),
+            disks: Vec::new(),
+            nics: Vec::new(),
+            rng: false,
         };
         let kvm = Kvm::new().unwrap();
         let vmm = build(&kvm, &config, Instant::now()).unwrap();
@@ -329,6 +332,9 @@ fn bad_kernel_is_named_in_the_error() {
         initrd: None,
         cmdline: String::new(),
         serial: SerialConfig::Off,
+        disks: Vec::new(),
+        nics: Vec::new(),
+        rng: false,
     };
     let err = build(&Kvm::new().unwrap(), &config, Instant::now())
         .err()

@@ -16,6 +16,7 @@
 //! use the 8259 PIC or the PIT interrupt (Linux bypasses both when the FADT says hardware-reduced).
 
 mod dsdt;
+pub mod pci;
 
 use acpi_tables::fadt::{FADTBuilder, Flags};
 use acpi_tables::gas::{AccessSize, AddressSpace, GAS};
@@ -437,7 +438,12 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("keel-acpi-iasl-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
-        let tables = build_tables(&AcpiConfig::new(4)).unwrap();
+        let tables = build_tables(&AcpiConfig {
+            extra_dsdt_aml: pci::pci_aml(),
+            extra_tables: vec![pci::mcfg()],
+            ..AcpiConfig::new(4)
+        })
+        .unwrap();
         for table in &tables[1..] {
             let name = String::from_utf8_lossy(&table.bytes[..4]).to_lowercase();
             let path = dir.join(format!("{name}.dat"));
@@ -467,6 +473,9 @@ mod tests {
             "\"ACPI0013\"",
             "Method (_EVT, 1, Serialized)",
             "Notify (\\_SB.PWRB, 0x80)",
+            "EisaId (\"PNP0A08\")",
+            "EisaId (\"PNP0C02\")",
+            "DWordMemory (ResourceProducer",
             "Interrupt (ResourceConsumer, Edge, ActiveHigh, Exclusive, ,, )",
         ] {
             assert!(dsdt.contains(needle), "dsdt.dsl lacks {needle:?}:\n{dsdt}");
@@ -476,9 +485,9 @@ mod tests {
         let out = Command::new("acpiexec")
             .args([
                 "-b",
-                "evaluate \\_S5_; evaluate \\_SB.GED._EVT 5; evaluate \\_SB.GED._CRS",
+                "evaluate \\_S5_; evaluate \\_SB.GED._EVT 5; evaluate \\_SB.GED._CRS; evaluate \\_SB.PCI0._CRS",
             ])
-            .args(["dsdt.dat", "facp.dat", "apic.dat"])
+            .args(["dsdt.dat", "facp.dat", "apic.dat", "mcfg.dat"])
             .current_dir(&dir)
             .output()
             .unwrap();

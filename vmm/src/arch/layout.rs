@@ -81,3 +81,12 @@ pub const I8042_PORT: u16 = 0x60;
 pub const I8042_LEN: u16 = 5;
 /// i8042 keyboard GSI (legacy IRQ 1).
 pub const I8042_KBD_GSI: u32 = 1;
+/// PCI BAR window (32-bit, non-prefetchable), the first quarter of the MMIO gap.
+pub const PCI_MMIO_START: u64 = MMIO_GAP_START;
+/// Size of the PCI BAR window.
+pub const PCI_MMIO_SIZE: u64 = 0x1000_0000;
+/// PCI ECAM (memory-mapped configuration space) for bus 0, described by the MCFG table.
+pub const PCI_ECAM_START: u64 = 0xe000_0000;
+/// First GSI handed to MSI-X vectors (after the IOAPIC's 24 pins) and the last one.
+pub const MSI_GSI_FIRST: u32 = 24;
+pub const MSI_GSI_LAST: u32 = 1023;

@@ -10,7 +10,9 @@ pub mod bus;
 pub mod cmos;
 pub mod i8042;
 pub mod interrupt;
+pub mod pci;
 pub mod serial;
+pub mod virtio;
 
 use std::io;
 use std::sync::atomic::{AtomicU32, AtomicU8, Ordering};

@@ -96,7 +96,7 @@ mod tests {
     use super::*;
     use std::os::unix::process::ExitStatusExt;
     use std::process::Command;
-    use vmm_sys_util::ioctl::{ioctl_expr, _IOC_NONE, _IOC_READ};
+    use vmm_sys_util::ioctl::{ioctl_expr, _IOC_NONE, _IOC_READ, _IOC_WRITE};
 
     const KVMIO: u32 = 0xAE;
 
@@ -123,6 +123,25 @@ mod tests {
                     u32::try_from(std::mem::size_of::<kvm_bindings::kvm_regs>()).unwrap(),
                 ),
             ),
+            (
+                "KVM_SET_GSI_ROUTING",
+                ioctl_expr(
+                    _IOC_WRITE,
+                    KVMIO,
+                    0x6a,
+                    u32::try_from(std::mem::size_of::<kvm_bindings::kvm_irq_routing>()).unwrap(),
+                ),
+            ),
+            (
+                "KVM_IOEVENTFD",
+                ioctl_expr(
+                    _IOC_WRITE,
+                    KVMIO,
+                    0x79,
+                    u32::try_from(std::mem::size_of::<kvm_bindings::kvm_ioeventfd>()).unwrap(),
+                ),
+            ),
+            ("TUNSETOFFLOAD", crate::devices::virtio::tap::TUNSETOFFLOAD),
             ("FIONBIO", libc::FIONBIO),
             ("TCGETS", libc::TCGETS),
             ("TCSETS", libc::TCSETS),

@@ -5,12 +5,17 @@
 //! - `poweroff` (default): power off at once (ACPI S5, so keel-vmm exits with its power-off status);
 //! - `wait-button`: load the ACPI button driver, wait for the power button, then power off (graceful
 //!   shutdown as a real guest OS does it).
+//! - `virtio-write`: load the virtio drivers, read /dev/hwrng, report the disks' serials, write a
+//!   test pattern to /dev/vda and flush it, check the read-only /dev/vdb refuses writes, power off.
+//! - `virtio-read`: read the pattern back from /dev/vda (after a power cycle) and report its sum.
 
 use std::ffi::CString;
 use std::fs::{self, File};
 use std::io::{self, Read};
 use std::os::fd::AsRawFd;
 use std::path::Path;
+
+use keel_test_payload::modules::{load_module, load_modules};
 
 fn say(line: &str) {
     println!("KEEL-GUEST: {line}");
@@ -58,21 +63,6 @@ fn mode_from_cmdline(cmdline: &str) -> &str {
         .split_whitespace()
         .find_map(|p| p.strip_prefix("keel_guest.mode="))
         .unwrap_or("poweroff")
-}
-
-fn load_module(path: &Path) -> io::Result<()> {
-    let file = File::open(path)?;
-    let params = cstr("")?;
-    // SAFETY: finit_module reads the module from a valid open file descriptor and a valid,
-    // NUL-terminated parameter string.
-    let rc = unsafe { libc::syscall(libc::SYS_finit_module, file.as_raw_fd(), params.as_ptr(), 0) };
-    match rc {
-        0 => Ok(()),
-        _ => match io::Error::last_os_error() {
-            e if e.raw_os_error() == Some(libc::EEXIST) => Ok(()),
-            e => Err(e),
-        },
-    }
 }
 
 /// The input device the ACPI button driver creates for the power button.
@@ -166,6 +156,193 @@ fn signal_boot_timer() -> io::Result<()> {
     Ok(())
 }
 
+/// Waits up to 5 s for `path` to appear (drivers probe asynchronously).
+fn wait_for(path: &str) -> io::Result<()> {
+    for _ in 0..100 {
+        if Path::new(path).exists() {
+            return Ok(());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    Err(io::Error::other(format!("{path} did not appear")))
+}
+
+/// Whether a virtio-net function (modern device ID 0x1041) sits on the PCI bus.
+fn has_virtio_net() -> bool {
+    fs::read_dir("/sys/bus/pci/devices").is_ok_and(|entries| {
+        entries.flatten().any(|e| {
+            fs::read_to_string(e.path().join("device")).is_ok_and(|d| d.trim() == "0x1041")
+        })
+    })
+}
+
+/// Brings eth0 up as `TEST_GUEST_IP`/24 and listens on TCP port 7777, pings the host
+/// (`TEST_HOST_IP`), then receives the stream the host sends until it closes and reports its
+/// length and checksum. The host connects rather than listens because its firewall drops
+/// connections to any port but the agent's.
+fn network() -> io::Result<()> {
+    use keel_test_payload::{checksum, net};
+    use std::net::TcpListener;
+    use std::time::Duration;
+    load_modules(&["virtio_net"])?;
+    wait_for("/sys/class/net/eth0")?;
+    net::configure("eth0", keel_test_payload::TEST_GUEST_IP, 24)?;
+    let listener = TcpListener::bind((keel_test_payload::TEST_GUEST_IP, 7777))?;
+    say("net up");
+    let rtt = net::ping(keel_test_payload::TEST_HOST_IP, Duration::from_secs(10))?;
+    say(&format!("ping host ok rtt_us={}", rtt.as_micros()));
+    let (mut stream, _) = listener.accept()?;
+    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let mut data = Vec::new();
+    stream.read_to_end(&mut data)?;
+    say(&format!(
+        "tcp received bytes={} sum={:016x}",
+        data.len(),
+        checksum(&data)
+    ));
+    Ok(())
+}
+
+/// Reads /dev/vda with O_DIRECT (the guest's page cache would measure nothing), then sends
+/// 16 MiB to the host once it connects to TCP port 7778 if there is a NIC; reports the times.
+fn virtio_bench() -> io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    use std::time::{Duration, Instant};
+    load_modules(&["virtio_pci", "virtio_blk"])?;
+    wait_for("/dev/vda")?;
+    let sectors: u64 = fs::read_to_string("/sys/block/vda/size")?
+        .trim()
+        .parse()
+        .map_err(io::Error::other)?;
+    let disk = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECT)
+        .open("/dev/vda")?;
+    let size = sectors * 512;
+    let (seq, rand) = keel_test_payload::read_benchmark(&disk, size)?;
+    say(&format!(
+        "bench blk bytes={size} seq_us={} rand_us={}",
+        seq.as_micros(),
+        rand.as_micros()
+    ));
+    if has_virtio_net() {
+        load_modules(&["virtio_net"])?;
+        wait_for("/sys/class/net/eth0")?;
+        keel_test_payload::net::configure("eth0", keel_test_payload::TEST_GUEST_IP, 24)?;
+        let listener = std::net::TcpListener::bind((keel_test_payload::TEST_GUEST_IP, 7778))?;
+        say("bench tcp listening");
+        let (mut stream, _) = listener.accept()?;
+        stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+        let chunk = vec![0x5au8; 1 << 20];
+        let start = Instant::now();
+        for _ in 0..16 {
+            std::io::Write::write_all(&mut stream, &chunk)?;
+        }
+        stream.shutdown(std::net::Shutdown::Write)?;
+        let mut ack = [0u8; 1];
+        let _ = stream.read(&mut ack);
+        say(&format!(
+            "bench tcp bytes={} us={}",
+            16 << 20,
+            start.elapsed().as_micros()
+        ));
+    }
+    Ok(())
+}
+
+fn virtio(write: bool) -> io::Result<()> {
+    use keel_test_payload::{checksum, pattern, DISK_PATTERN_LEN};
+    use std::io::{Seek, SeekFrom, Write};
+    load_modules(&["virtio_pci", "virtio_blk", "virtio-rng"])?;
+    if write && has_virtio_net() {
+        if let Err(e) = network() {
+            say(&format!("network check failed: {e}"));
+        }
+    }
+    wait_for("/dev/vda")?;
+    let pattern = pattern(0x6b65_656c, DISK_PATTERN_LEN);
+    if write {
+        wait_for("/dev/vdb")?;
+        wait_for("/dev/hwrng")?;
+        let rng = fs::read_to_string("/sys/class/misc/hw_random/rng_current").unwrap_or_default();
+        let mut random = [0u8; 64];
+        File::open("/dev/hwrng")?.read_exact(&mut random)?;
+        let distinct = {
+            let mut seen = random.to_vec();
+            seen.sort_unstable();
+            seen.dedup();
+            seen.len()
+        };
+        say(&format!("hwrng {} read=64 distinct={distinct}", rng.trim()));
+        for disk in ["vda", "vdb"] {
+            let serial =
+                fs::read_to_string(format!("/sys/block/{disk}/serial")).unwrap_or_default();
+            let ro = fs::read_to_string(format!("/sys/block/{disk}/ro")).unwrap_or_default();
+            say(&format!(
+                "disk {disk} serial={} ro={}",
+                serial.trim(),
+                ro.trim()
+            ));
+        }
+        let mut vda = fs::OpenOptions::new().write(true).open("/dev/vda")?;
+        vda.seek(SeekFrom::Start(0))?;
+        vda.write_all(&pattern)?;
+        vda.sync_all()?;
+        say(&format!(
+            "vda wrote bytes={} sum={:016x}",
+            pattern.len(),
+            checksum(&pattern)
+        ));
+        match fs::OpenOptions::new().write(true).open("/dev/vdb") {
+            Ok(mut f) => match f.write_all(&[0u8; 512]).and_then(|()| f.sync_all()) {
+                Ok(()) => say("vdb write accepted"),
+                Err(e) => say(&format!("vdb write refused: {e}")),
+            },
+            Err(e) => say(&format!("vdb write refused: {e}")),
+        }
+    } else {
+        let mut data = vec![0u8; DISK_PATTERN_LEN];
+        File::open("/dev/vda")?.read_exact(&mut data)?;
+        say(&format!(
+            "vda read bytes={} sum={:016x}",
+            data.len(),
+            checksum(&data)
+        ));
+    }
+    if Path::new("/sys/block/vdc").exists() || wait_for("/dev/vdc").is_ok() {
+        ext4_file(write, &pattern)?;
+    }
+    Ok(())
+}
+
+/// On the ext4 disk /dev/vdc: writes `/keel.bin` (then syncs and unmounts), or reads it back,
+/// and reports its checksum.
+fn ext4_file(write: bool, pattern: &[u8]) -> io::Result<()> {
+    use keel_test_payload::checksum;
+    mount("/dev/vdc", "/mnt", "ext4")?;
+    let path = Path::new("/mnt/keel.bin");
+    let result = if write {
+        fs::write(path, pattern)
+            .and_then(|()| File::open(path)?.sync_all())
+            .map(|()| pattern.to_vec())
+    } else {
+        fs::read(path)
+    };
+    let target = cstr("/mnt")?;
+    // SAFETY: umount takes a valid NUL-terminated path.
+    if unsafe { libc::umount(target.as_ptr()) } != 0 {
+        say(&format!("umount /mnt: {}", io::Error::last_os_error()));
+    }
+    let data = result?;
+    let verb = if write { "wrote" } else { "read" };
+    say(&format!(
+        "ext4 {verb} bytes={} sum={:016x}",
+        data.len(),
+        checksum(&data)
+    ));
+    Ok(())
+}
+
 fn power_off() -> ! {
     // SAFETY: sync and reboot have no memory-safety preconditions; reboot does not return on
     // success.
@@ -205,6 +382,16 @@ fn main() {
             }
         }
         "poweroff" => {}
+        "virtio-bench" => {
+            if let Err(e) = virtio_bench() {
+                say(&format!("virtio benchmark failed: {e}"));
+            }
+        }
+        mode @ ("virtio-write" | "virtio-read") => {
+            if let Err(e) = virtio(mode == "virtio-write") {
+                say(&format!("virtio check failed: {e}"));
+            }
+        }
         other => say(&format!("unknown keel_guest.mode={other}, powering off")),
     }
     power_off()
