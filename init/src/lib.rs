@@ -2,4 +2,6 @@
 //! A library so every part is reachable from its tests and from the one binary.
 
 pub mod agent;
+pub mod console;
+pub mod localapi;
 pub mod pid1;
