@@ -387,9 +387,9 @@ impl App {
             }
             Key::Enter => {
                 return match field {
-                    Field::Apply => vec![Effect::Apply(self.form.clone())],
+                    Field::Apply => vec![Effect::Apply(self.submitted())],
                     Field::Confirm => vec![Effect::Confirm],
-                    Field::Preview => vec![Effect::Preview(self.form.clone())],
+                    Field::Preview => vec![Effect::Preview(self.submitted())],
                     // Enter on a field moves on, as in most forms.
                     _ => {
                         self.field = (self.field + 1) % n;
@@ -438,6 +438,13 @@ impl App {
             _ => {}
         }
         Vec::new()
+    }
+
+    /// The form as sent: a trailing comma typed in the bond members is not a member.
+    fn submitted(&self) -> NetworkForm {
+        let mut form = self.form.clone();
+        form.bond_members.retain(|m| !m.is_empty());
+        form
     }
 
     fn test_key(&mut self, key: Key) -> Vec<Effect> {
@@ -629,9 +636,9 @@ impl App {
         self.log_scroll = self.log_scroll.min(self.logs.len().saturating_sub(1));
     }
 
-    /// The sequence number to ask for logs after.
-    pub fn last_log_seq(&self) -> u64 {
-        self.logs.last().map_or(0, |e| e.seq)
+    /// The sequence number to ask for logs after; `None` before the first record.
+    pub fn last_log_seq(&self) -> Option<u64> {
+        self.logs.last().map(|e| e.seq)
     }
 
     /// The answer to a System action.
@@ -759,7 +766,8 @@ mod tests {
         app.on_key(Ctrl('u'));
         assert_eq!(app.form.address, "");
         type_text(&mut app, "10.0.0.5/24");
-        // Up wraps from the first row to Confirm; Up again is Apply.
+        app.form.bond_members.push(String::new()); // "eth0,eth," as typed
+                                                   // Down through every row comes back to the same field.
         for _ in 0..Field::ALL.len() {
             app.on_key(Down);
         }
@@ -767,7 +775,8 @@ mod tests {
         while Field::ALL[app.field] != Field::Preview {
             app.on_key(Down);
         }
-        let form = app.form.clone();
+        let mut form = app.form.clone();
+        form.bond_members.retain(|m| !m.is_empty());
         assert_eq!(app.on_key(Enter), [Effect::Preview(form.clone())]);
         app.on_key(Down);
         assert_eq!(app.on_key(Enter), [Effect::Apply(form)]);
@@ -845,8 +854,9 @@ mod tests {
             source: crate::localapi::types::LogSource::Kernel,
             message: format!("m{seq}"),
         };
+        assert_eq!(app.last_log_seq(), None);
         app.on_logs((1..=30).map(entry).collect());
-        assert_eq!(app.last_log_seq(), 30);
+        assert_eq!(app.last_log_seq(), Some(30));
         app.on_key(Char('4'));
         let cases: &[(Key, usize)] = &[
             (Up, 1),

@@ -101,8 +101,11 @@ impl ConsoleBackend for Client {
     fn test(&self, request: &TestRequest) -> Result<TestResult, ApiError> {
         self.call("POST", "/network/test", Some(request))
     }
-    fn logs(&self, after: u64) -> Result<LogPage, ApiError> {
-        self.call("GET", &format!("/logs?after={after}"), NO_BODY)
+    fn logs(&self, after: Option<u64>) -> Result<LogPage, ApiError> {
+        match after {
+            Some(seq) => self.call("GET", &format!("/logs?after={seq}"), NO_BODY),
+            None => self.call("GET", "/logs", NO_BODY),
+        }
     }
     fn reset_adoption(&self) -> Result<Adoption, ApiError> {
         self.call(
@@ -214,7 +217,7 @@ pub(crate) mod tests {
         fn test(&self, request: &TestRequest) -> Result<TestResult, ApiError> {
             Ok(self.local.test(request, None))
         }
-        fn logs(&self, after: u64) -> Result<LogPage, ApiError> {
+        fn logs(&self, after: Option<u64>) -> Result<LogPage, ApiError> {
             self.local.logs(after)
         }
         fn reset_adoption(&self) -> Result<Adoption, ApiError> {
@@ -270,10 +273,11 @@ pub(crate) mod tests {
             (r.ok, r.detail.as_str()),
             (false, "this host has no manager")
         );
-        let logs = client.logs(0).unwrap();
+        let logs = client.logs(None).unwrap();
+        assert!(logs.entries.len() <= crate::localapi::server::MAX_LOG_PAGE);
         if let Some(last) = logs.entries.last() {
             assert!(client
-                .logs(last.seq)
+                .logs(Some(last.seq))
                 .unwrap()
                 .entries
                 .iter()
@@ -347,8 +351,9 @@ pub(crate) mod tests {
             *backend.adopted.lock().unwrap(),
             "an unconfirmed reset changes nothing"
         );
-        assert_eq!(parse_after(Some("a=1&after=42")), Ok(42));
-        assert_eq!(parse_after(None), Ok(0));
+        assert_eq!(parse_after(Some("a=1&after=42")), Ok(Some(42)));
+        assert_eq!(parse_after(Some("a=1")), Ok(None));
+        assert_eq!(parse_after(None), Ok(None));
     }
 
     #[test]

@@ -100,9 +100,9 @@ impl KmsgLog {
         self.entries.push_back(entry);
     }
 
-    /// Records with a sequence number above `after`, oldest first.
-    pub fn after(&self, after: u64) -> Vec<LogEntry> {
-        let start = self.entries.partition_point(|e| e.seq <= after);
+    /// Records with a sequence number above `after` (all of them for `None`), oldest first.
+    pub fn after(&self, after: Option<u64>) -> Vec<LogEntry> {
+        let start = after.map_or(0, |a| self.entries.partition_point(|e| e.seq <= a));
         self.entries.range(start..).cloned().collect()
     }
 }
@@ -179,7 +179,7 @@ mod tests {
         let mut all = Vec::new();
         for _ in 0..50 {
             log.refresh().unwrap();
-            all = log.after(0);
+            all = log.after(None);
             if all.iter().any(|e| e.message == marker) {
                 break;
             }
@@ -190,11 +190,11 @@ mod tests {
         let mine = mine.unwrap_or_else(|| panic!("{marker} not in {tail:?}"));
         assert_eq!((mine.level, mine.source), (6, LogSource::Keel));
         assert!(all.windows(2).all(|w| w[0].seq < w[1].seq));
-        assert!(log.after(mine.seq).iter().all(|e| e.seq > mine.seq));
+        assert!(log.after(Some(mine.seq)).iter().all(|e| e.seq > mine.seq));
         // Nothing new arrives twice.
-        let before = log.after(0).len();
+        let before = log.after(None).len();
         log.refresh().unwrap();
-        assert!(log.after(0).len() >= before);
+        assert!(log.after(None).len() >= before);
         assert!(KmsgLog::new("/nonexistent/kmsg", 1).refresh().is_err());
     }
 
@@ -204,9 +204,13 @@ mod tests {
         for seq in 1..=5 {
             log.push(parse_record(&format!("6,{seq},0,-;m{seq}")).unwrap());
         }
-        let seqs: Vec<u64> = log.after(0).iter().map(|e| e.seq).collect();
+        let seqs: Vec<u64> = log.after(None).iter().map(|e| e.seq).collect();
         assert_eq!(seqs, [3, 4, 5]);
-        assert_eq!(log.after(4).len(), 1);
-        assert!(log.after(9).is_empty());
+        assert_eq!(log.after(Some(4)).len(), 1);
+        assert_eq!(log.after(Some(0)).len(), 3);
+        assert!(log.after(Some(9)).is_empty());
+        let mut first = KmsgLog::new(DEVICE, 3);
+        first.push(parse_record("6,0,0,-;Linux version x").unwrap());
+        assert_eq!(first.after(None).len(), 1, "record 0 is not lost");
     }
 }

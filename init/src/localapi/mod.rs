@@ -74,8 +74,8 @@ pub trait ConsoleBackend: Send + Sync {
     fn confirm(&self) -> Result<(), ApiError>;
     /// `POST /network/test`.
     fn test(&self, request: &TestRequest) -> Result<TestResult, ApiError>;
-    /// `GET /logs?after=N`.
-    fn logs(&self, after: u64) -> Result<LogPage, ApiError>;
+    /// `GET /logs?after=N`: records after N; without `after`, from the oldest.
+    fn logs(&self, after: Option<u64>) -> Result<LogPage, ApiError>;
     /// `POST /adoption/reset`: forget the manager and issue a new adoption token.
     fn reset_adoption(&self) -> Result<Adoption, ApiError>;
 }
@@ -105,7 +105,7 @@ impl Local {
     }
 
     /// Kernel and Keel log records after `after`.
-    pub fn logs(&self, after: u64) -> Result<LogPage, ApiError> {
+    pub fn logs(&self, after: Option<u64>) -> Result<LogPage, ApiError> {
         let mut log = self
             .kmsg
             .lock()

@@ -14,6 +14,8 @@ use crate::agent::http::{self, Limits, Request, Response, Route};
 
 /// At most this many requests are served at once (two consoles, a few polls each).
 const MAX_CONNECTIONS: usize = 8;
+/// Most log records in one answer; the client asks again after the last one it got.
+pub const MAX_LOG_PAGE: usize = 1000;
 /// A client that stalls longer than this mid-request is dropped.
 const IO_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -78,19 +80,17 @@ fn answer<T: serde::Serialize>(result: Result<T, ApiError>) -> Response {
     }
 }
 
-/// `after=N` from the query; absent means from the start.
-pub fn parse_after(query: Option<&str>) -> Result<u64, String> {
-    let Some(query) = query else {
-        return Ok(0);
-    };
-    for pair in query.split('&') {
+/// `after=N` from the query; absent means from the oldest record.
+pub fn parse_after(query: Option<&str>) -> Result<Option<u64>, String> {
+    for pair in query.unwrap_or_default().split('&') {
         if let Some(value) = pair.strip_prefix("after=") {
             return value
                 .parse()
+                .map(Some)
                 .map_err(|_| format!("after={value:?} is not a sequence number"));
         }
     }
-    Ok(0)
+    Ok(None)
 }
 
 /// Answers one request with `backend`.
@@ -116,7 +116,10 @@ pub fn handle(backend: &dyn ConsoleBackend, request: &Request) -> Response {
             Err(r) => r,
         },
         Handler::Logs => match parse_after(request.query.as_deref()) {
-            Ok(after) => answer(backend.logs(after)),
+            Ok(after) => answer(backend.logs(after).map(|mut page| {
+                page.entries.truncate(MAX_LOG_PAGE);
+                page
+            })),
             Err(m) => Response::error(400, &m),
         },
         Handler::Reset => match request.json::<ResetRequest>() {
