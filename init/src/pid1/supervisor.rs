@@ -137,6 +137,7 @@ fn spawn(spec: &ServiceSpec, sink: &Arc<dyn Sink>) -> std::io::Result<i32> {
         .stdout(Stdio::from(write_end.try_clone()?))
         .stderr(Stdio::from(write_end))
         .process_group(0);
+    unblock_signals(&mut cmd);
     let child = cmd.spawn()?;
     // Close our copies of the write end so the reader sees EOF when the service exits.
     drop(cmd);
@@ -148,6 +149,23 @@ fn spawn(spec: &ServiceSpec, sink: &Arc<dyn Sink>) -> std::io::Result<i32> {
         .name(format!("out-{}", spec.name))
         .spawn(move || forward_output(read_end, name, console, sink))?;
     Ok(pid)
+}
+
+/// Clears the signal mask in the child: PID 1 blocks the signals it takes with sigtimedwait
+/// (SIGTERM among them), and a blocked mask survives exec, so a service would never see the
+/// SIGTERM that stops it.
+fn unblock_signals(cmd: &mut Command) {
+    // SAFETY: sigemptyset and sigprocmask are async-signal-safe and only touch the local set.
+    unsafe {
+        cmd.pre_exec(|| {
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            if libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut()) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
 }
 
 /// TERM for a terminal: the Linux VT, or a serial line of unknown kind (VT220 is what most
@@ -178,6 +196,7 @@ fn spawn_on_tty(spec: &ServiceSpec, tty: &str) -> std::io::Result<i32> {
         .stdin(Stdio::from(device.try_clone()?))
         .stdout(Stdio::from(device.try_clone()?))
         .stderr(Stdio::from(device));
+    unblock_signals(&mut cmd);
     // SAFETY: setsid and ioctl are async-signal-safe; the closure touches no memory of ours.
     // setsid also makes the child a process group leader, which stop_all relies on.
     unsafe {
@@ -575,6 +594,28 @@ mod tests {
             events.last().unwrap().contains("/dev/nonexistent-tty9"),
             "{events:?}"
         );
+    }
+
+    #[test]
+    fn services_do_not_inherit_pid1s_blocked_signals() {
+        // PID 1 blocks SIGTERM (it takes it with sigtimedwait); its services must not.
+        // SAFETY: set is a valid sigset_t; only this test thread's mask changes.
+        let old = unsafe {
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            libc::sigaddset(&mut set, libc::SIGTERM);
+            let mut old: libc::sigset_t = std::mem::zeroed();
+            libc::pthread_sigmask(libc::SIG_BLOCK, &set, &mut old);
+            old
+        };
+        let (mut sup, _rec) = setup(&["/bin/sleep", "30"], Restart::Never);
+        sup.start_all(Instant::now());
+        // SAFETY: restores the mask saved above.
+        unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut()) };
+        let pid = sup.pid_of("svc").unwrap();
+        sup.stop_all();
+        let status = wait(pid);
+        assert!(libc::WIFSIGNALED(status) && libc::WTERMSIG(status) == libc::SIGTERM);
     }
 
     #[test]
