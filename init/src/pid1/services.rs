@@ -10,8 +10,8 @@
 //! {"name": "console-ttyS0", "argv": ["/usr/bin/keel", "console"], "tty": "ttyS0",
 //!  "only_if_console": true}
 //! ```
-//! `tty` (a name under /dev) becomes its stdin, stdout, stderr and controlling terminal, and
-//! TERM is set for it; `only_if_console` starts it only when the kernel command line made that
+//! `tty` (a name under /dev) becomes its stdin, stdout and stderr in a session of its own (not
+//! its controlling terminal: see `supervisor::spawn_on_tty`), and TERM is set for it; `only_if_console` starts it only when the kernel command line made that
 //! terminal a console (`console=ttyS0`), as /sys/class/tty/console/active lists.
 
 use std::path::{Path, PathBuf};

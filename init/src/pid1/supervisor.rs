@@ -180,8 +180,13 @@ pub fn term_for(tty: &str) -> &'static str {
     }
 }
 
-/// Starts `spec` in a new session with /dev/<tty> as its stdin, stdout, stderr and controlling
-/// terminal. Its output is the terminal's, so nothing is forwarded.
+/// Starts `spec` in a new session with /dev/<tty> as its stdin, stdout and stderr. Its output is
+/// the terminal's, so nothing is forwarded.
+///
+/// The terminal is deliberately not made the session's controlling terminal: when a controlling
+/// process exits, the kernel hangs up its (non-pty) terminal for every opener, and PID 1's own
+/// handle on the console would go dead with it. A full-screen program needs no job control, and
+/// reads the size itself rather than waiting for SIGWINCH.
 fn spawn_on_tty(spec: &ServiceSpec, tty: &str) -> std::io::Result<i32> {
     let path = format!("/dev/{tty}");
     let device = std::fs::OpenOptions::new()
@@ -197,11 +202,11 @@ fn spawn_on_tty(spec: &ServiceSpec, tty: &str) -> std::io::Result<i32> {
         .stdout(Stdio::from(device.try_clone()?))
         .stderr(Stdio::from(device));
     unblock_signals(&mut cmd);
-    // SAFETY: setsid and ioctl are async-signal-safe; the closure touches no memory of ours.
-    // setsid also makes the child a process group leader, which stop_all relies on.
+    // SAFETY: setsid is async-signal-safe; the closure touches no memory of ours. setsid also
+    // makes the child a process group leader, which stop_all relies on.
     unsafe {
         cmd.pre_exec(|| {
-            if libc::setsid() < 0 || libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
+            if libc::setsid() < 0 {
                 return Err(std::io::Error::last_os_error());
             }
             Ok(())
@@ -567,8 +572,10 @@ mod tests {
             (File::from_raw_fd(m), name.to_string_lossy().into_owned())
         };
         let tty = name.strip_prefix("/dev/").unwrap().to_string();
-        let script =
-            "echo \"term=$TERM\"; (exec 3</dev/tty) && echo ctty-ok; [ -t 0 ] && echo stdin-tty";
+        // Field 6 of /proc/<pid>/stat is the session id.
+        let script = "echo \"term=$TERM\"; (exec 3</dev/tty) 2>/dev/null || echo no-ctty; \
+            [ -t 0 ] && [ -t 2 ] && echo std-tty; \
+            [ \"$(cut -d' ' -f6 /proc/$$/stat)\" = $$ ] && echo own-session";
         let mut s = spec("con", &["/bin/sh", "-c", script], Restart::Never);
         s.tty = Some(tty);
         let rec = Arc::new(Recorder::default());
@@ -580,7 +587,10 @@ mod tests {
         let mut out = vec![0u8; 4096];
         let n = master.read(&mut out).unwrap();
         let text = String::from_utf8_lossy(&out[..n]).replace('\r', "");
-        assert!(text.contains("term=vt100\nctty-ok\nstdin-tty"), "{text:?}");
+        assert!(
+            text.contains("term=vt100\nno-ctty\nstd-tty\nown-session"),
+            "{text:?}"
+        );
         assert!(
             rec.output.lock().unwrap().is_empty(),
             "nothing goes through the pipe"
