@@ -1,6 +1,7 @@
 //! The text console on the serial line (console=ttyS0): it waits for Enter, then shows the
 //! Status screen with the Keel version and the host's NIC, and, while no agent serves the console
-//! socket, says so plainly; the Logs screen shows kernel and Keel lines.
+//! socket, says so plainly; the Logs screen shows kernel and Keel lines; the network test runs
+//! without the agent; resetting the adoption asks first.
 //!
 //! The console draws with cursor addressing, so the test does not read lines: it replays the
 //! serial byte stream through a VT100 emulator and looks at the 80x24 screen.
@@ -76,6 +77,22 @@ fn serial_console_shows_status_and_logs() -> Result<(), Error> {
     // Back to the newest: Keel's own lines are there too.
     vm.send("\x1b[4~")?;
     wait_for_screen(&vm, &["keel   keel: "]);
+
+    // Test network: without the agent the console runs the test itself; nothing has set up
+    // the network yet (no DHCP in this image), so there is no gateway to ping.
+    vm.send("3")?;
+    vm.send("\r")?;
+    wait_for_screen(&vm, &["FAIL Ping: there is no default gateway"]);
+
+    // System: resetting the adoption asks first, and says plainly that the agent is missing.
+    vm.send("5")?;
+    vm.send("\r")?;
+    wait_for_screen(&vm, &["are you sure? Press y to go ahead, n to cancel."]);
+    vm.send("y")?;
+    wait_for_screen(
+        &vm,
+        &["failed: Cannot reach the agent at /run/keel/console.sock"],
+    );
 
     vm.power_off()?;
     vm.wait_for_line("keel: powering off", Duration::from_secs(60))?;

@@ -145,6 +145,15 @@ pub enum Action {
 impl Action {
     pub const ALL: [Action; 3] = [Action::ResetAdoption, Action::Reboot, Action::PowerOff];
 
+    /// Its name in messages.
+    pub fn name(self) -> &'static str {
+        match self {
+            Action::ResetAdoption => "Reset adoption",
+            Action::Reboot => "Reboot",
+            Action::PowerOff => "Power off",
+        }
+    }
+
     pub fn label(self) -> &'static str {
         match self {
             Action::ResetAdoption => "Reset adoption (release this host from its manager)",
@@ -494,7 +503,7 @@ impl App {
             return match key {
                 Key::Char('y' | 'Y') => {
                     self.confirming = None;
-                    self.system_message = Some(format!("{}: working...", action.label()));
+                    self.system_message = Some(format!("{}: working...", action.name()));
                     vec![Effect::Run(action)]
                 }
                 Key::Char('n' | 'N') | Key::Enter => {
@@ -645,12 +654,12 @@ impl App {
     pub fn on_action(&mut self, action: Action, answer: Result<Option<Adoption>, ApiError>) {
         self.system_message = Some(match answer {
             Ok(Some(Adoption::NotAdopted { .. })) | Ok(None) => {
-                format!("{}: done.", action.label())
+                format!("{}: done.", action.name())
             }
             Ok(Some(Adoption::Adopted { manager })) => {
-                format!("{}: still adopted by {manager}.", action.label())
+                format!("{}: still adopted by {manager}.", action.name())
             }
-            Err(e) => format!("{} failed: {e}", action.label()),
+            Err(e) => format!("{} failed: {e}", action.name()),
         });
     }
 }

@@ -330,7 +330,7 @@ fn system_lines(app: &App) -> Vec<Line<'static>> {
     if let Some(action) = app.confirming {
         lines.push(Line::from(bold(format!(
             "{}: are you sure? Press y to go ahead, n to cancel.",
-            action.label()
+            action.name()
         ))));
     }
     if let Some(m) = &app.system_message {
