@@ -184,7 +184,7 @@ pub struct App {
     pub status: Option<Status>,
     /// What the console read itself; shown when the agent is not reachable.
     pub facts: Option<HostFacts>,
-    /// Why the agent could not be asked, while it cannot.
+    /// Why the agent gave no status ("Agent not reachable: …" or "Agent error: …").
     pub agent_error: Option<String>,
     /// CPU use between the last two samples.
     pub cpu_percent: Option<u32>,
@@ -537,7 +537,11 @@ impl App {
             }
             Err(e) => {
                 self.status = None;
-                self.agent_error = Some(e.to_string());
+                let what = match e {
+                    ApiError::Unreachable(..) => "Agent not reachable",
+                    _ => "Agent error",
+                };
+                self.agent_error = Some(format!("{what}: {e}"));
             }
         }
         if let Some(facts) = own {
@@ -937,12 +941,17 @@ mod tests {
             )),
             Some(f.clone()),
         );
-        assert!(app.agent_error.as_deref().unwrap().contains("gone"));
+        let error = app.agent_error.as_deref().unwrap();
+        assert!(
+            error.starts_with("Agent not reachable: Cannot reach the agent at"),
+            "{error}"
+        );
         f.cpu = CpuTimes {
             busy: 60,
             total: 200,
         };
-        app.on_status(Err(ApiError::Unavailable("x".into())), Some(f));
+        app.on_status(Err(ApiError::Unavailable("busy".into())), Some(f));
+        assert_eq!(app.agent_error.as_deref(), Some("Agent error: busy"));
         assert_eq!(app.cpu_percent, Some(50));
         assert_eq!(app.shown_facts().unwrap().hostname, "keel");
     }

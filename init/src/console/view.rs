@@ -114,8 +114,8 @@ fn row(area: Rect, y: u16) -> Rect {
 fn agent_line(app: &App) -> Option<Line<'static>> {
     app.agent_error.as_ref().map(|e| {
         Line::from(vec![
-            bold("Agent not reachable: "),
-            Span::raw(format!("{e}. Showing what the console reads itself.")),
+            bold(e.clone()),
+            Span::raw(". Showing what the console reads itself."),
         ])
     })
 }
