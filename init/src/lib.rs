@@ -2,8 +2,10 @@
 //! A library so every part is reachable from its tests and from the one binary.
 
 pub mod agent;
+pub mod console;
 pub mod firewall;
 pub mod jail;
+pub mod localapi;
 pub mod net;
 pub mod pid1;
 pub mod state;

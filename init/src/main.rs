@@ -10,6 +10,7 @@ enum Command {
     Pid1,
     Version,
     Help,
+    Console,
     Unknown(String),
 }
 
@@ -18,6 +19,7 @@ fn command_for(argv0: &str, first: Option<&str>) -> Command {
     match (name, first) {
         ("init", _) | ("keel", Some("init")) => Command::Pid1,
         ("keel", Some("version" | "--version")) => Command::Version,
+        ("keel", Some("console")) => Command::Console,
         ("keel", None | Some("help" | "--help" | "-h")) => Command::Help,
         ("keel", Some(other)) => Command::Unknown(other.to_string()),
         (other, _) => Command::Unknown(other.to_string()),
@@ -28,7 +30,8 @@ const USAGE: &str = "usage: keel <command>\n\
     \n\
     commands:\n\
     \x20 init      run as PID 1 (also when started as /sbin/init or /init)\n\
-    \x20 version   print the version\n";
+    \x20 version   print the version\n\
+    \x20 console   the text console on this terminal (see docs/console.md)\n";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args_os()
@@ -41,6 +44,7 @@ fn main() -> ExitCode {
             println!("keel {}", pid1::VERSION);
             ExitCode::SUCCESS
         }
+        Command::Console => keel_init::console::run(args.get(2..).unwrap_or_default()),
         Command::Help => {
             print!("{USAGE}");
             ExitCode::SUCCESS
@@ -66,6 +70,7 @@ mod tests {
             ("keel", Some("version"), Command::Version),
             ("keel", None, Command::Help),
             ("keel", Some("--help"), Command::Help),
+            ("keel", Some("console"), Command::Console),
             ("keel", Some("frob"), Command::Unknown("frob".into())),
             ("keel-frob", None, Command::Unknown("keel-frob".into())),
         ];

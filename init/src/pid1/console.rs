@@ -108,7 +108,9 @@ pub fn kmsg(line: &str) {
                 // One write() is one kmsg record. Facility user, level debug: below the default
                 // console log level, so the kernel does not echo to the console what PID 1
                 // already wrote there itself.
-                let _ = file.write_all(format!("<15>{line}").as_bytes());
+                // The newline ends the record: without it the kernel holds the text open for a
+                // continuation and readers of /dev/kmsg do not see it until the next message.
+                let _ = file.write_all(format!("<15>{line}\n").as_bytes());
             }
         }
     }

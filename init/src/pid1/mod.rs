@@ -217,10 +217,14 @@ fn stage2(signals: &libc::sigset_t) -> ! {
         log(&format!("keel: network: {e}"));
     }
 
-    let (specs, errors) = services::load_dir(Path::new(SERVICES_DIR));
+    let (mut specs, errors) = services::load_dir(Path::new(SERVICES_DIR));
     errors
         .iter()
         .for_each(|e| log(&format!("keel: skipping service: {e}")));
+    let active = std::fs::read_to_string("/sys/class/tty/console/active")
+        .map(|t| console::parse_active(&t))
+        .unwrap_or_default();
+    specs.retain(|s| s.wanted(&active));
     let mut supervisor = Supervisor::new(specs, Arc::new(ConsoleSink));
     supervisor.start_all(Instant::now());
     let ms = sys::uptime().map_or(0, banner::millis);

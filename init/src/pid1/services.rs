@@ -4,6 +4,15 @@
 //! {"name": "agent", "argv": ["/usr/bin/keel-agent"], "restart": "always", "console": false}
 //! ```
 //! `restart` defaults to "always" and `console` to false.
+//!
+//! A service can own a terminal instead (the text console):
+//! ```json
+//! {"name": "console-ttyS0", "argv": ["/usr/bin/keel", "console"], "tty": "ttyS0",
+//!  "only_if_console": true}
+//! ```
+//! `tty` (a name under /dev) becomes its stdin, stdout and stderr in a session of its own (not
+//! its controlling terminal: see `supervisor::spawn_on_tty`), and TERM is set for it; `only_if_console` starts it only when the kernel command line made that
+//! terminal a console (`console=ttyS0`), as /sys/class/tty/console/active lists.
 
 use std::path::{Path, PathBuf};
 
@@ -30,6 +39,31 @@ pub struct ServiceSpec {
     /// Also copy the service's output lines to the consoles.
     #[serde(default)]
     pub console: bool,
+    /// The terminal (under /dev) to run on.
+    #[serde(default)]
+    pub tty: Option<String>,
+    /// Start only when `tty` is one of the kernel's consoles.
+    #[serde(default)]
+    pub only_if_console: bool,
+}
+
+impl ServiceSpec {
+    /// Whether to start the service, given the active kernel consoles.
+    pub fn wanted(&self, active_consoles: &[String]) -> bool {
+        match (&self.tty, self.only_if_console) {
+            (Some(tty), true) => active_consoles.iter().any(|c| c == tty),
+            _ => true,
+        }
+    }
+}
+
+/// A terminal name under /dev: `tty1`, `ttyS0`, `pts/3`.
+fn tty_name_ok(name: &str) -> bool {
+    let (base, number) = name.split_once('/').unwrap_or((name, "0"));
+    !base.is_empty()
+        && base.bytes().all(|b| b.is_ascii_alphanumeric())
+        && !number.is_empty()
+        && number.bytes().all(|b| b.is_ascii_digit())
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -72,6 +106,17 @@ pub fn parse(path: &Path, text: &str) -> Result<ServiceSpec, ServiceError> {
     }
     if let Some(arg) = spec.argv.iter().find(|a| a.contains('\0')) {
         return Err(invalid(format!("argument {arg:?} contains a NUL byte")));
+    }
+    match &spec.tty {
+        Some(tty) if !tty_name_ok(tty) => {
+            return Err(invalid(format!(
+                "tty {tty:?} must be a device name under /dev such as tty1 or ttyS0"
+            )))
+        }
+        None if spec.only_if_console => {
+            return Err(invalid(String::from("only_if_console needs a tty")))
+        }
+        _ => {}
     }
     Ok(spec)
 }
@@ -122,8 +167,35 @@ mod tests {
             argv: argv.iter().map(|s| s.to_string()).collect(),
             restart,
             console,
+            tty: None,
+            only_if_console: false,
         };
-        let cases: [(&str, Result<ServiceSpec, &str>); 9] = [
+        let with_tty = |tty: &str, only| ServiceSpec {
+            tty: Some(tty.into()),
+            only_if_console: only,
+            ..ok("t", &["x"], Restart::Always, false)
+        };
+        let cases: [(&str, Result<ServiceSpec, &str>); 14] = [
+            (
+                r#"{"name":"t","argv":["x"],"tty":"ttyS0","only_if_console":true}"#,
+                Ok(with_tty("ttyS0", true)),
+            ),
+            (
+                r#"{"name":"t","argv":["x"],"tty":"pts/3"}"#,
+                Ok(with_tty("pts/3", false)),
+            ),
+            (
+                r#"{"name":"t","argv":["x"],"tty":"../sda"}"#,
+                Err("tty \"../sda\" must be a device name"),
+            ),
+            (
+                r#"{"name":"t","argv":["x"],"tty":""}"#,
+                Err("must be a device name"),
+            ),
+            (
+                r#"{"name":"t","argv":["x"],"only_if_console":true}"#,
+                Err("only_if_console needs a tty"),
+            ),
             (
                 r#"{"name":"a","argv":["/bin/true"],"restart":"on-failure","console":true}"#,
                 Ok(ok("a", &["/bin/true"], Restart::OnFailure, true)),
@@ -160,6 +232,29 @@ mod tests {
                 }
                 (got, want) => panic!("{text}: got {got:?}, want {want:?}"),
             }
+        }
+    }
+
+    #[test]
+    fn console_condition() {
+        let spec = |tty: Option<&str>, only| ServiceSpec {
+            name: "c".into(),
+            argv: vec!["x".into()],
+            restart: Restart::Always,
+            console: false,
+            tty: tty.map(String::from),
+            only_if_console: only,
+        };
+        let active = ["tty0".to_string(), "ttyS0".to_string()];
+        let cases = [
+            (spec(Some("ttyS0"), true), &active[..], true),
+            (spec(Some("ttyS0"), true), &active[..1], false),
+            (spec(Some("ttyS1"), true), &active[..], false),
+            (spec(Some("tty1"), false), &[][..], true),
+            (spec(None, false), &[][..], true),
+        ];
+        for (s, consoles, want) in cases {
+            assert_eq!(s.wanted(consoles), want, "{:?} {consoles:?}", s.tty);
         }
     }
 

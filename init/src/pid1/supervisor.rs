@@ -6,6 +6,7 @@
 use std::fs::File;
 use std::io::Read;
 use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
@@ -126,6 +127,9 @@ fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
 /// Starts `spec` in its own process group, stdin from /dev/null, stdout and stderr into one pipe
 /// read by a forwarding thread. Returns the pid.
 fn spawn(spec: &ServiceSpec, sink: &Arc<dyn Sink>) -> std::io::Result<i32> {
+    if let Some(tty) = &spec.tty {
+        return spawn_on_tty(spec, tty);
+    }
     let (read_end, write_end) = pipe()?;
     let mut cmd = Command::new(&spec.argv[0]);
     cmd.args(&spec.argv[1..])
@@ -133,6 +137,7 @@ fn spawn(spec: &ServiceSpec, sink: &Arc<dyn Sink>) -> std::io::Result<i32> {
         .stdout(Stdio::from(write_end.try_clone()?))
         .stderr(Stdio::from(write_end))
         .process_group(0);
+    unblock_signals(&mut cmd);
     let child = cmd.spawn()?;
     // Close our copies of the write end so the reader sees EOF when the service exits.
     drop(cmd);
@@ -144,6 +149,71 @@ fn spawn(spec: &ServiceSpec, sink: &Arc<dyn Sink>) -> std::io::Result<i32> {
         .name(format!("out-{}", spec.name))
         .spawn(move || forward_output(read_end, name, console, sink))?;
     Ok(pid)
+}
+
+/// Clears the signal mask in the child: PID 1 blocks the signals it takes with sigtimedwait
+/// (SIGTERM among them), and a blocked mask survives exec, so a service would never see the
+/// SIGTERM that stops it.
+fn unblock_signals(cmd: &mut Command) {
+    // SAFETY: sigemptyset and sigprocmask are async-signal-safe and only touch the local set.
+    unsafe {
+        cmd.pre_exec(|| {
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            if libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut()) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+/// TERM for a terminal: the Linux VT, or a serial line of unknown kind (VT220 is what most
+/// serial consoles and BMC serial-over-LAN viewers emulate).
+pub fn term_for(tty: &str) -> &'static str {
+    if tty.starts_with("ttyS") || tty.starts_with("ttyAMA") || tty.starts_with("hvc") {
+        "vt220"
+    } else if tty.starts_with("tty") {
+        "linux"
+    } else {
+        "vt100"
+    }
+}
+
+/// Starts `spec` in a new session with /dev/<tty> as its stdin, stdout and stderr. Its output is
+/// the terminal's, so nothing is forwarded.
+///
+/// The terminal is deliberately not made the session's controlling terminal: when a controlling
+/// process exits, the kernel hangs up its (non-pty) terminal for every opener, and PID 1's own
+/// handle on the console would go dead with it. A full-screen program needs no job control, and
+/// reads the size itself rather than waiting for SIGWINCH.
+fn spawn_on_tty(spec: &ServiceSpec, tty: &str) -> std::io::Result<i32> {
+    let path = format!("/dev/{tty}");
+    let device = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_NOCTTY | libc::O_CLOEXEC)
+        .open(&path)
+        .map_err(|e| std::io::Error::new(e.kind(), format!("{path}: {e}")))?;
+    let mut cmd = Command::new(&spec.argv[0]);
+    cmd.args(&spec.argv[1..])
+        .env("TERM", term_for(tty))
+        .stdin(Stdio::from(device.try_clone()?))
+        .stdout(Stdio::from(device.try_clone()?))
+        .stderr(Stdio::from(device));
+    unblock_signals(&mut cmd);
+    // SAFETY: setsid is async-signal-safe; the closure touches no memory of ours. setsid also
+    // makes the child a process group leader, which stop_all relies on.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::setsid() < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let child = cmd.spawn()?;
+    Ok(i32::try_from(child.id()).unwrap_or(i32::MAX))
 }
 
 impl Supervisor {
@@ -339,6 +409,8 @@ mod tests {
             argv: argv.iter().map(|s| s.to_string()).collect(),
             restart,
             console: true,
+            tty: None,
+            only_if_console: false,
         }
     }
 
@@ -484,6 +556,88 @@ mod tests {
             events.last().unwrap().contains("killed by signal 15"),
             "{events:?}"
         );
+    }
+
+    #[test]
+    fn a_tty_service_owns_its_terminal() {
+        use std::io::Read;
+        use std::os::fd::FromRawFd;
+        // A pseudo-terminal stands in for tty1 / ttyS0.
+        // SAFETY: plain libc calls on fresh descriptors; results checked.
+        let (mut master, name) = unsafe {
+            let m = libc::posix_openpt(libc::O_RDWR | libc::O_NOCTTY);
+            assert!(m >= 0);
+            assert_eq!((libc::grantpt(m), libc::unlockpt(m)), (0, 0));
+            let name = std::ffi::CStr::from_ptr(libc::ptsname(m));
+            (File::from_raw_fd(m), name.to_string_lossy().into_owned())
+        };
+        let tty = name.strip_prefix("/dev/").unwrap().to_string();
+        // Field 6 of /proc/<pid>/stat is the session id.
+        let script = "echo \"term=$TERM\"; (exec 3</dev/tty) 2>/dev/null || echo no-ctty; \
+            [ -t 0 ] && [ -t 2 ] && echo std-tty; \
+            [ \"$(cut -d' ' -f6 /proc/$$/stat)\" = $$ ] && echo own-session";
+        let mut s = spec("con", &["/bin/sh", "-c", script], Restart::Never);
+        s.tty = Some(tty);
+        let rec = Arc::new(Recorder::default());
+        let mut sup = Supervisor::new(vec![s], rec.clone());
+        sup.start_all(Instant::now());
+        let pid = sup.pid_of("con").unwrap();
+        let status = wait(pid);
+        assert!(libc::WIFEXITED(status), "{status:#x}");
+        let mut out = vec![0u8; 4096];
+        let n = master.read(&mut out).unwrap();
+        let text = String::from_utf8_lossy(&out[..n]).replace('\r', "");
+        assert!(
+            text.contains("term=vt100\nno-ctty\nstd-tty\nown-session"),
+            "{text:?}"
+        );
+        assert!(
+            rec.output.lock().unwrap().is_empty(),
+            "nothing goes through the pipe"
+        );
+        let mut missing = spec("gone", &["/bin/true"], Restart::Never);
+        missing.tty = Some("nonexistent-tty9".into());
+        let mut sup = Supervisor::new(vec![missing], rec.clone());
+        sup.start_all(Instant::now());
+        let events = rec.events.lock().unwrap();
+        assert!(
+            events.last().unwrap().contains("/dev/nonexistent-tty9"),
+            "{events:?}"
+        );
+    }
+
+    #[test]
+    fn services_do_not_inherit_pid1s_blocked_signals() {
+        // PID 1 blocks SIGTERM (it takes it with sigtimedwait); its services must not.
+        // SAFETY: set is a valid sigset_t; only this test thread's mask changes.
+        let old = unsafe {
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            libc::sigaddset(&mut set, libc::SIGTERM);
+            let mut old: libc::sigset_t = std::mem::zeroed();
+            libc::pthread_sigmask(libc::SIG_BLOCK, &set, &mut old);
+            old
+        };
+        let (mut sup, _rec) = setup(&["/bin/sleep", "30"], Restart::Never);
+        sup.start_all(Instant::now());
+        // SAFETY: restores the mask saved above.
+        unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut()) };
+        let pid = sup.pid_of("svc").unwrap();
+        sup.stop_all();
+        let status = wait(pid);
+        assert!(libc::WIFSIGNALED(status) && libc::WTERMSIG(status) == libc::SIGTERM);
+    }
+
+    #[test]
+    fn terms() {
+        for (tty, want) in [
+            ("tty1", "linux"),
+            ("ttyS0", "vt220"),
+            ("hvc0", "vt220"),
+            ("pts/2", "vt100"),
+        ] {
+            assert_eq!(term_for(tty), want);
+        }
     }
 
     #[test]
