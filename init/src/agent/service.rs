@@ -1,0 +1,223 @@
+//! `keel agent`: the host agent as a PID 1 service (/etc/keel/services/50-agent.json).
+//!
+//! At start it makes or loads the host identity, shows the key fingerprint on the consoles, waits
+//! for the host to have an IPv4 address, listens on port 8443 and prints the one line a script
+//! reads: `keel ready: api=https://<ip>:8443 fingerprint=sha256:<hex> adopt-token=<token>`
+//! (`adopt-token=-` once adopted).
+
+use super::clock::SystemClock;
+use super::datastore;
+use super::netlink::{self, StaticIp};
+use super::server::{Agent, AgentConfig};
+use crate::pid1::{cmdline, console};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+pub const USAGE: &str = "usage: keel agent [options]\n\
+    \n\
+    \x20 --port N             HTTPS port (8443)\n\
+    \x20 --state-dir DIR      identity, adoption and VM definitions (/var/lib/keel)\n\
+    \x20 --data-dir DIR       image store (/var/lib/keel/data)\n\
+    \x20 --run-dir DIR        VM sockets and logs (/run/keel/vms)\n\
+    \x20 --vmm PATH           keel-vmm binary (/usr/bin/keel-vmm)\n\
+    \x20 --ram-store-mib N    size of the RAM image store without a KEEL-DATA disk (1024)\n\
+    \x20 --static-ip IF=A/P   bring IF up with address A/P (stop-gap until host networking)\n";
+
+/// The agent's command line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Options {
+    pub port: u16,
+    pub state_dir: PathBuf,
+    pub data_dir: PathBuf,
+    pub run_dir: PathBuf,
+    pub vmm: PathBuf,
+    pub ram_store_mib: u64,
+    pub static_ip: Option<StaticIp>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            port: 8443,
+            state_dir: "/var/lib/keel".into(),
+            data_dir: "/var/lib/keel/data".into(),
+            run_dir: "/run/keel/vms".into(),
+            vmm: "/usr/bin/keel-vmm".into(),
+            ram_store_mib: 1024,
+            static_ip: None,
+        }
+    }
+}
+
+/// Parses `--flag value` pairs; every error names the flag or value.
+pub fn parse_args(args: &[String]) -> Result<Options, String> {
+    let mut o = Options::default();
+    let mut it = args.iter();
+    while let Some(flag) = it.next() {
+        let value = it
+            .next()
+            .ok_or_else(|| format!("{flag} needs a value"))?
+            .as_str();
+        let number = |what: &str| {
+            value
+                .parse::<u64>()
+                .map_err(|_| format!("{what} {value:?} is not a number"))
+        };
+        match flag.as_str() {
+            "--port" => {
+                o.port = u16::try_from(number("--port")?)
+                    .ok()
+                    .filter(|p| *p > 0)
+                    .ok_or_else(|| format!("--port {value} is not 1..=65535"))?;
+            }
+            "--state-dir" => o.state_dir = value.into(),
+            "--data-dir" => o.data_dir = value.into(),
+            "--run-dir" => o.run_dir = value.into(),
+            "--vmm" => o.vmm = value.into(),
+            "--ram-store-mib" => o.ram_store_mib = number("--ram-store-mib")?.max(16),
+            "--static-ip" => o.static_ip = Some(value.parse().map_err(|e| format!("{e}"))?),
+            other => return Err(format!("unknown option {other:?}")),
+        }
+    }
+    Ok(o)
+}
+
+fn log(line: &str) {
+    console::log(line);
+}
+
+/// Waits for an IPv4 address other than loopback, saying once that it waits.
+fn wait_for_address() -> Ipv4Addr {
+    let mut said = false;
+    loop {
+        if let Some(ip) = netlink::first_ipv4() {
+            return ip;
+        }
+        if !said {
+            log("keel-agent: waiting for an IPv4 address");
+            said = true;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+/// Applies `--static-ip`, retrying while the NIC's driver is still being bound.
+fn static_ip(ip: &StaticIp) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match netlink::configure(ip) {
+            Ok(()) => return,
+            Err(e) if Instant::now() >= deadline => {
+                log(&format!("keel-agent: {e}"));
+                return;
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(250)),
+        }
+    }
+}
+
+/// Runs the agent until the process is killed.
+pub fn run(args: &[String]) -> ExitCode {
+    console::open();
+    let options = match parse_args(args) {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("keel agent: {e}\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    match serve(&options) {
+        Ok(never) => match never {},
+        Err(e) => {
+            log(&format!("keel-agent: {e}"));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn serve(options: &Options) -> Result<std::convert::Infallible, String> {
+    let params = std::fs::read_to_string("/proc/cmdline")
+        .map(|text| cmdline::parse(&text).params)
+        .unwrap_or_default();
+    if let Some(ip) = &options.static_ip {
+        static_ip(ip);
+    }
+    let (store_kind, store_line) = datastore::prepare(&options.data_dir, options.ram_store_mib)
+        .map_err(|e| {
+            format!(
+                "cannot prepare the data store {}: {e}",
+                options.data_dir.display()
+            )
+        })?;
+    log(&format!("keel-agent: {store_line}"));
+    let mut config = AgentConfig::new(options.state_dir.clone(), Vec::new());
+    config.preset_token = params.adopt_token;
+    config.data_dir = options.data_dir.clone();
+    config.store_kind = store_kind;
+    config.run_dir = options.run_dir.clone();
+    config.vmm = options.vmm.clone();
+    config.log = log;
+    config.power_pid = (std::os::unix::process::parent_id() == 1).then_some(1);
+    // The certificate names the host by the address it is reached at.
+    let ip = wait_for_address();
+    config.names = vec![ip.to_string()];
+    if let Some(name) = params.hostname {
+        config.names.push(name);
+    }
+    let agent = Agent::open(config, Arc::new(SystemClock)).map_err(|e| e.to_string())?;
+    let fingerprint = agent.fingerprint();
+    log(&format!("keel-agent: host key fingerprint {fingerprint}"));
+    let listener = TcpListener::bind(SocketAddr::from((Ipv4Addr::UNSPECIFIED, options.port)))
+        .map_err(|e| format!("cannot listen on port {}: {e}", options.port))?;
+    let _server = agent
+        .spawn(listener)
+        .map_err(|e| format!("cannot start the listener: {e}"))?;
+    let token = agent.token().unwrap_or_else(|| "-".into());
+    log(&format!(
+        "keel ready: api=https://{ip}:{} fingerprint={fingerprint} adopt-token={token}",
+        options.port
+    ));
+    loop {
+        std::thread::park();
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn args(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn options() {
+        assert_eq!(parse_args(&[]).unwrap(), Options::default());
+        let o = parse_args(&args(&[
+            "--port",
+            "9443",
+            "--state-dir",
+            "/s",
+            "--static-ip",
+            "eth0=10.0.2.15/24",
+        ]))
+        .unwrap();
+        assert_eq!((o.port, o.state_dir.to_str()), (9443, Some("/s")));
+        assert_eq!(o.static_ip.unwrap().prefix, 24);
+        let cases = [
+            (&["--port"][..], "--port needs a value"),
+            (&["--port", "0"][..], "--port 0"),
+            (&["--port", "x"][..], "\"x\" is not a number"),
+            (&["--frob", "1"][..], "\"--frob\""),
+            (&["--static-ip", "eth0"][..], "\"eth0\""),
+        ];
+        for (a, want) in cases {
+            let err = parse_args(&args(a)).unwrap_err();
+            assert!(err.contains(want), "{a:?}: {err}");
+        }
+    }
+}
