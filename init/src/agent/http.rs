@@ -374,6 +374,18 @@ fn check_version(version: &str) -> Result<(), HttpError> {
 
 /// Reads one response (the client side).
 pub fn read_response(r: &mut impl Read, limits: &Limits) -> Result<Response, HttpError> {
+    let (mut response, rest) = read_response_head(r, limits)?;
+    let length = content_length(&response.headers)?;
+    response.body = read_body(r, rest, length, limits)?;
+    Ok(response)
+}
+
+/// Reads a response's status line and headers; returns the response with an empty body and the
+/// body bytes that came with the head (for a body streamed to the end of the connection).
+pub fn read_response_head(
+    r: &mut impl Read,
+    limits: &Limits,
+) -> Result<(Response, Vec<u8>), HttpError> {
     let (head, rest) = read_head(r, limits)?;
     let (line, headers) = parse_fields(&head, limits)?;
     let mut parts = line.splitn(3, ' ');
@@ -384,13 +396,12 @@ pub fn read_response(r: &mut impl Read, limits: &Limits) -> Result<Response, Htt
         .filter(|s| s.len() == 3)
         .and_then(|s| s.parse::<u16>().ok())
         .ok_or_else(|| malformed(format!("bad status line {line:?}")))?;
-    let length = content_length(&headers)?;
-    let body = read_body(r, rest, length, limits)?;
-    Ok(Response {
+    let response = Response {
         status,
         headers,
-        body,
-    })
+        body: Vec::new(),
+    };
+    Ok((response, rest))
 }
 
 fn reason(status: u16) -> &'static str {
