@@ -77,7 +77,10 @@ pub fn vm_table(vms: &[VmStatus]) -> String {
         .map(|v| {
             vec![
                 v.spec.name.clone(),
-                format!("{:?}", v.state).to_lowercase(),
+                serde_json::to_value(v.state)
+                    .ok()
+                    .and_then(|s| s.as_str().map(String::from))
+                    .unwrap_or_default(),
                 v.spec.vcpus.to_string(),
                 format!("{} MiB", v.spec.memory_mib),
                 v.pid.map_or("-".into(), |p| p.to_string()),

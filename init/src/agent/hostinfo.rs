@@ -130,6 +130,20 @@ fn nics() -> Vec<Nic> {
     nics
 }
 
+/// What `<vmm> --version` prints after the program name ("unknown" if it does not run).
+pub fn vmm_version(vmm: &Path) -> String {
+    std::process::Command::new(vmm)
+        .arg("--version")
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .and_then(|o| {
+            let text = String::from_utf8_lossy(&o.stdout).into_owned();
+            text.split_whitespace().nth(1).map(String::from)
+        })
+        .unwrap_or_else(|| "unknown".into())
+}
+
 /// The host's capabilities; `vmm_version` is keel-vmm's.
 pub fn capabilities(vmm_version: &str) -> Capabilities {
     let (cpu_model, cpu_flags) = parse_cpuinfo(&read("/proc/cpuinfo").unwrap_or_default());

@@ -486,7 +486,7 @@ impl Agent {
         let info = api::HostInfo {
             fingerprint: self.fingerprint(),
             names: self.config.names.clone(),
-            capabilities: hostinfo::capabilities(env!("CARGO_PKG_VERSION")),
+            capabilities: hostinfo::capabilities(&hostinfo::vmm_version(&self.config.vmm)),
             hardware: hostinfo::hardware(),
         };
         Response::json(200, &info)
