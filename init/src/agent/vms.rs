@@ -778,6 +778,41 @@ mod tests {
     }
 
     #[test]
+    fn a_crashing_vm_with_the_restart_policy_is_restarted() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = TestDir::new("vms-restart");
+        // Stands in for a keel-vmm whose guest triple-faults at once (exit status 4).
+        let vmm = dir.path().join("crashing-vmm");
+        fs::write(&vmm, "#!/bin/sh\nexit 4\n").unwrap();
+        fs::set_permissions(&vmm, fs::Permissions::from_mode(0o755)).unwrap();
+        let vms = open(&dir, vmm.to_str().unwrap());
+        let data = b"k";
+        let digest = super::super::images::hex(&<sha2::Sha256 as sha2::Digest>::digest(data));
+        vms.store
+            .upload(ImageKind::Kernel, "k", &digest, 1, &mut &data[..])
+            .unwrap();
+        vms.define(VmSpec {
+            on_crash: OnCrash::Restart,
+            ..spec("a")
+        })
+        .unwrap();
+        vms.define(spec("b")).unwrap();
+        assert!(vms.start("a").is_err());
+        assert!(vms.start("b").is_err());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while vms.get("a").unwrap().restarts < 2 && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(100));
+        }
+        let a = vms.get("a").unwrap();
+        assert!(a.restarts >= 2, "{a:?}");
+        assert_eq!(a.last_exit.unwrap().code, Some(4));
+        // Without the policy a crash stays down.
+        assert_eq!(vms.get("b").unwrap().restarts, 0);
+        // Powering off or deleting needs it stopped; stop the restarts by deleting after a crash.
+        vms.lock().get_mut("a").unwrap().stopping = true;
+    }
+
+    #[test]
     fn exit_statuses_are_explained() {
         let cases = [
             (0, Some(0), false, "powered off"),
