@@ -238,6 +238,7 @@ fn manager_adopts_the_host_and_runs_a_vm_that_survives_an_agent_restart() -> Res
     assert!(again.text.ends_with("adopt-token=-"), "{again:?}");
     let after = k.wait_vm("g1", "taken back", |vm| state(vm) == "paused");
     assert_eq!(after["pid"], before["pid"], "{after}");
+    assert_eq!(k.json(&["image", "list"])["store"], "ram");
     k.ok(&["vm", "resume", "g1"]);
     k.ok(&["vm", "poweroff", "g1"]);
     k.wait_vm("g1", "stopped after the restart", |vm| {

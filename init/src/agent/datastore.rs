@@ -68,15 +68,32 @@ fn mount(source: &str, target: &Path, fstype: &str, data: &str) -> io::Result<()
     }
 }
 
+/// What a mounted store's filesystem type means.
+pub fn kind_of(fstype: &str) -> StoreKind {
+    if fstype == "tmpfs" || fstype == "ramfs" {
+        StoreKind::Ram
+    } else {
+        StoreKind::Disk
+    }
+}
+
 /// Mounts the data store on `dir`: the KEEL-DATA disk if present, else a tmpfs of `ram_mib`.
 /// Returns what backs it and a line for the console.
 pub fn prepare(dir: &Path, ram_mib: u64) -> io::Result<(StoreKind, String)> {
     std::fs::create_dir_all(dir)?;
     if crate::pid1::mounts::is_mount_point(dir) {
-        return Ok((
-            StoreKind::Disk,
-            format!("data store: {} (already mounted)", dir.display()),
-        ));
+        // Mounted by an earlier run of the agent: what backs it is in the mount table.
+        let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+        let target = dir.to_string_lossy();
+        let fstype = crate::pid1::mounts::parse_mounts(&mounts)
+            .into_iter()
+            .rev()
+            .find(|m| m.target == target)
+            .map(|m| m.fstype)
+            .unwrap_or_default();
+        let kind = kind_of(&fstype);
+        let line = format!("data store: {} ({fstype}, already mounted)", dir.display());
+        return Ok((kind, line));
     }
     if let Some(device) = find_labelled(LABEL) {
         let source = device.to_string_lossy().into_owned();
@@ -122,5 +139,11 @@ mod tests {
         sb[0x78..0x88].copy_from_slice(b"0123456789abcdef");
         assert_eq!(ext_label(&sb).as_deref(), Some("0123456789abcdef"));
         assert_eq!(ext_label(&sb[..0x40]), None);
+    }
+
+    #[test]
+    fn kinds() {
+        assert_eq!(kind_of("tmpfs"), StoreKind::Ram);
+        assert_eq!(kind_of("ext4"), StoreKind::Disk);
     }
 }
