@@ -16,7 +16,7 @@ QEMU := qemu-system-x86_64 -accel tcg -cpu EPYC,+svm,+npt -m 2048 -smp 2 -nograp
 	-kernel $(OUT)/vmlinuz -initrd $(OUT)/initramfs.img \
 	-netdev user,id=net0,hostfwd=tcp::8443-:8443 -device e1000,netdev=net0
 
-.PHONY: deps build image test-image run check unit e2e test bench clean
+.PHONY: deps build image test-image run check unit e2e test bench clean fuzz-api
 
 deps:
 	@./image-builder/install-deps.sh
@@ -69,6 +69,10 @@ bench: test-image
 	@$(BUILDER) size-report --manifest $(OUT)/manifest.json
 	@echo "==> keel-vmm inside the Keel test image (nested KVM under QEMU/TCG: compare runs, not absolutes)"
 	KEEL_OUT=$(OUT) $(CARGO) bench -p keel-tests --bench vmm
+
+# schemathesis (PyPI) against the agent's OpenAPI document; not part of `make test`.
+fuzz-api:
+	./tests/fuzz-api.sh
 
 clean:
 	$(CARGO) clean

@@ -342,16 +342,22 @@ fn the_openapi_document_and_the_router_agree() {
     documented.sort();
     served.sort();
     assert_eq!(documented, served);
-    // Every route that needs the manager says so; the open ones declare no security.
+    // Every route says who may call it, as the router has it.
     for (method, path, manager) in routes() {
         let op = &paths[path][method.to_lowercase()];
-        let open = op["security"].as_array().is_some_and(|s| s.is_empty());
-        assert_eq!(open, !manager, "{method} {path}");
+        let want = if manager { "manager-certificate" } else { "none" };
+        assert_eq!(op["x-keel-auth"], want, "{method} {path}");
     }
 }
 
 /// A client of an adopted host, as the manager.
 fn adopted(tag: &str, vmm: &str) -> (Host, HostClient) {
+    let (host, client, _, _) = adopted_with_certs(tag, vmm);
+    (host, client)
+}
+
+/// As `adopted`, with the manager CA and the client certificate.
+fn adopted_with_certs(tag: &str, vmm: &str) -> (Host, HostClient, ManagerCa, ClientCert) {
     let dir = TestDir::new(tag);
     let mut config = AgentConfig::new(dir.path().join("state"), vec!["127.0.0.1".into()]);
     config.preset_token = Some(TOKEN.into());
@@ -369,7 +375,29 @@ fn adopted(tag: &str, vmm: &str) -> (Host, HostClient) {
     let (ca, cert) = manager("manager");
     host.client(None).adopt(TOKEN, &ca, 30).unwrap();
     let client = host.client(Some(&cert));
-    (host, client)
+    (host, client, ca, cert)
+}
+
+/// Not a test: `make fuzz-api` (tests/fuzz-api.sh) runs it to serve an adopted agent for
+/// schemathesis. Writes `url`, `ca.pem`, `client.pem` and `client-key.pem` to `$KEEL_FUZZ_DIR`,
+/// then serves until a file `stop` appears there (at most 30 minutes).
+#[test]
+#[ignore = "serves the API for make fuzz-api"]
+fn serve_for_fuzzing() {
+    let Some(dir) = std::env::var_os("KEEL_FUZZ_DIR").map(std::path::PathBuf::from) else {
+        return;
+    };
+    let (host, _, ca, cert) = adopted_with_certs("fuzz", "/bin/false");
+    std::fs::write(dir.join("ca.pem"), ca.cert_pem()).unwrap();
+    std::fs::write(dir.join("client.pem"), &cert.cert_pem).unwrap();
+    std::fs::write(dir.join("client-key.pem"), &cert.key_pem).unwrap();
+    let url = format!("https://{}", host.server.local_addr());
+    std::fs::write(dir.join("url.tmp"), url).unwrap();
+    std::fs::rename(dir.join("url.tmp"), dir.join("url")).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(1800);
+    while !dir.join("stop").exists() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 fn upload(client: &HostClient, path: &str, digest: &str, body: &[u8]) -> Response {

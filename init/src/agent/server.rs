@@ -330,6 +330,11 @@ impl Agent {
         tls.config = config;
     }
 
+    /// Stops the running VMs (host shutdown); see `Vms::stop_all`.
+    pub fn stop_vms(&self, grace: Duration) -> usize {
+        self.vms.stop_all(grace)
+    }
+
     /// The host key fingerprint, for the console.
     pub fn fingerprint(&self) -> Fingerprint {
         self.identity.fingerprint()

@@ -119,8 +119,29 @@ fn static_ip(ip: &StaticIp) {
     }
 }
 
-/// Runs the agent until the process is killed.
+/// SIGTERM (PID 1 stopping services at shutdown) and SIGINT, blocked in every thread so that
+/// the main thread can wait for them.
+fn stop_signals() -> libc::sigset_t {
+    // SAFETY: sigset_t is plain data; sigemptyset initialises it.
+    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: set is a valid sigset_t and the signals are valid.
+    unsafe {
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+    }
+    set
+}
+
+/// How long guests get to power off when the host shuts down (PID 1 waits 10 s for services).
+const VM_GRACE: Duration = Duration::from_secs(7);
+
+/// Runs the agent until SIGTERM, which stops the VMs first (host shutdown). A crash or SIGKILL
+/// leaves them running for the next agent to take back.
 pub fn run(args: &[String]) -> ExitCode {
+    // Before any thread starts, so that all inherit the mask (keel-vmm gets a clean one).
+    let signals = stop_signals();
     console::open();
     let options = match parse_args(args) {
         Ok(o) => o,
@@ -129,8 +150,8 @@ pub fn run(args: &[String]) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match serve(&options) {
-        Ok(never) => match never {},
+    match serve(&options, &signals) {
+        Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             log(&format!("keel-agent: {e}"));
             ExitCode::FAILURE
@@ -138,7 +159,7 @@ pub fn run(args: &[String]) -> ExitCode {
     }
 }
 
-fn serve(options: &Options) -> Result<std::convert::Infallible, String> {
+fn serve(options: &Options, signals: &libc::sigset_t) -> Result<(), String> {
     let params = std::fs::read_to_string("/proc/cmdline")
         .map(|text| cmdline::parse(&text).params)
         .unwrap_or_default();
@@ -181,8 +202,20 @@ fn serve(options: &Options) -> Result<std::convert::Infallible, String> {
         options.port
     ));
     loop {
-        std::thread::park();
+        // SAFETY: signals is a valid set; a null siginfo pointer is allowed.
+        let sig = unsafe { libc::sigwaitinfo(signals, std::ptr::null_mut()) };
+        if sig == libc::SIGTERM || sig == libc::SIGINT {
+            break;
+        }
     }
+    log("keel-agent: stopping: shutting the VMs down");
+    let forced = agent.stop_vms(VM_GRACE);
+    if forced > 0 {
+        log(&format!(
+            "keel-agent: powered off {forced} VM(s) that did not shut down in time"
+        ));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

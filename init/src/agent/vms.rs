@@ -606,6 +606,32 @@ impl Vms {
     }
 }
 
+impl Vms {
+    /// Stops every running VM for a host shutdown: presses each power button, waits up to
+    /// `grace` for the guests to power off, then powers off the rest. Returns how many needed the
+    /// power-off.
+    pub fn stop_all(&self, grace: Duration) -> usize {
+        let names =
+            |vms: &Self| -> Vec<String> { vms.running().into_iter().map(|(n, _)| n).collect() };
+        for name in names(self) {
+            let _ = self.control(&name, Op::Shutdown);
+        }
+        let deadline = Instant::now() + grace;
+        while !self.running().is_empty() && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(100));
+        }
+        let stragglers = names(self);
+        for name in &stragglers {
+            let _ = self.control(name, Op::PowerOff);
+        }
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while !self.running().is_empty() && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(50));
+        }
+        stragglers.len()
+    }
+}
+
 /// A control operation on a running VM.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Op {
