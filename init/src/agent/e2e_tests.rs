@@ -345,7 +345,11 @@ fn the_openapi_document_and_the_router_agree() {
     // Every route says who may call it, as the router has it.
     for (method, path, manager) in routes() {
         let op = &paths[path][method.to_lowercase()];
-        let want = if manager { "manager-certificate" } else { "none" };
+        let want = if manager {
+            "manager-certificate"
+        } else {
+            "none"
+        };
         assert_eq!(op["x-keel-auth"], want, "{method} {path}");
     }
 }
