@@ -69,8 +69,8 @@ enum HostCmd {
     Adopt {
         /// host[:port] (port 8443 by default)
         addr: String,
-        /// The adoption token the host shows on its console
-        #[arg(long)]
+        /// The adoption token the host shows on its console (it may start with '-')
+        #[arg(long, allow_hyphen_values = true)]
         token: String,
         /// The host key fingerprint the host shows on its console (sha256:…)
         #[arg(long)]
@@ -463,5 +463,23 @@ mod tests {
     #[test]
     fn the_command_line_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn a_token_may_start_with_a_hyphen() {
+        let cli = Cli::try_parse_from([
+            "keelctl",
+            "host",
+            "adopt",
+            "h",
+            "--token",
+            "-iqw6p",
+            "--fingerprint",
+            "sha256:00",
+        ]);
+        match cli.map(|c| c.command) {
+            Ok(Top::Host(HostCmd::Adopt { token, .. })) => assert_eq!(token, "-iqw6p"),
+            _ => panic!("the token was not taken"),
+        }
     }
 }
