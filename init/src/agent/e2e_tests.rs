@@ -459,6 +459,7 @@ fn images_and_vms_over_tls() {
         ("DELETE", "/v1/images/kernel/k", None, 409),
         ("DELETE", "/v1/images/kernels/k", None, 400),
         ("GET", "/v1/vms/web/console", None, 200),
+        ("GET", "/v1/vms/web/console?follow=null", None, 400),
         ("GET", "/v1/host", None, 200),
         ("GET", "/v1/host/stats", None, 200),
         ("GET", "/v1/metrics", None, 200),

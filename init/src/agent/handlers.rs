@@ -70,6 +70,10 @@ impl Agent {
             Ok(_) => None,
         };
         let response = if let Some(response) = refused {
+            // Take a small body off the wire so the answer is not lost to a reset connection.
+            if head.length <= limits.max_body as u64 {
+                let _ = std::io::copy(&mut head.body_reader(stream), &mut std::io::sink());
+            }
             response
         } else if request.method == "PUT" && http::path_matches(api::IMAGE, &request.path) {
             let mut body = head.body_reader(stream);
@@ -234,6 +238,10 @@ impl Agent {
     }
 
     pub(super) fn vm_console(&self, request: &Request) -> Response {
+        let follow = http::query_param(request.query.as_deref(), "follow");
+        if follow.is_some_and(|f| !["", "1", "true", "yes", "0", "false", "no"].contains(&f)) {
+            return Response::error(400, "follow must be true or false");
+        }
         match self.vms.console(first(request, api::VM_CONSOLE)) {
             Ok(console) => Response {
                 status: 200,
