@@ -18,7 +18,7 @@ QEMU := qemu-system-x86_64 -accel tcg -cpu EPYC,+svm,+npt -m 2048 -smp 2 -nograp
 	-kernel $(OUT)/vmlinuz -initrd $(OUT)/initramfs.img \
 	-netdev user,id=net0,hostfwd=tcp::8443-:8443 -device e1000,netdev=net0
 
-.PHONY: deps build image test-image run check unit e2e test bench clean fuzz
+.PHONY: deps build image test-image run check unit e2e test bench clean fuzz fuzz-api
 
 deps:
 	@./image-builder/install-deps.sh
@@ -97,6 +97,10 @@ fuzz:
 	for t in $(FUZZ_TARGETS); do mkdir -p $(CARGO_TARGET_DIR)/fuzz-corpus/$$t && \
 		$(CARGO_TARGET_DIR)/$(TRIPLE)/release/$$t -max_total_time=$(FUZZ_SECONDS) -max_len=16384 \
 			$(CARGO_TARGET_DIR)/fuzz-corpus/$$t || exit 1; done
+
+# schemathesis (PyPI) against the agent's OpenAPI document; not part of `make test`.
+fuzz-api:
+	./tests/fuzz-api.sh
 
 clean:
 	$(CARGO) clean

@@ -1,6 +1,6 @@
 //! `keel`: one static multi-call binary. argv[0] "init" is PID 1; `keel <subcommand>` otherwise.
 
-use keel_init::pid1;
+use keel_init::{agent, pid1};
 
 use std::process::ExitCode;
 
@@ -8,6 +8,7 @@ use std::process::ExitCode;
 #[derive(Debug, PartialEq, Eq)]
 enum Command {
     Pid1,
+    Agent,
     Version,
     Help,
     Console,
@@ -19,6 +20,7 @@ fn command_for(argv0: &str, first: Option<&str>) -> Command {
     match (name, first) {
         ("init", _) | ("keel", Some("init")) => Command::Pid1,
         ("keel", Some("version" | "--version")) => Command::Version,
+        ("keel", Some("agent")) => Command::Agent,
         ("keel", Some("console")) => Command::Console,
         ("keel", None | Some("help" | "--help" | "-h")) => Command::Help,
         ("keel", Some(other)) => Command::Unknown(other.to_string()),
@@ -30,8 +32,9 @@ const USAGE: &str = "usage: keel <command>\n\
     \n\
     commands:\n\
     \x20 init      run as PID 1 (also when started as /sbin/init or /init)\n\
-    \x20 version   print the version\n\
-    \x20 console   the text console on this terminal (see docs/console.md)\n";
+    \x20 agent     run the host agent (HTTPS API on 8443; `keel agent --help`)\n\
+    \x20 console   the text console on this terminal (see docs/console.md)\n\
+    \x20 version   print the version\n";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args_os()
@@ -40,6 +43,11 @@ fn main() -> ExitCode {
     let argv0 = args.first().map_or("keel", String::as_str);
     match command_for(argv0, args.get(1).map(String::as_str)) {
         Command::Pid1 => pid1::run(),
+        Command::Agent if args.iter().skip(2).any(|a| a == "--help" || a == "-h") => {
+            print!("{}", agent::service::USAGE);
+            ExitCode::SUCCESS
+        }
+        Command::Agent => agent::service::run(&args[2..]),
         Command::Version => {
             println!("keel {}", pid1::VERSION);
             ExitCode::SUCCESS
@@ -68,6 +76,7 @@ mod tests {
             ("init", Some("x"), Command::Pid1),
             ("/usr/bin/keel", Some("init"), Command::Pid1),
             ("keel", Some("version"), Command::Version),
+            ("keel", Some("agent"), Command::Agent),
             ("keel", None, Command::Help),
             ("keel", Some("--help"), Command::Help),
             ("keel", Some("console"), Command::Console),

@@ -1,11 +1,14 @@
 //! Isolation and hardening end to end, in one boot of the Keel test image: kernel hardening
 //! settings in effect, jails (a probe's view from inside, a memory cap breach, a jailed keel-vmm
-//! booting Linux), and a port scan through QEMU's user network where only the agent port answers.
+//! booting Linux), and a port scan through QEMU's user network where only the agent's port
+//! answers (the real agent, reached over TLS with its pinned key).
 
 use std::io::Read;
 use std::net::{Ipv4Addr, TcpStream};
 use std::time::Duration;
 
+use keel_init::agent::client::HostClient;
+use keel_init::agent::fingerprint::Fingerprint;
 use keel_tests::{paths, Boot, Error, Image, Qemu, QemuBuilder};
 
 /// Host boot (~20 s under TCG), then the jailed guest boot (a few seconds more).
@@ -14,7 +17,6 @@ const AGENT_PORT: u16 = 8443;
 /// Scanned ports that must be dropped: SSH, HTTP, and one the runner listens on behind the
 /// firewall.
 const DROPPED: [u16; 3] = [22, 80, 9000];
-const BANNER: &str = "KEEL-FIREWALL-OPEN";
 
 /// What a connection to a forwarded port got within `wait`: the bytes, or `None` when nothing
 /// came at all (QEMU accepted for the guest, whose firewall dropped the SYN).
@@ -53,12 +55,36 @@ fn host_is_hardened_and_vmms_are_jailed() -> Result<(), Error> {
         builder = builder.forward(port);
     }
     let mut host = builder.spawn()?;
+    let ready = host.wait_for_line("keel ready: api=https://", TIMEOUT)?;
+    let pin: Option<Fingerprint> = ready
+        .text
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("fingerprint="))
+        .and_then(|f| f.parse().ok());
     host.wait_for_line("E2E READY firewall", TIMEOUT)?;
-    let scans: Vec<_> = DROPPED
-        .iter()
-        .map(|&port| (port, answer(&host, port, Duration::from_secs(4))))
-        .collect();
-    let agent = answer(&host, AGENT_PORT, Duration::from_secs(30));
+    let scans: Vec<_> = std::thread::scope(|s| {
+        let probes: Vec<_> = DROPPED
+            .iter()
+            .map(|&port| {
+                (
+                    port,
+                    s.spawn({
+                        let host = &host;
+                        move || answer(host, port, Duration::from_secs(4))
+                    }),
+                )
+            })
+            .collect();
+        probes
+            .into_iter()
+            .map(|(port, probe)| (port, probe.join().ok().flatten()))
+            .collect()
+    });
+    let agent = pin.zip(host.host_port(AGENT_PORT)).map(|(pin, port)| {
+        HostClient::new((Ipv4Addr::LOCALHOST, port).into(), pin, None)
+            .map_err(|e| e.to_string())
+            .and_then(|client| client.health().map_err(|e| e.to_string()))
+    });
     host.wait_for_line("E2E DONE", Duration::from_secs(60))?;
     let log = host.log_path().display().to_string();
     let lines = host.lines();
@@ -79,8 +105,9 @@ fn host_is_hardened_and_vmms_are_jailed() -> Result<(), Error> {
         assert_eq!(got, None, "port {port} answered; see {log}");
     }
     assert!(
-        agent.as_deref().is_some_and(|a| a.contains(BANNER)),
-        "the agent port gave {agent:?}; see {log}"
+        matches!(agent, Some(Ok(_))),
+        "the agent's health over its port: {agent:?} ({}); see {log}",
+        ready.text
     );
     host.power_off()?;
     host.wait_exit(Duration::from_secs(60))?;

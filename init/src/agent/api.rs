@@ -101,6 +101,266 @@ pub struct HostInfo {
     pub fingerprint: Fingerprint,
     /// Host names and addresses the host was started with.
     pub names: Vec<String>,
+    pub capabilities: Capabilities,
+    pub hardware: Hardware,
+}
+
+/// What the host can run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Capabilities {
+    pub cpu_model: String,
+    pub cpu_flags: Vec<String>,
+    /// Logical CPUs, cores and packages.
+    pub cpus: u32,
+    pub cores: u32,
+    pub sockets: u32,
+    pub numa_nodes: Vec<NumaNode>,
+    pub memory_total: u64,
+    /// /dev/kvm opens.
+    pub kvm: bool,
+    pub nics: Vec<Nic>,
+    pub vmm_version: String,
+}
+
+/// One NUMA node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NumaNode {
+    pub id: u32,
+    /// CPU list as the kernel prints it ("0-3,8").
+    pub cpus: String,
+    pub memory_total: u64,
+}
+
+/// One physical network interface.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Nic {
+    pub name: String,
+    pub mac: String,
+    pub mtu: u32,
+    /// Operational state ("up", "down", ...).
+    pub state: String,
+    pub speed_mbps: Option<u32>,
+}
+
+/// SMBIOS identity (empty when the firmware does not say).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Hardware {
+    pub vendor: Option<String>,
+    pub product: Option<String>,
+    pub serial: Option<String>,
+    pub uuid: Option<String>,
+}
+
+/// `GET` → [`VmList`]; `POST` [`VmSpec`] → [`VmStatus`]: list and define VMs.
+pub const VMS: &str = "/v1/vms";
+/// `GET` → [`VmStatus`]; `DELETE` (stopped VMs only) → [`VmStatus`].
+pub const VM: &str = "/v1/vms/{name}";
+/// `POST` → [`VmStatus`]: start a stopped VM.
+pub const VM_START: &str = "/v1/vms/{name}/start";
+/// `POST` → [`VmStatus`]: press the VM's ACPI power button.
+pub const VM_SHUTDOWN: &str = "/v1/vms/{name}/shutdown";
+/// `POST` → [`VmStatus`]: stop the VM at once.
+pub const VM_POWEROFF: &str = "/v1/vms/{name}/poweroff";
+/// `POST` → [`VmStatus`].
+pub const VM_PAUSE: &str = "/v1/vms/{name}/pause";
+/// `POST` → [`VmStatus`].
+pub const VM_RESUME: &str = "/v1/vms/{name}/resume";
+/// `GET`: the serial console's recent output (text/plain); `?follow=true` keeps streaming it.
+pub const VM_CONSOLE: &str = "/v1/vms/{name}/console";
+/// `GET` → [`ImageList`].
+pub const IMAGES: &str = "/v1/images";
+/// `PUT` (body: the file, `X-Content-Sha256` header: its hex SHA-256) → [`Image`]; `DELETE`.
+pub const IMAGE: &str = "/v1/images/{kind}/{name}";
+/// `GET` → [`HostStats`].
+pub const HOST_STATS: &str = "/v1/host/stats";
+/// `POST` → [`HostAction`]: reboot the host.
+pub const HOST_REBOOT: &str = "/v1/host/reboot";
+/// `POST` → [`HostAction`]: power the host off.
+pub const HOST_POWEROFF: &str = "/v1/host/poweroff";
+/// `GET`: Prometheus text format.
+pub const METRICS: &str = "/v1/metrics";
+/// `GET`: this API's OpenAPI document (JSON).
+pub const OPENAPI: &str = "/v1/openapi";
+/// The header carrying an upload's expected SHA-256 (hex).
+pub const SHA256_HEADER: &str = "X-Content-Sha256";
+
+/// What a VM does when its guest or its VMM crashes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OnCrash {
+    /// Stay stopped, with the exit reason recorded.
+    #[default]
+    Stop,
+    /// Start again (with back-off), like a guest reboot.
+    Restart,
+}
+
+/// A VM definition: images are referred to by name.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VmSpec {
+    /// 1 to 63 lowercase letters, digits and '-', starting with a letter or digit.
+    pub name: String,
+    pub vcpus: u8,
+    pub memory_mib: u64,
+    /// Name of a `kernel` image.
+    pub kernel: String,
+    /// Name of an `initrd` image.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initrd: Option<String>,
+    #[serde(default = "default_cmdline")]
+    pub cmdline: String,
+    #[serde(default)]
+    pub on_crash: OnCrash,
+}
+
+fn default_cmdline() -> String {
+    "console=ttyS0".into()
+}
+
+/// Where a VM is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum VmState {
+    Stopped,
+    Running,
+    Paused,
+    ShuttingDown,
+}
+
+/// How a VM's last run ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VmExit {
+    /// keel-vmm's exit status, when known (not for a VMM that ended while the agent was away).
+    pub code: Option<i32>,
+    /// What the status means (keel-vmm's documented exit reasons), or the signal.
+    pub reason: String,
+    /// Seconds since the Unix epoch.
+    pub at: u64,
+}
+
+/// A VM as the host sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VmStatus {
+    pub spec: VmSpec,
+    pub state: VmState,
+    /// The keel-vmm process, while running.
+    pub pid: Option<u32>,
+    /// Restarts after crashes or guest reboots since the agent started.
+    pub restarts: u32,
+    pub last_exit: Option<VmExit>,
+}
+
+/// Answer to `GET` [`VMS`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VmList {
+    pub vms: Vec<VmStatus>,
+}
+
+/// The kinds of image the store holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ImageKind {
+    Kernel,
+    Initrd,
+    Disk,
+}
+
+impl ImageKind {
+    pub const ALL: [ImageKind; 3] = [ImageKind::Kernel, ImageKind::Initrd, ImageKind::Disk];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ImageKind::Kernel => "kernel",
+            ImageKind::Initrd => "initrd",
+            ImageKind::Disk => "disk",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+}
+
+/// One stored image.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Image {
+    pub kind: ImageKind,
+    pub name: String,
+    pub size: u64,
+    pub sha256: String,
+}
+
+/// Where images are kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum StoreKind {
+    /// A filesystem labelled KEEL-DATA on a local disk.
+    Disk,
+    /// A bounded RAM area: lost at reboot.
+    Ram,
+}
+
+/// Answer to `GET` [`IMAGES`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImageList {
+    pub store: StoreKind,
+    /// Bytes the store can hold and bytes free.
+    pub capacity: u64,
+    pub free: u64,
+    pub images: Vec<Image>,
+}
+
+/// Answer to the host's reboot and power-off.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HostAction {
+    pub action: String,
+}
+
+/// Host statistics.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HostStats {
+    /// Share of CPU time busy since the previous sample (0..=1), over all CPUs.
+    pub cpu_busy: f64,
+    pub memory_total: u64,
+    pub memory_available: u64,
+    /// 1, 5 and 15 minute load averages.
+    pub load: [f64; 3],
+    pub nics: Vec<NicStats>,
+    pub vms: Vec<VmStats>,
+}
+
+/// One NIC's counters and rates since the previous sample.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NicStats {
+    pub name: String,
+    pub rx_bytes: u64,
+    pub tx_bytes: u64,
+    pub rx_bytes_per_sec: f64,
+    pub tx_bytes_per_sec: f64,
+}
+
+/// One running VM's VMM process.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VmStats {
+    pub name: String,
+    /// CPU time used by the VMM process (guest and VMM), in seconds.
+    pub cpu_seconds: f64,
+    /// Resident memory of the VMM process, in bytes.
+    pub rss_bytes: u64,
 }
 
 #[cfg(test)]

@@ -98,6 +98,16 @@ impl HostClient {
         send: impl FnOnce(&mut StreamOwned<ClientConnection, TcpStream>) -> io::Result<()>,
     ) -> Result<Response, ClientError> {
         let addr = self.addr;
+        let mut stream = self.connect()?;
+        send(&mut stream).map_err(|e| self.io_error(e))?;
+        http::read_response(&mut stream, &Limits::default()).map_err(|e| match e {
+            HttpError::Io(e) => self.io_error(e),
+            e => ClientError::Http(addr, e),
+        })
+    }
+
+    fn connect(&self) -> Result<StreamOwned<ClientConnection, TcpStream>, ClientError> {
+        let addr = self.addr;
         let tcp = TcpStream::connect_timeout(&addr, self.timeout)
             .map_err(|e| ClientError::Connect(addr, e))?;
         tcp.set_read_timeout(Some(self.timeout))
@@ -106,12 +116,12 @@ impl HostClient {
         let name = ServerName::IpAddress(addr.ip().into());
         let conn = ClientConnection::new(Arc::clone(&self.config), name)
             .map_err(|e| ClientError::Tls(addr, e))?;
-        let mut stream = StreamOwned::new(conn, tcp);
-        send(&mut stream).map_err(|e| self.io_error(e))?;
-        http::read_response(&mut stream, &Limits::default()).map_err(|e| match e {
-            HttpError::Io(e) => self.io_error(e),
-            e => ClientError::Http(addr, e),
-        })
+        Ok(StreamOwned::new(conn, tcp))
+    }
+
+    /// The host's address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
     }
 
     /// Turns rustls errors carried in I/O errors back into TLS errors, the pin mismatch first.
@@ -138,6 +148,11 @@ impl HostClient {
         body: Option<&B>,
     ) -> Result<T, ClientError> {
         let response = self.request(method, path, body)?;
+        self.decode(response)
+    }
+
+    /// A 200 answer decoded as `T`; any other status is an error carrying the host's message.
+    pub fn decode<T: DeserializeOwned>(&self, response: Response) -> Result<T, ClientError> {
         if response.status != 200 {
             let message = response
                 .json_body::<http::ErrorBody>()
@@ -149,6 +164,48 @@ impl HostClient {
             });
         }
         response.json_body().map_err(ClientError::Decode)
+    }
+
+    /// `GET path`, copying the body to `out` as it arrives until the host ends it (a console
+    /// stream); an error status is returned as an error with the host's message.
+    pub fn stream_get(&self, path: &str, out: &mut dyn io::Write) -> Result<(), ClientError> {
+        let addr = self.addr;
+        let mut stream = self.connect()?;
+        // A stream is quiet for as long as the guest is: no read timeout.
+        let _ = stream.sock.set_read_timeout(None);
+        let host = addr.to_string();
+        http::write_request(&mut stream, "GET", path, &host, None).map_err(|e| self.io_error(e))?;
+        let limits = Limits::default();
+        let (head, early) =
+            http::read_response_head(&mut stream, &limits).map_err(|e| match e {
+                HttpError::Io(e) => self.io_error(e),
+                e => ClientError::Http(addr, e),
+            })?;
+        if head.status != 200 {
+            let mut body = early;
+            let _ = io::Read::read_to_end(&mut io::Read::take(&mut stream, 64 * 1024), &mut body);
+            let message = serde_json::from_slice::<http::ErrorBody>(&body)
+                .map(|b| b.error)
+                .unwrap_or_else(|_| String::from_utf8_lossy(&body).into_owned());
+            return Err(ClientError::Status {
+                status: head.status,
+                message,
+            });
+        }
+        let write_err = |e| ClientError::Http(addr, HttpError::Io(e));
+        out.write_all(&early).map_err(write_err)?;
+        let mut buf = [0u8; 4096];
+        loop {
+            match io::Read::read(&mut stream, &mut buf) {
+                Ok(0) => return Ok(()),
+                Ok(n) => {
+                    out.write_all(&buf[..n]).map_err(write_err)?;
+                    out.flush().map_err(write_err)?;
+                }
+                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(()),
+                Err(e) => return Err(self.io_error(e)),
+            }
+        }
     }
 
     /// `GET /v1/health`.

@@ -9,7 +9,7 @@ use super::client::{ClientError, HostClient};
 use super::clock::ManualClock;
 use super::fingerprint::Fingerprint;
 use super::http::{self, Response};
-use super::server::{Agent, AgentConfig, Server};
+use super::server::{routes, Agent, AgentConfig, Server, OPENAPI_JSON};
 use super::tls::provider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::CertificateDer;
@@ -265,13 +265,26 @@ fn protected_routes_need_the_managers_certificate() {
     };
     let (_, foreign) = manager("another manager");
 
-    assert_eq!(host.status(None, "GET", api::HOST).unwrap(), 403);
-    for (name, bad) in [("self-signed", &self_signed), ("other CA", &foreign)] {
-        match host.status(Some(bad), "GET", api::HOST) {
-            Err(ClientError::Tls(_, e)) => {
-                assert!(e.to_string().contains("alert"), "{name}: {e}");
+    let protected: Vec<(&str, String)> = routes()
+        .filter(|(_, _, manager)| *manager)
+        .map(|(method, pattern, _)| (method, concrete(pattern)))
+        .collect();
+    assert!(protected.len() > 15, "{protected:?}");
+    for (method, path) in &protected {
+        assert_eq!(
+            host.status(None, method, path).unwrap(),
+            403,
+            "{method} {path}"
+        );
+        for (name, bad) in [("self-signed", &self_signed), ("other CA", &foreign)] {
+            match host.status(Some(bad), method, path) {
+                Err(ClientError::Tls(_, e)) => {
+                    assert!(e.to_string().contains("alert"), "{name}: {e}");
+                }
+                other => {
+                    panic!("{name} {method} {path}: expected a refused handshake, got {other:?}")
+                }
             }
-            other => panic!("{name}: expected the handshake to be refused, got {other:?}"),
         }
     }
     assert_eq!(host.status(None, "GET", api::HEALTH).unwrap(), 200);
@@ -303,4 +316,168 @@ fn malformed_requests_over_tls_get_json_errors() {
     // keeps serving others meanwhile.
     let _idle = std::net::TcpStream::connect(host.server.local_addr()).unwrap();
     assert_eq!(client.health().unwrap().adoption, AdoptionPhase::NotAdopted);
+}
+
+/// A route pattern with its `{…}` segments filled in.
+fn concrete(pattern: &str) -> String {
+    pattern.replace("{name}", "x").replace("{kind}", "kernel")
+}
+
+#[test]
+fn the_openapi_document_and_the_router_agree() {
+    let doc: serde_json::Value = serde_json::from_str(OPENAPI_JSON).unwrap();
+    let paths = doc["paths"].as_object().unwrap();
+    let mut documented: Vec<(String, String)> = paths
+        .iter()
+        .flat_map(|(path, ops)| {
+            ops.as_object()
+                .unwrap()
+                .keys()
+                .map(move |m| (m.to_uppercase(), path.clone()))
+        })
+        .collect();
+    let mut served: Vec<(String, String)> = routes()
+        .map(|(m, p, _)| (m.to_string(), p.to_string()))
+        .collect();
+    documented.sort();
+    served.sort();
+    assert_eq!(documented, served);
+    // Every route says who may call it, as the router has it.
+    for (method, path, manager) in routes() {
+        let op = &paths[path][method.to_lowercase()];
+        let want = if manager {
+            "manager-certificate"
+        } else {
+            "none"
+        };
+        assert_eq!(op["x-keel-auth"], want, "{method} {path}");
+    }
+}
+
+/// A client of an adopted host, as the manager.
+fn adopted(tag: &str, vmm: &str) -> (Host, HostClient) {
+    let (host, client, _, _) = adopted_with_certs(tag, vmm);
+    (host, client)
+}
+
+/// As `adopted`, with the manager CA and the client certificate.
+fn adopted_with_certs(tag: &str, vmm: &str) -> (Host, HostClient, ManagerCa, ClientCert) {
+    let dir = TestDir::new(tag);
+    let mut config = AgentConfig::new(dir.path().join("state"), vec!["127.0.0.1".into()]);
+    config.preset_token = Some(TOKEN.into());
+    config.vmm = vmm.into();
+    let agent = Agent::open(config, Arc::new(ManualClock::new())).unwrap();
+    let server = agent
+        .spawn(TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap())
+        .unwrap();
+    let host = Host {
+        _dir: dir,
+        agent,
+        server,
+        clock: Arc::new(ManualClock::new()),
+    };
+    let (ca, cert) = manager("manager");
+    host.client(None).adopt(TOKEN, &ca, 30).unwrap();
+    let client = host.client(Some(&cert));
+    (host, client, ca, cert)
+}
+
+/// Not a test: `make fuzz-api` (tests/fuzz-api.sh) runs it to serve an adopted agent for
+/// schemathesis. Writes `url`, `ca.pem`, `client.pem` and `client-key.pem` to `$KEEL_FUZZ_DIR`,
+/// then serves until a file `stop` appears there (at most 30 minutes).
+#[test]
+#[ignore = "serves the API for make fuzz-api"]
+fn serve_for_fuzzing() {
+    let Some(dir) = std::env::var_os("KEEL_FUZZ_DIR").map(std::path::PathBuf::from) else {
+        return;
+    };
+    let (host, _, ca, cert) = adopted_with_certs("fuzz", "/bin/false");
+    std::fs::write(dir.join("ca.pem"), ca.cert_pem()).unwrap();
+    std::fs::write(dir.join("client.pem"), &cert.cert_pem).unwrap();
+    std::fs::write(dir.join("client-key.pem"), &cert.key_pem).unwrap();
+    let url = format!("https://{}", host.server.local_addr());
+    std::fs::write(dir.join("url.tmp"), url).unwrap();
+    std::fs::rename(dir.join("url.tmp"), dir.join("url")).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(1800);
+    while !dir.join("stop").exists() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn upload(client: &HostClient, path: &str, digest: &str, body: &[u8]) -> Response {
+    client
+        .exchange(|s| {
+            let head = format!(
+                "PUT {path} HTTP/1.1\r\nHost: h\r\n{}: {digest}\r\nContent-Length: {}\r\n\r\n",
+                api::SHA256_HEADER,
+                body.len()
+            );
+            s.write_all(head.as_bytes())?;
+            s.write_all(body)?;
+            s.flush()
+        })
+        .unwrap()
+}
+
+#[test]
+fn images_and_vms_over_tls() {
+    // `false` stands in for a keel-vmm that refuses its configuration at once.
+    let (_host, client) = adopted("e2e-vms", "/bin/false");
+    // Bigger than the in-memory body limit: the upload is streamed.
+    let kernel = vec![7u8; 200 * 1024];
+    let digest = super::images::hex(&<sha2::Sha256 as sha2::Digest>::digest(&kernel));
+    let bad = upload(&client, "/v1/images/kernel/k", &"0".repeat(64), &kernel);
+    assert_eq!(bad.status, 400, "{:?}", String::from_utf8_lossy(&bad.body));
+    let ok = upload(&client, "/v1/images/kernel/k", &digest, &kernel);
+    assert_eq!(ok.status, 200, "{:?}", String::from_utf8_lossy(&ok.body));
+    let list: api::ImageList = client.call::<(), _>("GET", api::IMAGES, None).unwrap();
+    assert_eq!(list.images.len(), 1);
+    assert_eq!(list.images[0].sha256, digest);
+    assert_eq!(list.store, api::StoreKind::Ram);
+
+    let spec = serde_json::json!({"name": "web", "vcpus": 1, "memory_mib": 64, "kernel": "k"});
+    let status: api::VmStatus = client.call("POST", api::VMS, Some(&spec)).unwrap();
+    assert_eq!(status.state, api::VmState::Stopped);
+    let cases: Vec<(&str, &str, Option<serde_json::Value>, u16)> = vec![
+        ("POST", "/v1/vms", Some(spec.clone()), 409),
+        (
+            "POST",
+            "/v1/vms",
+            Some(serde_json::json!({"name": "x"})),
+            400,
+        ),
+        ("POST", "/v1/vms", Some(serde_json::json!([1])), 400),
+        ("GET", "/v1/vms/nope", None, 404),
+        ("POST", "/v1/vms/web/pause", None, 409),
+        (
+            "POST",
+            "/v1/vms/web/start",
+            Some(serde_json::json!({"x": 1})),
+            400,
+        ),
+        ("POST", "/v1/vms/web/start", None, 422),
+        ("DELETE", "/v1/images/kernel/k", None, 409),
+        ("DELETE", "/v1/images/kernels/k", None, 400),
+        ("GET", "/v1/vms/web/console", None, 200),
+        ("GET", "/v1/vms/web/console?follow=null", None, 400),
+        ("GET", "/v1/host", None, 200),
+        ("GET", "/v1/host/stats", None, 200),
+        ("GET", "/v1/metrics", None, 200),
+        ("GET", "/v1/openapi", None, 200),
+        ("POST", "/v1/host/reboot", None, 409),
+        ("DELETE", "/v1/vms/web", None, 200),
+        ("DELETE", "/v1/images/kernel/k", None, 200),
+        ("DELETE", "/v1/images/kernel/k", None, 404),
+    ];
+    for (method, path, body, want) in cases {
+        let got = client.request(method, path, body.as_ref()).unwrap();
+        assert_eq!(
+            got.status,
+            want,
+            "{method} {path}: {}",
+            String::from_utf8_lossy(&got.body)
+        );
+    }
+    let vms: api::VmList = client.call::<(), _>("GET", api::VMS, None).unwrap();
+    assert!(vms.vms.is_empty());
 }

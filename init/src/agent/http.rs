@@ -295,6 +295,42 @@ fn read_body(
 
 /// Reads one request.
 pub fn read_request(r: &mut impl Read, limits: &Limits) -> Result<Request, HttpError> {
+    let head = read_request_head(r, limits)?;
+    head.read_body(r, limits)
+}
+
+/// A request whose head is read and whose body is still (mostly) in the stream: lets a server
+/// stream a large body (an upload) instead of holding it in memory.
+#[derive(Debug)]
+pub struct RequestHead {
+    /// The request, with an empty body.
+    pub request: Request,
+    /// Body bytes that arrived with the head.
+    pub early: Vec<u8>,
+    /// The declared body length (0 without Content-Length).
+    pub length: u64,
+}
+
+impl RequestHead {
+    /// Reads the body within `limits` and completes the request.
+    pub fn read_body(self, r: &mut impl Read, limits: &Limits) -> Result<Request, HttpError> {
+        let body = read_body(r, self.early, Some(self.length), limits)?;
+        Ok(Request {
+            body,
+            ..self.request
+        })
+    }
+
+    /// The body as a reader of exactly `length` bytes, whatever its size.
+    pub fn body_reader<'a, R: Read>(&'a self, r: &'a mut R) -> impl Read + 'a {
+        let early = &self.early[..self.early.len().min(self.length as usize)];
+        let left = self.length - early.len() as u64;
+        early.chain(r.take(left))
+    }
+}
+
+/// Reads a request's line and headers, leaving the body in the stream.
+pub fn read_request_head(r: &mut impl Read, limits: &Limits) -> Result<RequestHead, HttpError> {
     let (head, rest) = read_head(r, limits)?;
     let (line, headers) = parse_fields(&head, limits)?;
     let mut parts = line.split(' ');
@@ -310,18 +346,21 @@ pub fn read_request(r: &mut impl Read, limits: &Limits) -> Result<Request, HttpE
         return Err(malformed(format!("bad request target {target:?}")));
     }
     check_version(version)?;
-    let length = content_length(&headers)?;
-    let body = read_body(r, rest, Some(length.unwrap_or(0)), limits)?;
+    let length = content_length(&headers)?.unwrap_or(0);
     let (path, query) = match target.split_once('?') {
         Some((path, query)) => (path, Some(query.to_string())),
         None => (target, None),
     };
-    Ok(Request {
-        method: method.to_string(),
-        path: path.to_string(),
-        query,
-        headers,
-        body,
+    Ok(RequestHead {
+        request: Request {
+            method: method.to_string(),
+            path: path.to_string(),
+            query,
+            headers,
+            body: Vec::new(),
+        },
+        early: rest,
+        length,
     })
 }
 
@@ -335,6 +374,18 @@ fn check_version(version: &str) -> Result<(), HttpError> {
 
 /// Reads one response (the client side).
 pub fn read_response(r: &mut impl Read, limits: &Limits) -> Result<Response, HttpError> {
+    let (mut response, rest) = read_response_head(r, limits)?;
+    let length = content_length(&response.headers)?;
+    response.body = read_body(r, rest, length, limits)?;
+    Ok(response)
+}
+
+/// Reads a response's status line and headers; returns the response with an empty body and the
+/// body bytes that came with the head (for a body streamed to the end of the connection).
+pub fn read_response_head(
+    r: &mut impl Read,
+    limits: &Limits,
+) -> Result<(Response, Vec<u8>), HttpError> {
     let (head, rest) = read_head(r, limits)?;
     let (line, headers) = parse_fields(&head, limits)?;
     let mut parts = line.splitn(3, ' ');
@@ -345,13 +396,12 @@ pub fn read_response(r: &mut impl Read, limits: &Limits) -> Result<Response, Htt
         .filter(|s| s.len() == 3)
         .and_then(|s| s.parse::<u16>().ok())
         .ok_or_else(|| malformed(format!("bad status line {line:?}")))?;
-    let length = content_length(&headers)?;
-    let body = read_body(r, rest, length, limits)?;
-    Ok(Response {
+    let response = Response {
         status,
         headers,
-        body,
-    })
+        body: Vec::new(),
+    };
+    Ok((response, rest))
 }
 
 fn reason(status: u16) -> &'static str {
@@ -366,12 +416,14 @@ fn reason(status: u16) -> &'static str {
         405 => "Method Not Allowed",
         409 => "Conflict",
         413 => "Content Too Large",
+        422 => "Unprocessable Content",
         429 => "Too Many Requests",
         431 => "Request Header Fields Too Large",
         500 => "Internal Server Error",
         501 => "Not Implemented",
         503 => "Service Unavailable",
         505 => "HTTP Version Not Supported",
+        507 => "Insufficient Storage",
         _ => "",
     }
 }
@@ -428,7 +480,10 @@ pub struct Route<H> {
 /// The handler for `request`, or the 404 or 405 (with `Allow`) response.
 pub fn route<'r, H>(routes: &'r [Route<H>], request: &Request) -> Result<&'r H, Response> {
     let mut allowed = Vec::new();
-    for r in routes.iter().filter(|r| r.path == request.path) {
+    for r in routes
+        .iter()
+        .filter(|r| path_matches(r.path, &request.path))
+    {
         if r.method == request.method {
             return Ok(&r.handler);
         }
@@ -442,6 +497,49 @@ pub fn route<'r, H>(routes: &'r [Route<H>], request: &Request) -> Result<&'r H, 
     }
     let message = format!("Method {} not allowed on {}", request.method, request.path);
     Err(Response::error(405, &message).with_header("Allow", &allowed.join(", ")))
+}
+
+/// Whether `path` fits `pattern`, where a `{name}` segment matches any one non-empty segment.
+pub fn path_matches(pattern: &str, path: &str) -> bool {
+    let mut want = pattern.split('/');
+    let mut got = path.split('/');
+    loop {
+        match (want.next(), got.next()) {
+            (None, None) => return true,
+            (Some(w), Some(g)) if w.starts_with('{') && w.ends_with('}') && !g.is_empty() => {}
+            (Some(w), Some(g)) if w == g => {}
+            _ => return false,
+        }
+    }
+}
+
+/// The value of each `{name}` segment of `pattern` in `path`, in order.
+pub fn path_params<'p>(pattern: &str, path: &'p str) -> Vec<&'p str> {
+    pattern
+        .split('/')
+        .zip(path.split('/'))
+        .filter(|(w, _)| w.starts_with('{'))
+        .map(|(_, g)| g)
+        .collect()
+}
+
+/// The value of `key` in a `a=1&b=2` query string (no percent-decoding: values are plain).
+pub fn query_param<'q>(query: Option<&'q str>, key: &str) -> Option<&'q str> {
+    query?
+        .split('&')
+        .filter_map(|kv| kv.split_once('=').or(Some((kv, ""))))
+        .find(|(k, _)| *k == key)
+        .map(|(_, v)| v)
+}
+
+/// Writes a response head without Content-Length: the body runs to the end of the connection.
+pub fn write_stream_head(w: &mut impl Write, status: u16, content_type: &str) -> io::Result<()> {
+    let head = format!(
+        "HTTP/1.1 {status} {}\r\nContent-Type: {content_type}\r\nConnection: close\r\n\r\n",
+        reason(status)
+    );
+    w.write_all(head.as_bytes())?;
+    w.flush()
 }
 
 /// Serves one request on `stream`: reads it, lets `handle` answer it (with the stream at hand,
@@ -740,5 +838,39 @@ mod tests {
         assert!(matches!(err, Err(HttpError::Malformed(_))));
         let resp = read_response(&mut Cursor::new(bad.1), &Limits::default()).unwrap();
         assert_eq!(resp.status, 400);
+    }
+
+    #[test]
+    fn path_patterns_and_queries() {
+        let cases = [
+            ("/v1/vms/{name}", "/v1/vms/a", true),
+            ("/v1/vms/{name}", "/v1/vms/", false),
+            ("/v1/vms/{name}", "/v1/vms/a/start", false),
+            ("/v1/vms/{name}/start", "/v1/vms/a/start", true),
+            ("/v1/vms", "/v1/vms", true),
+            ("/v1/vms", "/v1/vmsx", false),
+        ];
+        for (pattern, path, want) in cases {
+            assert_eq!(path_matches(pattern, path), want, "{pattern} {path}");
+        }
+        assert_eq!(
+            path_params("/v1/images/{kind}/{name}", "/v1/images/kernel/k1"),
+            ["kernel", "k1"]
+        );
+        assert_eq!(query_param(Some("a=1&follow=true"), "follow"), Some("true"));
+        assert_eq!(query_param(Some("follow"), "follow"), Some(""));
+        assert_eq!(query_param(None, "follow"), None);
+    }
+
+    #[test]
+    fn a_streamed_body_is_exactly_its_length() {
+        let raw = b"PUT /x HTTP/1.1\r\nContent-Length: 5\r\n\r\nhelloEXTRA";
+        let mut cursor = Cursor::new(raw.to_vec());
+        let head = read_request_head(&mut cursor, &Limits::default()).unwrap();
+        let mut body = Vec::new();
+        head.body_reader(&mut cursor)
+            .read_to_end(&mut body)
+            .unwrap();
+        assert_eq!(body, b"hello");
     }
 }

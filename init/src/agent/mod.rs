@@ -15,13 +15,19 @@ pub mod atomic;
 pub mod ca;
 pub mod client;
 pub mod clock;
+pub mod console;
+pub mod datastore;
 pub mod fingerprint;
+pub mod hostinfo;
 pub mod http;
 pub mod identity;
+pub mod images;
 pub mod ratelimit;
 pub mod server;
+pub mod service;
 pub mod tls;
 pub mod token;
+pub mod vms;
 
 #[cfg(test)]
 mod e2e_tests;

@@ -6,15 +6,19 @@
 //! connections that presented one (verified under the CA still in force).
 
 use super::adoption::{AdoptError, Adopted, Adoption, AdoptionRecord};
+use super::api::StoreKind;
 use super::api::{self, AdoptionPhase};
 use super::atomic::{remove_durable, write_atomic, AtomicError};
 use super::clock::Clock;
 use super::fingerprint::Fingerprint;
+use super::hostinfo::{self, Sampler};
 use super::http::{self, Limits, Request, Response, Route};
 use super::identity::{HostIdentity, IdentityError};
+use super::images::{Store, StoreError};
 use super::ratelimit::RateLimiter;
 use super::tls::{adopted_server_config, unadopted_server_config, TlsError};
 use super::token::{Secret, Token, TokenError};
+use super::vms::{VmError, VmPaths, Vms};
 use rustls::{ServerConfig, ServerConnection, StreamOwned};
 use std::io::{self, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
@@ -24,6 +28,10 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
+
+#[path = "handlers.rs"]
+mod handlers;
+pub use handlers::OPENAPI_JSON;
 
 /// The adoption record in the state directory.
 pub const ADOPTION_FILE: &str = "adoption.json";
@@ -46,13 +54,25 @@ pub struct AgentConfig {
     pub io_timeout: Duration,
     /// Connections served at once; more are closed at once.
     pub max_connections: usize,
+    /// VM definitions (`<state_dir>/vms` by default).
+    pub vm_defs: PathBuf,
+    /// Per-VM runtime directories (control and console sockets, logs).
+    pub run_dir: PathBuf,
+    /// The image store's directory and what backs it.
+    pub data_dir: PathBuf,
+    pub store_kind: StoreKind,
+    /// The keel-vmm binary.
+    pub vmm: PathBuf,
+    /// The process to signal for host reboot and power-off (PID 1); `None` refuses them.
+    pub power_pid: Option<i32>,
+    /// Where to report events (VM exits, recoveries).
+    pub log: fn(&str),
 }
 
 impl AgentConfig {
     /// Defaults: tokens for 24 h, sessions for 5 min, 10 s I/O timeout, 32 connections.
     pub fn new(state_dir: PathBuf, names: Vec<String>) -> Self {
         Self {
-            state_dir,
             names,
             preset_token: None,
             token_ttl: Some(Duration::from_secs(24 * 3600)),
@@ -60,6 +80,14 @@ impl AgentConfig {
             http: Limits::default(),
             io_timeout: Duration::from_secs(10),
             max_connections: 32,
+            vm_defs: state_dir.join("vms"),
+            run_dir: state_dir.join("run"),
+            data_dir: state_dir.join("data"),
+            store_kind: StoreKind::Ram,
+            vmm: PathBuf::from("/usr/bin/keel-vmm"),
+            power_pid: None,
+            log: |_| {},
+            state_dir,
         }
     }
 }
@@ -78,6 +106,10 @@ pub enum AgentError {
     /// Cannot create or read {0}: {1}
     #[error("Cannot create or read {0}: {1}")]
     Read(PathBuf, io::Error),
+    #[error(transparent)]
+    Vms(#[from] VmError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
     /// The adoption record {0} is invalid ({1}); reset the adoption from the console
     #[error("The adoption record {0} is invalid ({1}); reset the adoption from the console")]
     BadRecord(PathBuf, String),
@@ -111,6 +143,9 @@ pub struct Agent {
     clock: Arc<dyn Clock>,
     state: Mutex<State>,
     tls: RwLock<Tls>,
+    vms: Arc<Vms>,
+    store: Arc<Store>,
+    sampler: Mutex<Sampler>,
 }
 
 type Handler = fn(&Agent, &Request) -> Response;
@@ -149,7 +184,53 @@ const ROUTES: &[Route<(Access, Handler)>] = &[
     ),
     endpoint("POST", api::RELEASE, Access::Manager, Agent::release),
     endpoint("GET", api::HOST, Access::Manager, Agent::host),
+    endpoint("GET", api::HOST_STATS, Access::Manager, Agent::host_stats),
+    endpoint(
+        "POST",
+        api::HOST_REBOOT,
+        Access::Manager,
+        Agent::host_reboot,
+    ),
+    endpoint(
+        "POST",
+        api::HOST_POWEROFF,
+        Access::Manager,
+        Agent::host_poweroff,
+    ),
+    endpoint("GET", api::METRICS, Access::Manager, Agent::metrics),
+    endpoint("GET", api::OPENAPI, Access::Manager, Agent::openapi),
+    endpoint("GET", api::VMS, Access::Manager, Agent::vm_list),
+    endpoint("POST", api::VMS, Access::Manager, Agent::vm_define),
+    endpoint("GET", api::VM, Access::Manager, Agent::vm_get),
+    endpoint("DELETE", api::VM, Access::Manager, Agent::vm_delete),
+    endpoint("POST", api::VM_START, Access::Manager, Agent::vm_start),
+    endpoint(
+        "POST",
+        api::VM_SHUTDOWN,
+        Access::Manager,
+        Agent::vm_shutdown,
+    ),
+    endpoint(
+        "POST",
+        api::VM_POWEROFF,
+        Access::Manager,
+        Agent::vm_poweroff,
+    ),
+    endpoint("POST", api::VM_PAUSE, Access::Manager, Agent::vm_pause),
+    endpoint("POST", api::VM_RESUME, Access::Manager, Agent::vm_resume),
+    endpoint("GET", api::VM_CONSOLE, Access::Manager, Agent::vm_console),
+    endpoint("GET", api::IMAGES, Access::Manager, Agent::image_list),
+    endpoint("PUT", api::IMAGE, Access::Manager, Agent::image_upload),
+    endpoint("DELETE", api::IMAGE, Access::Manager, Agent::image_delete),
 ];
+
+/// The routes the API serves, as (method, path pattern, needs the manager's certificate): for
+/// the OpenAPI and authorisation checks.
+pub fn routes() -> impl Iterator<Item = (&'static str, &'static str, bool)> {
+    ROUTES
+        .iter()
+        .map(|r| (r.method, r.path, r.handler.0 == Access::Manager))
+}
 
 fn adopt_error(e: &AdoptError) -> Response {
     let status = match e {
@@ -202,7 +283,17 @@ impl Agent {
             generation: 0,
             config: Self::tls_for(&identity, &adoption)?,
         };
+        let store = Arc::new(Store::open(config.data_dir.clone(), config.store_kind)?);
+        let paths = VmPaths {
+            vmm: config.vmm.clone(),
+            defs: config.vm_defs.clone(),
+            run: config.run_dir.clone(),
+        };
+        let vms = Vms::open(paths, Arc::clone(&store), config.log)?;
         Ok(Arc::new(Self {
+            vms,
+            store,
+            sampler: Mutex::new(Sampler::default()),
             config,
             identity,
             clock,
@@ -237,6 +328,11 @@ impl Agent {
         let mut tls = self.tls.write().unwrap_or_else(|p| p.into_inner());
         tls.generation += 1;
         tls.config = config;
+    }
+
+    /// Stops the running VMs (host shutdown); see `Vms::stop_all`.
+    pub fn stop_vms(&self, grace: Duration) -> usize {
+        self.vms.stop_all(grace)
     }
 
     /// The host key fingerprint, for the console.
@@ -283,9 +379,7 @@ impl Agent {
             Access::Anyone => handler(self, request),
             Access::RateLimited => self.limited(request, peer.addr, handler),
             Access::Manager if peer.manager => handler(self, request),
-            Access::Manager => {
-                Response::error(403, "This route needs the manager's client certificate")
-            }
+            Access::Manager => Self::needs_manager(),
         }
     }
 
@@ -397,11 +491,13 @@ impl Agent {
         let info = api::HostInfo {
             fingerprint: self.fingerprint(),
             names: self.config.names.clone(),
+            capabilities: hostinfo::capabilities(&hostinfo::vmm_version(&self.config.vmm)),
+            hardware: hostinfo::hardware(),
         };
         Response::json(200, &info)
     }
 
-    /// Serves one TLS connection: one request, one response.
+    /// Serves one TLS connection: one request, one response (or a stream).
     pub fn serve_connection(&self, tcp: TcpStream) {
         let Ok(addr) = tcp.peer_addr().map(|a| a.ip()) else {
             return;
@@ -415,11 +511,7 @@ impl Agent {
             return;
         };
         let mut stream = StreamOwned::new(conn, tcp);
-        let served = http::serve_one(&mut stream, &self.config.http, |stream, request| {
-            let verified = stream.conn.peer_certificates().is_some();
-            let manager = verified && self.current_tls().generation == generation;
-            self.handle(request, &Peer { addr, manager })
-        });
+        let served = self.serve_stream(&mut stream, addr, generation);
         // Handshake failures and clients that went away end here; they get nothing more.
         if served.is_ok() {
             stream.conn.send_close_notify();

@@ -120,29 +120,7 @@ impl Vm {
 
     /// One HTTP/1.1 request on the control socket; returns (status code, body).
     fn api(&self, method: &str, path: &str) -> Result<(u16, String), String> {
-        let mut stream = UnixStream::connect(&self.api_sock)
-            .map_err(|e| format!("connect {}: {e}", self.api_sock.display()))?;
-        let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
-        let request = format!(
-            "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-        );
-        stream
-            .write_all(request.as_bytes())
-            .map_err(|e| format!("send {method} {path}: {e}"))?;
-        let mut response = String::new();
-        stream
-            .read_to_string(&mut response)
-            .map_err(|e| format!("read reply to {method} {path}: {e}"))?;
-        let status = response
-            .split_whitespace()
-            .nth(1)
-            .and_then(|code| code.parse().ok())
-            .ok_or_else(|| format!("malformed reply to {method} {path}: {response:?}"))?;
-        let body = response
-            .split_once("\r\n\r\n")
-            .map(|(_, body)| body.to_string())
-            .unwrap_or_default();
-        Ok((status, body))
+        api_call(&self.api_sock, method, path)
     }
 
     fn api_ok(&self, method: &str, path: &str) -> Result<String, String> {
@@ -151,6 +129,34 @@ impl Vm {
             (status, body) => Err(format!("{method} {path} answered {status}: {body}")),
         }
     }
+}
+
+/// One HTTP/1.1 request on a keel-vmm control socket; returns (status code, body).
+fn api_call(sock: &Path, method: &str, path: &str) -> Result<(u16, String), String> {
+    let mut stream =
+        UnixStream::connect(sock).map_err(|e| format!("connect {}: {e}", sock.display()))?;
+
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    );
+    stream
+        .write_all(request.as_bytes())
+        .map_err(|e| format!("send {method} {path}: {e}"))?;
+    let mut response = String::new();
+    stream
+        .read_to_string(&mut response)
+        .map_err(|e| format!("read reply to {method} {path}: {e}"))?;
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .ok_or_else(|| format!("malformed reply to {method} {path}: {response:?}"))?;
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_string())
+        .unwrap_or_default();
+    Ok((status, body))
 }
 
 impl Drop for Vm {
@@ -590,6 +596,47 @@ fn virtio_benchmark() -> Result<(), String> {
     expect_status(vm.expect_exit(Duration::from_secs(30))?, 0)
 }
 
+/// The pid of the process whose command line is `argv` (NUL-separated in /proc).
+fn pid_of(argv: &[&str]) -> Option<u32> {
+    let want: Vec<u8> = argv
+        .iter()
+        .flat_map(|a| [a.as_bytes(), b"\0"].concat())
+        .collect();
+    fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+        let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+        let cmdline = fs::read(e.path().join("cmdline")).ok()?;
+        cmdline.starts_with(&want).then_some(pid)
+    })
+}
+
+/// For tests/tests/agent.rs: once a VM the agent runs is paused (the test's signal), kills the
+/// agent with SIGKILL, as a crash would, so PID 1 restarts it and the test checks the VM survived.
+fn kill_agent_when_a_vm_pauses() -> Result<(), String> {
+    let deadline = Instant::now() + Duration::from_secs(900);
+    let runs = Path::new("/run/keel/vms");
+    while Instant::now() < deadline {
+        let paused = fs::read_dir(runs)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|vm| {
+                api_call(&vm.path().join("api.sock"), "GET", "/vm")
+                    .is_ok_and(|(status, body)| status == 200 && body.contains("\"paused\""))
+            });
+        if paused {
+            let pid = pid_of(&["/usr/bin/keel", "agent"]).ok_or("no agent process")?;
+            // SAFETY: kill has no memory effects.
+            if unsafe { libc::kill(pid as i32, libc::SIGKILL) } != 0 {
+                return Err(format!("kill {pid}: {}", io::Error::last_os_error()));
+            }
+            println!("E2E killed the agent (pid {pid})");
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    Err("no VM was paused".into())
+}
+
 type Scenario = fn() -> Result<(), String>;
 
 const SCENARIOS: &[(&str, Scenario)] = &[
@@ -605,6 +652,7 @@ const SCENARIOS: &[(&str, Scenario)] = &[
     ("state-burst", state_burst),
     ("vmm-virtio", virtio_devices),
     ("vmm-virtio-bench", virtio_benchmark),
+    ("agent-kill-on-pause", kill_agent_when_a_vm_pauses),
 ];
 
 fn requested_scenarios(cmdline: &str) -> Vec<&str> {

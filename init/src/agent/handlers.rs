@@ -1,0 +1,323 @@
+//! The manager's routes: VMs, images, host statistics and power, metrics, the OpenAPI document;
+//! and the two routes that stream (image upload, console follow) instead of holding a body.
+
+use super::super::api::{self, ImageKind, VmState};
+use super::super::hostinfo;
+use super::super::http::{self, HttpError, RequestHead, Response};
+use super::super::images::parse_kind;
+use super::super::vms::Op;
+use super::{Access, Agent, Peer, Request, ROUTES};
+use rustls::{ServerConnection, StreamOwned};
+use std::io::{Read, Write};
+use std::net::TcpStream;
+
+/// The OpenAPI document of this API, kept in the repository next to the code.
+pub const OPENAPI_JSON: &str = include_str!("openapi.json");
+
+type Tls = StreamOwned<ServerConnection, TcpStream>;
+
+/// The `{…}` parameters of `pattern` in the request path.
+fn params<'r>(request: &'r Request, pattern: &str) -> Vec<&'r str> {
+    http::path_params(pattern, &request.path)
+}
+
+fn first<'r>(request: &'r Request, pattern: &str) -> &'r str {
+    params(request, pattern)
+        .first()
+        .copied()
+        .unwrap_or_default()
+}
+
+fn json_or<T: serde::Serialize, E>(result: Result<T, E>, err: impl Fn(E) -> Response) -> Response {
+    match result {
+        Ok(value) => Response::json(200, &value),
+        Err(e) => err(e),
+    }
+}
+
+fn empty_body(request: &Request) -> Option<Response> {
+    let body = request.body.trim_ascii();
+    (!body.is_empty() && body != b"{}")
+        .then(|| Response::error(400, "This route takes no body (or an empty JSON object)"))
+}
+
+impl Agent {
+    /// Reads a request and answers it; uploads and console streams go straight to the socket.
+    pub(super) fn serve_stream(
+        &self,
+        stream: &mut Tls,
+        addr: std::net::IpAddr,
+        generation: u64,
+    ) -> Result<(), HttpError> {
+        let limits = self.config.http;
+        let head = match http::read_request_head(stream, &limits) {
+            Ok(head) => head,
+            Err(e) => {
+                if let Some(response) = e.response() {
+                    let _ = http::write_response(stream, &response);
+                }
+                return Err(e);
+            }
+        };
+        let verified = stream.conn.peer_certificates().is_some();
+        let manager = verified && self.current_tls().generation == generation;
+        let peer = Peer { addr, manager };
+        let request = &head.request;
+        // Refuse before reading a body nobody is allowed to send.
+        let refused = match http::route(ROUTES, request) {
+            Err(response) => Some(response),
+            Ok((Access::Manager, _)) if !peer.manager => Some(Self::needs_manager()),
+            Ok(_) => None,
+        };
+        let response = if let Some(response) = refused {
+            // Take a small body off the wire so the answer is not lost to a reset connection.
+            if head.length <= limits.max_body as u64 {
+                let _ = std::io::copy(&mut head.body_reader(stream), &mut std::io::sink());
+            }
+            response
+        } else if request.method == "PUT" && http::path_matches(api::IMAGE, &request.path) {
+            let mut body = head.body_reader(stream);
+            self.upload(request, head.length, &mut body)
+        } else if request.method == "GET"
+            && http::path_matches(api::VM_CONSOLE, &request.path)
+            && is_follow(request)
+        {
+            return self.follow(&head, stream);
+        } else {
+            match head.read_body(stream, &limits) {
+                Ok(request) => self.handle(&request, &peer),
+                Err(e) => {
+                    if let Some(response) = e.response() {
+                        let _ = http::write_response(stream, &response);
+                    }
+                    return Err(e);
+                }
+            }
+        };
+        http::write_response(stream, &response)?;
+        Ok(())
+    }
+
+    pub(super) fn needs_manager() -> Response {
+        Response::error(403, "This route needs the manager's client certificate")
+    }
+
+    /// The console history, then everything the guest prints until the VM stops.
+    fn follow(&self, head: &RequestHead, stream: &mut Tls) -> Result<(), HttpError> {
+        let name = first(&head.request, api::VM_CONSOLE);
+        let console = match self.vms.console(name) {
+            Ok(console) => console,
+            Err(e) => return Ok(http::write_response(stream, &e.response())?),
+        };
+        let (history, chunks) = console.follow();
+        http::write_stream_head(stream, 200, "text/plain; charset=utf-8")?;
+        stream.write_all(&history)?;
+        stream.flush()?;
+        let running = self
+            .vms
+            .get(name)
+            .is_ok_and(|s| s.state != VmState::Stopped);
+        if running {
+            for chunk in chunks {
+                stream.write_all(&chunk)?;
+                stream.flush()?;
+            }
+        }
+        Ok(())
+    }
+
+    fn upload(&self, request: &Request, len: u64, body: &mut dyn Read) -> Response {
+        let [kind, name] = params(request, api::IMAGE)[..] else {
+            return Response::error(404, "No such image path");
+        };
+        let kind = match parse_kind(kind) {
+            Ok(kind) => kind,
+            Err(e) => return Response::error(e.status(), &e.to_string()),
+        };
+        let Some(digest) = request.header(api::SHA256_HEADER) else {
+            let message = format!(
+                "Send the image's SHA-256 (64 hex digits) in the {} header",
+                api::SHA256_HEADER
+            );
+            return Response::error(400, &message);
+        };
+        match self.store.upload(kind, name, digest, len, body) {
+            Ok(image) => Response::json(200, &image),
+            Err(e) => Response::error(e.status(), &e.to_string()),
+        }
+    }
+
+    pub(super) fn image_upload(&self, request: &Request) -> Response {
+        self.upload(request, request.body.len() as u64, &mut &request.body[..])
+    }
+
+    pub(super) fn image_list(&self, _: &Request) -> Response {
+        json_or(self.store.list(), |e| {
+            Response::error(e.status(), &e.to_string())
+        })
+    }
+
+    pub(super) fn image_delete(&self, request: &Request) -> Response {
+        let [kind, name] = params(request, api::IMAGE)[..] else {
+            return Response::error(404, "No such image path");
+        };
+        let kind: ImageKind = match parse_kind(kind) {
+            Ok(kind) => kind,
+            Err(e) => return Response::error(e.status(), &e.to_string()),
+        };
+        if let Some(vm) = self.vms.uses_image(kind, name) {
+            let message = format!(
+                "VM {vm:?} uses {} image {name:?}; delete it first",
+                kind.as_str()
+            );
+            return Response::error(409, &message);
+        }
+        match self.store.delete(kind, name) {
+            Ok(()) => Response::json(200, &serde_json::json!({"deleted": name})),
+            Err(e) => Response::error(e.status(), &e.to_string()),
+        }
+    }
+
+    pub(super) fn vm_list(&self, _: &Request) -> Response {
+        Response::json(
+            200,
+            &api::VmList {
+                vms: self.vms.list(),
+            },
+        )
+    }
+
+    pub(super) fn vm_define(&self, request: &Request) -> Response {
+        let spec: api::VmSpec = match request.json() {
+            Ok(spec) => spec,
+            Err(response) => return response,
+        };
+        json_or(self.vms.define(spec), |e| e.response())
+    }
+
+    pub(super) fn vm_get(&self, request: &Request) -> Response {
+        json_or(self.vms.get(first(request, api::VM)), |e| e.response())
+    }
+
+    pub(super) fn vm_delete(&self, request: &Request) -> Response {
+        json_or(self.vms.delete(first(request, api::VM)), |e| e.response())
+    }
+
+    pub(super) fn vm_start(&self, request: &Request) -> Response {
+        if let Some(bad) = empty_body(request) {
+            return bad;
+        }
+        json_or(self.vms.start(first(request, api::VM_START)), |e| {
+            e.response()
+        })
+    }
+
+    fn vm_op(&self, request: &Request, pattern: &str, op: Op) -> Response {
+        if let Some(bad) = empty_body(request) {
+            return bad;
+        }
+        json_or(self.vms.control(first(request, pattern), op), |e| {
+            e.response()
+        })
+    }
+
+    pub(super) fn vm_shutdown(&self, request: &Request) -> Response {
+        self.vm_op(request, api::VM_SHUTDOWN, Op::Shutdown)
+    }
+
+    pub(super) fn vm_poweroff(&self, request: &Request) -> Response {
+        self.vm_op(request, api::VM_POWEROFF, Op::PowerOff)
+    }
+
+    pub(super) fn vm_pause(&self, request: &Request) -> Response {
+        self.vm_op(request, api::VM_PAUSE, Op::Pause)
+    }
+
+    pub(super) fn vm_resume(&self, request: &Request) -> Response {
+        self.vm_op(request, api::VM_RESUME, Op::Resume)
+    }
+
+    pub(super) fn vm_console(&self, request: &Request) -> Response {
+        let follow = http::query_param(request.query.as_deref(), "follow");
+        if follow.is_some_and(|f| !["", "1", "true", "yes", "0", "false", "no"].contains(&f)) {
+            return Response::error(400, "follow must be true or false");
+        }
+        match self.vms.console(first(request, api::VM_CONSOLE)) {
+            Ok(console) => Response {
+                status: 200,
+                headers: vec![("Content-Type".into(), "text/plain; charset=utf-8".into())],
+                body: console.history(),
+            },
+            Err(e) => e.response(),
+        }
+    }
+
+    pub(super) fn host_stats(&self, _: &Request) -> Response {
+        let running = self.vms.running();
+        let stats = self
+            .sampler
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .sample(&running);
+        Response::json(200, &stats)
+    }
+
+    pub(super) fn metrics(&self, _: &Request) -> Response {
+        let running = self.vms.running();
+        let stats = self
+            .sampler
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .sample(&running);
+        Response {
+            status: 200,
+            headers: vec![("Content-Type".into(), "text/plain; version=0.0.4".into())],
+            body: hostinfo::prometheus(&stats, self.vms.list().len()).into_bytes(),
+        }
+    }
+
+    pub(super) fn openapi(&self, _: &Request) -> Response {
+        Response {
+            status: 200,
+            headers: vec![("Content-Type".into(), "application/json".into())],
+            body: OPENAPI_JSON.as_bytes().to_vec(),
+        }
+    }
+
+    fn power(&self, request: &Request, signal: i32, action: &str) -> Response {
+        if let Some(bad) = empty_body(request) {
+            return bad;
+        }
+        let Some(pid) = self.config.power_pid else {
+            return Response::error(409, "This agent does not control the host's power");
+        };
+        // SAFETY: kill has no memory effects.
+        if unsafe { libc::kill(pid, signal) } != 0 {
+            let e = std::io::Error::last_os_error();
+            return Response::error(500, &format!("Cannot signal PID {pid}: {e}"));
+        }
+        Response::json(
+            200,
+            &api::HostAction {
+                action: action.into(),
+            },
+        )
+    }
+
+    /// PID 1 reboots on SIGTERM (see pid1::shutdown).
+    pub(super) fn host_reboot(&self, request: &Request) -> Response {
+        self.power(request, libc::SIGTERM, "reboot")
+    }
+
+    /// PID 1 powers off on SIGUSR2.
+    pub(super) fn host_poweroff(&self, request: &Request) -> Response {
+        self.power(request, libc::SIGUSR2, "power-off")
+    }
+}
+
+fn is_follow(request: &Request) -> bool {
+    matches!(
+        http::query_param(request.query.as_deref(), "follow"),
+        Some("" | "1" | "true" | "yes")
+    )
+}

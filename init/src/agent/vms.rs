@@ -1,0 +1,856 @@
+//! VMs: definitions kept in the state directory, each running VM one keel-vmm process that the
+//! agent starts, watches and restarts by policy, and takes back after an agent restart.
+//!
+//! Per VM, `<run_dir>/<name>/` holds keel-vmm's `vm.json`, its control socket `api.sock`, its
+//! console socket `console.sock`, its output `vmm.log` and its `pid`. keel-vmm runs in a process
+//! group of its own with no pipe to the agent, so it outlives an agent that dies; a new agent finds
+//! it again by the pid file and a control socket that answers (VDSM's recovery).
+
+use super::api::{ImageKind, OnCrash, VmExit, VmSpec, VmState, VmStatus};
+use super::atomic::{remove_durable, write_atomic};
+use super::console::Console;
+use super::http::{self, Limits, Response};
+use super::images::Store;
+use std::collections::BTreeMap;
+use std::fs::{self, OpenOptions};
+use std::io;
+use std::os::unix::fs::DirBuilderExt;
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// How long a new keel-vmm has to open its control socket.
+const START_WAIT: Duration = Duration::from_secs(10);
+/// Restarts after crashes back off from 1 s, doubling up to this.
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// Why a VM operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum VmError {
+    /// No VM named {0:?}
+    #[error("No VM named {0:?}")]
+    NotFound(String),
+    /// A VM named {0:?} exists already
+    #[error("A VM named {0:?} exists already")]
+    Exists(String),
+    /// Invalid VM definition: {0}
+    #[error("Invalid VM definition: {0}")]
+    Invalid(String),
+    /// VM {name:?} is {state:?}; cannot {op}
+    #[error("VM {name:?} is {state:?}; cannot {op}")]
+    State {
+        name: String,
+        state: VmState,
+        op: &'static str,
+    },
+    /// {0}
+    #[error("{0}")]
+    Image(#[from] super::images::StoreError),
+    /// keel-vmm for {name:?} refused {op}: {message}
+    #[error("keel-vmm for {name:?} refused {op}: {message}")]
+    Refused {
+        name: String,
+        op: &'static str,
+        message: String,
+    },
+    /// keel-vmm for {name:?} exited at start: {reason}; its log: {log}
+    #[error("keel-vmm for {name:?} exited at start: {reason}; its log: {log}")]
+    StartFailed {
+        name: String,
+        reason: String,
+        log: String,
+    },
+    /// Cannot {0} {1}: {2}
+    #[error("Cannot {0} {1}: {2}")]
+    Io(&'static str, PathBuf, io::Error),
+}
+
+impl VmError {
+    pub fn status(&self) -> u16 {
+        match self {
+            Self::NotFound(_) => 404,
+            Self::Exists(_) | Self::State { .. } | Self::Refused { .. } => 409,
+            Self::Invalid(_) => 400,
+            Self::Image(e) if e.status() == 404 => 400,
+            Self::Image(e) => e.status(),
+            Self::StartFailed { .. } => 422,
+            Self::Io(..) => 500,
+        }
+    }
+
+    pub fn response(&self) -> Response {
+        Response::error(self.status(), &self.to_string())
+    }
+}
+
+/// Checks a VM definition before it is stored.
+pub fn validate(spec: &VmSpec) -> Result<(), VmError> {
+    let bad = |m: String| Err(VmError::Invalid(m));
+    let name_ok = !spec.name.is_empty()
+        && spec.name.len() <= 63
+        && !spec.name.starts_with('-')
+        && spec
+            .name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    if !name_ok {
+        return bad(format!(
+            "name {:?} must be 1 to 63 lowercase letters, digits or '-', not starting with '-'",
+            spec.name
+        ));
+    }
+    if spec.vcpus == 0 || spec.vcpus > 64 {
+        return bad(format!("vcpus {} must be 1 to 64", spec.vcpus));
+    }
+    if !(16..=1024 * 1024).contains(&spec.memory_mib) {
+        return bad(format!(
+            "memory_mib {} must be 16 to 1048576",
+            spec.memory_mib
+        ));
+    }
+    if spec.cmdline.len() > 2047 || !spec.cmdline.bytes().all(|b| (b' '..=b'~').contains(&b)) {
+        return bad("cmdline must be printable ASCII, at most 2047 bytes".into());
+    }
+    super::images::check_name(&spec.kernel)?;
+    if let Some(initrd) = &spec.initrd {
+        super::images::check_name(initrd)?;
+    }
+    Ok(())
+}
+
+/// What keel-vmm's exit status means (its documented exit reasons).
+pub fn exit_reason(status: ExitStatus) -> (Option<i32>, String, bool) {
+    let (code, text, crash) = match (status.code(), status.signal()) {
+        (Some(0), _) => (0, "the guest powered off", false),
+        (Some(1), _) => (1, "keel-vmm failed (see vmm.log)", true),
+        (Some(2), _) => (2, "bad VM configuration (see vmm.log)", false),
+        (Some(3), _) => (3, "the guest rebooted", false),
+        (Some(4), _) => (4, "the guest triple-faulted", true),
+        (Some(5), _) => (5, "KVM failed", true),
+        (Some(6), _) => (6, "powered off by the host", false),
+        (Some(c), _) => return (Some(c), format!("unknown exit status {c}"), true),
+        (None, Some(sig)) => return (None, format!("killed by signal {sig}"), true),
+        (None, None) => return (None, "ended".into(), true),
+    };
+    (Some(code), text.into(), crash)
+}
+
+fn now_unix() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+struct Run {
+    pid: u32,
+    state: VmState,
+}
+
+struct Entry {
+    spec: VmSpec,
+    run: Option<Run>,
+    last_exit: Option<VmExit>,
+    restarts: u32,
+    /// Bumped at every start, so a watcher of an old run does not touch a new one.
+    generation: u64,
+    /// The manager asked it to stop: its exit is not a crash to restart from.
+    stopping: bool,
+    backoff: Duration,
+    console: Arc<Console>,
+}
+
+impl Entry {
+    fn status(&self) -> VmStatus {
+        VmStatus {
+            spec: self.spec.clone(),
+            state: self.run.as_ref().map_or(VmState::Stopped, |r| r.state),
+            pid: self.run.as_ref().map(|r| r.pid),
+            restarts: self.restarts,
+            last_exit: self.last_exit.clone(),
+        }
+    }
+}
+
+/// Where things live and what runs VMs.
+#[derive(Debug, Clone)]
+pub struct VmPaths {
+    /// The keel-vmm binary.
+    pub vmm: PathBuf,
+    /// Definitions, one `<name>.json` each.
+    pub defs: PathBuf,
+    /// Per-VM runtime directories.
+    pub run: PathBuf,
+}
+
+/// Every VM on the host.
+pub struct Vms {
+    paths: VmPaths,
+    store: Arc<Store>,
+    entries: Mutex<BTreeMap<String, Entry>>,
+    log: fn(&str),
+}
+
+impl Vms {
+    /// Loads the definitions and takes back the VMs still running; `log` reports what happened.
+    pub fn open(paths: VmPaths, store: Arc<Store>, log: fn(&str)) -> Result<Arc<Self>, VmError> {
+        for dir in [&paths.defs, &paths.run] {
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .map_err(|e| VmError::Io("create", dir.clone(), e))?;
+        }
+        let vms = Arc::new(Self {
+            paths,
+            store,
+            entries: Mutex::new(BTreeMap::new()),
+            log,
+        });
+        let dir = &vms.paths.defs;
+        let listing = fs::read_dir(dir).map_err(|e| VmError::Io("read", dir.clone(), e))?;
+        let mut names: Vec<PathBuf> = listing
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "json"))
+            .collect();
+        names.sort();
+        for path in names {
+            let spec = fs::read(&path)
+                .map_err(|e| e.to_string())
+                .and_then(|b| serde_json::from_slice::<VmSpec>(&b).map_err(|e| e.to_string()));
+            match spec {
+                Ok(spec) => vms.adopt_definition(spec),
+                Err(e) => log(&format!(
+                    "keel-agent: skipping VM definition {}: {e}",
+                    path.display()
+                )),
+            }
+        }
+        Ok(vms)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, BTreeMap<String, Entry>> {
+        self.entries.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn dir(&self, name: &str) -> PathBuf {
+        self.paths.run.join(name)
+    }
+
+    fn new_entry(spec: VmSpec) -> Entry {
+        Entry {
+            spec,
+            run: None,
+            last_exit: None,
+            restarts: 0,
+            generation: 0,
+            stopping: false,
+            backoff: Duration::from_secs(1),
+            console: Arc::new(Console::default()),
+        }
+    }
+
+    /// A stored definition, and its keel-vmm if one still runs.
+    fn adopt_definition(self: &Arc<Self>, spec: VmSpec) {
+        let name = spec.name.clone();
+        let mut entry = Self::new_entry(spec);
+        if let Some((pid, state)) = self.find_running(&name) {
+            entry.run = Some(Run { pid, state });
+            entry.generation = 1;
+            entry
+                .console
+                .attach(self.dir(&name).join("console.sock"), START_WAIT);
+            self.watch_pid(name.clone(), 1, pid);
+            (self.log)(&format!(
+                "keel-agent: took back VM {name} (keel-vmm pid {pid}, {state:?})"
+            ));
+        }
+        self.lock().insert(name, entry);
+    }
+
+    /// The pid and state of a keel-vmm still serving `name`, if any.
+    fn find_running(&self, name: &str) -> Option<(u32, VmState)> {
+        let dir = self.dir(name);
+        let pid: u32 = fs::read_to_string(dir.join("pid"))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()?;
+        let exe = fs::read_link(format!("/proc/{pid}/exe")).ok()?;
+        if exe.file_name() != self.paths.vmm.file_name() {
+            return None;
+        }
+        let info = vmm_call(&dir.join("api.sock"), "GET", "/vm").ok()?;
+        let value: serde_json::Value = info.json_body().ok()?;
+        let state = match value.get("state").and_then(|s| s.as_str()) {
+            Some("paused") => VmState::Paused,
+            Some("shutting_down") => VmState::ShuttingDown,
+            _ => VmState::Running,
+        };
+        Some((pid, state))
+    }
+
+    pub fn list(&self) -> Vec<VmStatus> {
+        self.lock().values().map(Entry::status).collect()
+    }
+
+    pub fn get(&self, name: &str) -> Result<VmStatus, VmError> {
+        self.lock()
+            .get(name)
+            .map(Entry::status)
+            .ok_or_else(|| VmError::NotFound(name.to_string()))
+    }
+
+    pub fn console(&self, name: &str) -> Result<Arc<Console>, VmError> {
+        self.lock()
+            .get(name)
+            .map(|e| Arc::clone(&e.console))
+            .ok_or_else(|| VmError::NotFound(name.to_string()))
+    }
+
+    /// Whether any VM definition uses this image.
+    pub fn uses_image(&self, kind: ImageKind, name: &str) -> Option<String> {
+        self.lock()
+            .values()
+            .find(|e| match kind {
+                ImageKind::Kernel => e.spec.kernel == name,
+                ImageKind::Initrd => e.spec.initrd.as_deref() == Some(name),
+                ImageKind::Disk => false,
+            })
+            .map(|e| e.spec.name.clone())
+    }
+
+    /// Pids and names of the running VMMs.
+    pub fn running(&self) -> Vec<(String, u32)> {
+        self.lock()
+            .values()
+            .filter_map(|e| e.run.as_ref().map(|r| (e.spec.name.clone(), r.pid)))
+            .collect()
+    }
+
+    pub fn define(&self, spec: VmSpec) -> Result<VmStatus, VmError> {
+        validate(&spec)?;
+        let mut entries = self.lock();
+        if entries.contains_key(&spec.name) {
+            return Err(VmError::Exists(spec.name));
+        }
+        let path = self.paths.defs.join(format!("{}.json", spec.name));
+        let json = serde_json::to_vec_pretty(&spec)
+            .map_err(|e| VmError::Io("encode", path.clone(), io::Error::other(e)))?;
+        write_atomic(&path, &json, 0o600)
+            .map_err(|e| VmError::Io("write", path.clone(), e.source))?;
+        let entry = Self::new_entry(spec);
+        let status = entry.status();
+        entries.insert(status.spec.name.clone(), entry);
+        Ok(status)
+    }
+
+    pub fn delete(&self, name: &str) -> Result<VmStatus, VmError> {
+        let mut entries = self.lock();
+        let entry = entries
+            .get(name)
+            .ok_or_else(|| VmError::NotFound(name.to_string()))?;
+        if let Some(run) = &entry.run {
+            return Err(VmError::State {
+                name: name.into(),
+                state: run.state,
+                op: "delete it (power it off first)",
+            });
+        }
+        let path = self.paths.defs.join(format!("{name}.json"));
+        remove_durable(&path).map_err(|e| VmError::Io("remove", path, e.source))?;
+        let _ = fs::remove_dir_all(self.dir(name));
+        let status = entry.status();
+        entries.remove(name);
+        Ok(status)
+    }
+
+    /// Starts a stopped VM and waits until its control socket answers.
+    pub fn start(self: &Arc<Self>, name: &str) -> Result<VmStatus, VmError> {
+        let (generation, api_sock) = {
+            let mut entries = self.lock();
+            let entry = entries
+                .get_mut(name)
+                .ok_or_else(|| VmError::NotFound(name.to_string()))?;
+            if let Some(run) = &entry.run {
+                return Err(VmError::State {
+                    name: name.into(),
+                    state: run.state,
+                    op: "start it",
+                });
+            }
+            entry.stopping = false;
+            self.spawn(entry)?
+        };
+        let deadline = Instant::now() + START_WAIT;
+        while Instant::now() < deadline {
+            let status = self.get(name)?;
+            let current = self.lock().get(name).map(|e| e.generation);
+            if status.state == VmState::Stopped || current != Some(generation) {
+                let reason = status
+                    .last_exit
+                    .map_or_else(|| "unknown".into(), |e| e.reason);
+                let log = tail(&self.dir(name).join("vmm.log"));
+                return Err(VmError::StartFailed {
+                    name: name.into(),
+                    reason,
+                    log,
+                });
+            }
+            if UnixStream::connect(&api_sock).is_ok() {
+                return Ok(status);
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+        self.get(name)
+    }
+
+    /// Launches keel-vmm for `entry` (locked by the caller); returns the run's generation and
+    /// control socket.
+    fn spawn(self: &Arc<Self>, entry: &mut Entry) -> Result<(u64, PathBuf), VmError> {
+        let spec = &entry.spec;
+        let kernel = self.store.path(ImageKind::Kernel, &spec.kernel)?;
+        let initrd = match &spec.initrd {
+            Some(name) => Some(self.store.path(ImageKind::Initrd, name)?),
+            None => None,
+        };
+        let dir = self.dir(&spec.name);
+        let io_err = |op, path: &Path, e| VmError::Io(op, path.to_path_buf(), e);
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)
+            .map_err(|e| io_err("create", &dir, e))?;
+        let (api_sock, console_sock) = (dir.join("api.sock"), dir.join("console.sock"));
+        let _ = fs::remove_file(&console_sock);
+        let mut config = serde_json::json!({
+            "vcpus": spec.vcpus,
+            "memory_mib": spec.memory_mib,
+            "kernel": kernel,
+            "cmdline": spec.cmdline,
+            "serial": {"mode": "socket", "path": console_sock},
+        });
+        if let Some(initrd) = initrd {
+            config["initrd"] = serde_json::json!(initrd);
+        }
+        let config_path = dir.join("vm.json");
+        fs::write(&config_path, config.to_string())
+            .map_err(|e| io_err("write", &config_path, e))?;
+        let log_path = dir.join("vmm.log");
+        let log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .map_err(|e| io_err("open", &log_path, e))?;
+        let log2 = log.try_clone().map_err(|e| io_err("open", &log_path, e))?;
+        let mut child = Command::new(&self.paths.vmm)
+            .arg("--config")
+            .arg(&config_path)
+            .arg("--api-sock")
+            .arg(&api_sock)
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log2)
+            // Its own process group: signals for the agent's group (a restart) do not reach it.
+            .process_group(0)
+            .spawn()
+            .map_err(|e| io_err("start", &self.paths.vmm, e))?;
+        let pid = child.id();
+        let pid_path = dir.join("pid");
+        if let Err(e) = fs::write(&pid_path, format!("{pid}\n")) {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(io_err("write", &pid_path, e));
+        }
+        entry.generation += 1;
+        let generation = entry.generation;
+        entry.run = Some(Run {
+            pid,
+            state: VmState::Running,
+        });
+        entry.console.attach(console_sock, START_WAIT);
+        let name = spec.name.clone();
+        let vms = Arc::clone(self);
+        let _ = thread::Builder::new()
+            .name("keel-vm-watch".into())
+            .spawn(move || {
+                let exit = match child.wait() {
+                    Ok(status) => {
+                        let (code, reason, crash) = exit_reason(status);
+                        (code, reason, crash)
+                    }
+                    Err(e) => (None, format!("cannot wait for keel-vmm: {e}"), true),
+                };
+                vms.exited(&name, generation, exit);
+            });
+        Ok((generation, api_sock))
+    }
+
+    /// Watches a keel-vmm that is not the agent's child (taken back after a restart): its exit
+    /// status goes to PID 1, so only the fact that it ended is known here.
+    fn watch_pid(self: &Arc<Self>, name: String, generation: u64, pid: u32) {
+        let vms = Arc::clone(self);
+        let _ = thread::Builder::new()
+            .name("keel-vm-watch".into())
+            .spawn(move || {
+                wait_pid_gone(pid);
+                let exit = (
+                    None,
+                    "ended while not the agent's child; status unknown".into(),
+                    false,
+                );
+                vms.exited(&name, generation, exit);
+            });
+    }
+
+    /// Records the end of a run, and restarts the VM when its policy says so.
+    fn exited(self: &Arc<Self>, name: &str, generation: u64, exit: (Option<i32>, String, bool)) {
+        let (code, reason, crash) = exit;
+        let restart_after = {
+            let mut entries = self.lock();
+            let Some(entry) = entries.get_mut(name) else {
+                return;
+            };
+            if entry.generation != generation {
+                return;
+            }
+            entry.run = None;
+            entry.console.close_followers();
+            let _ = fs::remove_file(self.dir(name).join("pid"));
+            (self.log)(&format!("keel-agent: VM {name} stopped: {reason}"));
+            entry.last_exit = Some(VmExit {
+                code,
+                reason,
+                at: now_unix(),
+            });
+            let reboot = code == Some(3);
+            let wanted = reboot || (crash && entry.spec.on_crash == OnCrash::Restart);
+            if entry.stopping || !wanted {
+                None
+            } else {
+                let wait = if reboot {
+                    Duration::ZERO
+                } else {
+                    entry.backoff
+                };
+                entry.backoff = (entry.backoff * 2).min(MAX_BACKOFF);
+                Some(wait)
+            }
+        };
+        if let Some(wait) = restart_after {
+            thread::sleep(wait);
+            let mut entries = self.lock();
+            if let Some(entry) = entries.get_mut(name) {
+                if entry.run.is_none() && !entry.stopping && entry.generation == generation {
+                    entry.restarts += 1;
+                    if let Err(e) = self.spawn(entry) {
+                        (self.log)(&format!("keel-agent: cannot restart VM {name}: {e}"));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Sends a control request to a running VM and records the state it leads to.
+    pub fn control(&self, name: &str, op: Op) -> Result<VmStatus, VmError> {
+        let (path, next, label) = match op {
+            Op::Shutdown => ("/vm/shutdown", VmState::ShuttingDown, "shutdown"),
+            Op::PowerOff => ("/vm/power-off", VmState::ShuttingDown, "power-off"),
+            Op::Pause => ("/vm/pause", VmState::Paused, "pause"),
+            Op::Resume => ("/vm/resume", VmState::Running, "resume"),
+        };
+        {
+            let mut entries = self.lock();
+            let entry = entries
+                .get_mut(name)
+                .ok_or_else(|| VmError::NotFound(name.to_string()))?;
+            if entry.run.is_none() {
+                return Err(VmError::State {
+                    name: name.into(),
+                    state: VmState::Stopped,
+                    op: label,
+                });
+            }
+            if matches!(op, Op::Shutdown | Op::PowerOff) {
+                entry.stopping = true;
+            }
+        }
+        let sock = self.dir(name).join("api.sock");
+        let response = vmm_call(&sock, "PUT", path).map_err(|e| VmError::Refused {
+            name: name.into(),
+            op: label,
+            message: e.to_string(),
+        })?;
+        if !(200..300).contains(&response.status) {
+            let message = response
+                .json_body::<http::ErrorBody>()
+                .map_or_else(|_| format!("status {}", response.status), |b| b.error);
+            return Err(VmError::Refused {
+                name: name.into(),
+                op: label,
+                message,
+            });
+        }
+        let mut entries = self.lock();
+        let entry = entries
+            .get_mut(name)
+            .ok_or_else(|| VmError::NotFound(name.to_string()))?;
+        if let Some(run) = entry.run.as_mut() {
+            run.state = next;
+        }
+        Ok(entry.status())
+    }
+}
+
+impl Vms {
+    /// Stops every running VM for a host shutdown: presses each power button, waits up to
+    /// `grace` for the guests to power off, then powers off the rest. Returns how many needed the
+    /// power-off.
+    pub fn stop_all(&self, grace: Duration) -> usize {
+        let names =
+            |vms: &Self| -> Vec<String> { vms.running().into_iter().map(|(n, _)| n).collect() };
+        for name in names(self) {
+            let _ = self.control(&name, Op::Shutdown);
+        }
+        let deadline = Instant::now() + grace;
+        while !self.running().is_empty() && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(100));
+        }
+        let stragglers = names(self);
+        for name in &stragglers {
+            let _ = self.control(name, Op::PowerOff);
+        }
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while !self.running().is_empty() && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(50));
+        }
+        stragglers.len()
+    }
+}
+
+/// A control operation on a running VM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    Shutdown,
+    PowerOff,
+    Pause,
+    Resume,
+}
+
+/// One request to keel-vmm's control socket.
+fn vmm_call(sock: &Path, method: &str, path: &str) -> Result<Response, http::HttpError> {
+    let mut stream = UnixStream::connect(sock)?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    stream.set_write_timeout(Some(Duration::from_secs(10)))?;
+    http::write_request(&mut stream, method, path, "localhost", None)?;
+    http::read_response(&mut stream, &Limits::default())
+}
+
+/// Blocks until process `pid` is gone (pidfd where available, else polling /proc).
+fn wait_pid_gone(pid: u32) {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+    if let Ok(fd) = i32::try_from(fd) {
+        if fd >= 0 {
+            let mut pfd = libc::pollfd {
+                fd,
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: pfd is one valid pollfd; fd is ours and closed below.
+            while unsafe { libc::poll(&mut pfd, 1, -1) } < 0 {}
+            // SAFETY: fd came from pidfd_open and is closed once.
+            unsafe { libc::close(fd) };
+            return;
+        }
+    }
+    while Path::new(&format!("/proc/{pid}")).exists() {
+        thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// The last lines of a log, for an error message.
+fn tail(path: &Path) -> String {
+    let text = fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().rev().take(3).collect();
+    let joined = lines.into_iter().rev().collect::<Vec<_>>().join(" | ");
+    if joined.is_empty() {
+        "(empty)".into()
+    } else {
+        joined
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::super::api::StoreKind;
+    use super::super::atomic::testdir::TestDir;
+    use super::*;
+
+    fn spec(name: &str) -> VmSpec {
+        VmSpec {
+            name: name.into(),
+            vcpus: 1,
+            memory_mib: 64,
+            kernel: "k".into(),
+            initrd: None,
+            cmdline: "console=ttyS0".into(),
+            on_crash: OnCrash::Stop,
+        }
+    }
+
+    fn open(dir: &TestDir, vmm: &str) -> Arc<Vms> {
+        let store = Arc::new(Store::open(dir.path().join("data"), StoreKind::Ram).unwrap());
+        let paths = VmPaths {
+            vmm: vmm.into(),
+            defs: dir.path().join("vms"),
+            run: dir.path().join("run"),
+        };
+        Vms::open(paths, store, |_| {}).unwrap()
+    }
+
+    #[test]
+    fn validation_names_the_bad_field() {
+        let cases: Vec<(VmSpec, &str)> = vec![
+            (
+                VmSpec {
+                    name: "Bad".into(),
+                    ..spec("a")
+                },
+                "name \"Bad\"",
+            ),
+            (
+                VmSpec {
+                    vcpus: 0,
+                    ..spec("a")
+                },
+                "vcpus 0",
+            ),
+            (
+                VmSpec {
+                    memory_mib: 8,
+                    ..spec("a")
+                },
+                "memory_mib 8",
+            ),
+            (
+                VmSpec {
+                    cmdline: "a\nb".into(),
+                    ..spec("a")
+                },
+                "cmdline",
+            ),
+            (
+                VmSpec {
+                    kernel: "../k".into(),
+                    ..spec("a")
+                },
+                "\"../k\"",
+            ),
+        ];
+        for (s, want) in cases {
+            let err = validate(&s).unwrap_err();
+            assert_eq!(err.status(), 400);
+            assert!(err.to_string().contains(want), "{err}");
+        }
+        assert!(validate(&spec("web-1")).is_ok());
+    }
+
+    #[test]
+    fn definitions_persist_and_delete() {
+        let dir = TestDir::new("vms-defs");
+        let vms = open(&dir, "/bin/false");
+        vms.define(spec("a")).unwrap();
+        assert_eq!(vms.define(spec("a")).unwrap_err().status(), 409);
+        drop(vms);
+        let vms = open(&dir, "/bin/false");
+        let list = vms.list();
+        assert_eq!(list.len(), 1);
+        assert_eq!(list[0].state, VmState::Stopped);
+        assert_eq!(vms.control("a", Op::Pause).unwrap_err().status(), 409);
+        assert_eq!(vms.get("b").unwrap_err().status(), 404);
+        vms.delete("a").unwrap();
+        assert!(open(&dir, "/bin/false").list().is_empty());
+    }
+
+    #[test]
+    fn start_needs_its_images_and_reports_a_vmm_that_dies() {
+        let dir = TestDir::new("vms-start");
+        // `false` stands in for a keel-vmm that refuses its configuration at once.
+        let vms = open(&dir, "/bin/false");
+        vms.define(spec("a")).unwrap();
+        let err = vms.start("a").unwrap_err();
+        assert_eq!(err.status(), 400, "{err}");
+        assert!(
+            err.to_string().contains("No kernel image named \"k\""),
+            "{err}"
+        );
+        let data = b"k";
+        let digest = super::super::images::hex(&<sha2::Sha256 as sha2::Digest>::digest(data));
+        vms.store
+            .upload(ImageKind::Kernel, "k", &digest, 1, &mut &data[..])
+            .unwrap();
+        let err = vms.start("a").unwrap_err();
+        assert_eq!(err.status(), 422, "{err}");
+        assert!(err.to_string().contains("keel-vmm failed"), "{err}");
+        let status = vms.get("a").unwrap();
+        assert_eq!(status.state, VmState::Stopped);
+        assert_eq!(status.last_exit.unwrap().code, Some(1));
+    }
+
+    #[test]
+    fn a_crashing_vm_with_the_restart_policy_is_restarted() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = TestDir::new("vms-restart");
+        // Stands in for a keel-vmm whose guest triple-faults at once (exit status 4).
+        let vmm = dir.path().join("crashing-vmm");
+        fs::write(&vmm, "#!/bin/sh\nexit 4\n").unwrap();
+        fs::set_permissions(&vmm, fs::Permissions::from_mode(0o755)).unwrap();
+        let vms = open(&dir, vmm.to_str().unwrap());
+        let data = b"k";
+        let digest = super::super::images::hex(&<sha2::Sha256 as sha2::Digest>::digest(data));
+        vms.store
+            .upload(ImageKind::Kernel, "k", &digest, 1, &mut &data[..])
+            .unwrap();
+        vms.define(VmSpec {
+            on_crash: OnCrash::Restart,
+            ..spec("a")
+        })
+        .unwrap();
+        vms.define(spec("b")).unwrap();
+        assert!(vms.start("a").is_err());
+        assert!(vms.start("b").is_err());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while vms.get("a").unwrap().restarts < 2 && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(100));
+        }
+        let a = vms.get("a").unwrap();
+        assert!(a.restarts >= 2, "{a:?}");
+        assert_eq!(a.last_exit.unwrap().code, Some(4));
+        // Without the policy a crash stays down.
+        assert_eq!(vms.get("b").unwrap().restarts, 0);
+        // Powering off or deleting needs it stopped; stop the restarts by deleting after a crash.
+        vms.lock().get_mut("a").unwrap().stopping = true;
+    }
+
+    #[test]
+    fn exit_statuses_are_explained() {
+        let cases = [
+            (0, Some(0), false, "powered off"),
+            (3 << 8, Some(3), false, "rebooted"),
+            (4 << 8, Some(4), true, "triple"),
+            (6 << 8, Some(6), false, "by the host"),
+            (9, None, true, "signal 9"),
+        ];
+        for (raw, code, crash, text) in cases {
+            let (c, reason, k) = exit_reason(ExitStatus::from_raw(raw));
+            assert_eq!((c, k), (code, crash), "{raw}");
+            assert!(reason.contains(text), "{reason}");
+        }
+    }
+}

@@ -1,0 +1,485 @@
+//! keelctl: the manager side of Keel. Makes the manager CA, adopts hosts over mutual TLS, and
+//! drives their VMs and images through the agent API (`keel_init::agent::client`).
+
+mod config;
+mod output;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use config::{Config, HostEntry};
+use keel_init::agent::api::{self, ImageKind, OnCrash, VmSpec};
+use keel_init::agent::client::{ClientError, HostClient};
+use keel_init::agent::fingerprint::Fingerprint;
+use output::Format;
+use sha2::{Digest, Sha256};
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(name = "keelctl", version, about = "Manage Keel hosts and their VMs")]
+struct Cli {
+    /// Configuration directory (default: $XDG_CONFIG_HOME/keel or ~/.config/keel)
+    #[arg(long, global = true, env = "KEELCTL_CONFIG_DIR")]
+    config_dir: Option<PathBuf>,
+    /// The host to talk to: a name given at adoption (default: the last adopted)
+    #[arg(long, global = true, env = "KEELCTL_HOST")]
+    host: Option<String>,
+    /// Output format
+    #[arg(short, long, global = true, value_enum, default_value_t = Format::Table)]
+    output: Format,
+    #[command(subcommand)]
+    command: Top,
+}
+
+#[derive(Subcommand)]
+enum Top {
+    /// The manager CA
+    #[command(subcommand)]
+    Ca(CaCmd),
+    /// Hosts: adopt, release, inspect
+    #[command(subcommand)]
+    Host(HostCmd),
+    /// Virtual machines
+    #[command(subcommand)]
+    Vm(VmCmd),
+    /// Kernels, initrds and disk images in the host's store
+    #[command(subcommand)]
+    Image(ImageCmd),
+}
+
+#[derive(Subcommand)]
+enum CaCmd {
+    /// Make the manager CA and keelctl's client certificate
+    Init {
+        #[arg(long, default_value = "keel manager")]
+        name: String,
+        /// Validity in days
+        #[arg(long, default_value_t = 3650)]
+        days: u32,
+        /// Replace an existing CA (hosts adopted with the old one will refuse keelctl)
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum HostCmd {
+    /// Adopt a host: pin its key, present its one-time token, sign its certificate
+    Adopt {
+        /// host[:port] (port 8443 by default)
+        addr: String,
+        /// The adoption token the host shows on its console (it may start with '-')
+        #[arg(long, allow_hyphen_values = true)]
+        token: String,
+        /// The host key fingerprint the host shows on its console (sha256:…)
+        #[arg(long)]
+        fingerprint: String,
+        /// Name to remember the host by (default: the address)
+        #[arg(long)]
+        name: Option<String>,
+        /// Validity of the host certificate in days
+        #[arg(long, default_value_t = 825)]
+        days: u32,
+    },
+    /// Release the host: it forgets this manager and can be adopted again
+    Release,
+    /// Identity, capabilities and hardware of the host
+    Info,
+    /// CPU, memory, load, NIC and VM statistics
+    Stats,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Kind {
+    Kernel,
+    Initrd,
+    Disk,
+}
+
+impl From<Kind> for ImageKind {
+    fn from(k: Kind) -> Self {
+        match k {
+            Kind::Kernel => ImageKind::Kernel,
+            Kind::Initrd => ImageKind::Initrd,
+            Kind::Disk => ImageKind::Disk,
+        }
+    }
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Crash {
+    Stop,
+    Restart,
+}
+
+#[derive(Subcommand)]
+enum VmCmd {
+    /// Define a VM
+    Create {
+        name: String,
+        /// Kernel image name (see `keelctl image list`)
+        #[arg(long)]
+        kernel: String,
+        /// Initrd image name
+        #[arg(long)]
+        initrd: Option<String>,
+        #[arg(long, default_value_t = 1)]
+        vcpus: u8,
+        /// Memory in MiB
+        #[arg(long, default_value_t = 256)]
+        memory: u64,
+        #[arg(long, default_value = "console=ttyS0")]
+        cmdline: String,
+        /// What to do when the guest or its VMM crashes
+        #[arg(long, value_enum, default_value_t = Crash::Stop)]
+        on_crash: Crash,
+        /// Start it right away
+        #[arg(long)]
+        start: bool,
+    },
+    /// List VMs
+    List,
+    /// Show one VM
+    Get {
+        name: String,
+    },
+    /// Start a stopped VM
+    Start {
+        name: String,
+    },
+    /// Press the VM's ACPI power button (the guest shuts down by itself)
+    Shutdown {
+        name: String,
+    },
+    /// Stop the VM at once
+    Poweroff {
+        name: String,
+    },
+    Pause {
+        name: String,
+    },
+    Resume {
+        name: String,
+    },
+    /// Delete a stopped VM
+    Delete {
+        name: String,
+    },
+    /// Print the VM's serial console output
+    Console {
+        name: String,
+        /// Keep printing until the VM stops
+        #[arg(short, long)]
+        follow: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum ImageCmd {
+    /// Upload a file (streamed, SHA-256 verified by the host)
+    Upload {
+        #[arg(value_enum)]
+        kind: Kind,
+        file: PathBuf,
+        /// Name in the store (default: the file name)
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// List images and the store's space
+    List,
+    /// Delete an image no VM uses
+    Delete {
+        #[arg(value_enum)]
+        kind: Kind,
+        name: String,
+    },
+}
+
+/// What went wrong, with the host it concerned.
+#[derive(Debug, thiserror::Error)]
+enum Error {
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+    /// {host}: {err}
+    #[error("{host}: {err}")]
+    Host { host: String, err: ClientError },
+    /// Bad --fingerprint {0:?}: {1}
+    #[error("Bad --fingerprint {0:?}: {1}")]
+    Fingerprint(String, String),
+    /// Cannot read {0}: {1}
+    #[error("Cannot read {0}: {1}")]
+    File(PathBuf, io::Error),
+    /// Cannot write the output: {0}
+    #[error("Cannot write the output: {0}")]
+    Output(io::Error),
+}
+
+/// A connected host.
+struct Target {
+    name: String,
+    client: HostClient,
+}
+
+impl Target {
+    fn open(config: &Config, host: Option<&str>) -> Result<Self, Error> {
+        let (name, addr, pin) = config.host(host)?;
+        let cert = config.client_cert()?;
+        let client = HostClient::new(addr, pin, Some(&cert)).map_err(|err| Error::Host {
+            host: name.clone(),
+            err,
+        })?;
+        Ok(Self { name, client })
+    }
+
+    fn err(&self, err: ClientError) -> Error {
+        Error::Host {
+            host: format!("{} ({})", self.name, self.client.addr()),
+            err,
+        }
+    }
+
+    fn get<T: serde::de::DeserializeOwned>(&self, path: &str) -> Result<T, Error> {
+        self.client
+            .call::<(), T>("GET", path, None)
+            .map_err(|e| self.err(e))
+    }
+
+    fn send<B: serde::Serialize, T: serde::de::DeserializeOwned>(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&B>,
+    ) -> Result<T, Error> {
+        self.client
+            .call(method, path, body)
+            .map_err(|e| self.err(e))
+    }
+}
+
+fn vm_path(pattern: &str, name: &str) -> String {
+    pattern.replace("{name}", name)
+}
+
+fn run(cli: Cli) -> Result<(), Error> {
+    let config = Config::locate(cli.config_dir.clone())?;
+    let fmt = cli.output;
+    let host = cli.host.as_deref();
+    match cli.command {
+        Top::Ca(CaCmd::Init { name, days, force }) => {
+            config.init_ca(&name, days, force)?;
+            output::message(
+                fmt,
+                &format!("manager CA created in {}", config.dir().display()),
+            )
+        }
+        Top::Host(cmd) => host_cmd(&config, host, fmt, cmd),
+        Top::Vm(cmd) => vm_cmd(&Target::open(&config, host)?, fmt, cmd),
+        Top::Image(cmd) => image_cmd(&Target::open(&config, host)?, fmt, cmd),
+    }
+}
+
+fn host_cmd(config: &Config, host: Option<&str>, fmt: Format, cmd: HostCmd) -> Result<(), Error> {
+    match cmd {
+        HostCmd::Adopt {
+            addr,
+            token,
+            fingerprint,
+            name,
+            days,
+        } => {
+            let pin: Fingerprint = fingerprint.parse().map_err(
+                |e: keel_init::agent::fingerprint::FingerprintError| {
+                    Error::Fingerprint(fingerprint.clone(), e.to_string())
+                },
+            )?;
+            let ca = config.ca()?;
+            let sock = config::resolve(&addr)?;
+            let name = name.unwrap_or_else(|| addr.clone());
+            let host_err = |err| Error::Host {
+                host: addr.clone(),
+                err,
+            };
+            let client = HostClient::new(sock, pin, None).map_err(host_err)?;
+            client.adopt(&token, &ca, days).map_err(host_err)?;
+            let entry = HostEntry {
+                addr: sock.to_string(),
+                fingerprint: pin,
+            };
+            config.save_host(&name, &entry)?;
+            output::message(fmt, &format!("adopted {name} ({sock}, {pin})"))
+        }
+        HostCmd::Release => {
+            let target = Target::open(config, host)?;
+            let answer: api::ReleaseResponse = target.send::<(), _>("POST", api::RELEASE, None)?;
+            config.forget_host(&target.name);
+            output::print(fmt, &answer, |a| {
+                format!("released {}: {:?}\n", target.name, a.adoption)
+            })
+        }
+        HostCmd::Info => {
+            let info: api::HostInfo = Target::open(config, host)?.get(api::HOST)?;
+            output::print(fmt, &info, output::host_info)
+        }
+        HostCmd::Stats => {
+            let stats: api::HostStats = Target::open(config, host)?.get(api::HOST_STATS)?;
+            output::print(fmt, &stats, output::host_stats)
+        }
+    }
+}
+
+fn vm_cmd(t: &Target, fmt: Format, cmd: VmCmd) -> Result<(), Error> {
+    let action = |pattern: &str, name: &str| -> Result<(), Error> {
+        let status: api::VmStatus = t.send::<(), _>("POST", &vm_path(pattern, name), None)?;
+        output::print(fmt, &status, |s| output::vm_table(std::slice::from_ref(s)))
+    };
+    match cmd {
+        VmCmd::Create {
+            name,
+            kernel,
+            initrd,
+            vcpus,
+            memory,
+            cmdline,
+            on_crash,
+            start,
+        } => {
+            let spec = VmSpec {
+                name: name.clone(),
+                vcpus,
+                memory_mib: memory,
+                kernel,
+                initrd,
+                cmdline,
+                on_crash: match on_crash {
+                    Crash::Stop => OnCrash::Stop,
+                    Crash::Restart => OnCrash::Restart,
+                },
+            };
+            let mut status: api::VmStatus = t.send("POST", api::VMS, Some(&spec))?;
+            if start {
+                status = t.send::<(), _>("POST", &vm_path(api::VM_START, &name), None)?;
+            }
+            output::print(fmt, &status, |s| output::vm_table(std::slice::from_ref(s)))
+        }
+        VmCmd::List => {
+            let list: api::VmList = t.get(api::VMS)?;
+            output::print(fmt, &list, |l| output::vm_table(&l.vms))
+        }
+        VmCmd::Get { name } => {
+            let status: api::VmStatus = t.get(&vm_path(api::VM, &name))?;
+            output::print(fmt, &status, output::vm_detail)
+        }
+        VmCmd::Start { name } => action(api::VM_START, &name),
+        VmCmd::Shutdown { name } => action(api::VM_SHUTDOWN, &name),
+        VmCmd::Poweroff { name } => action(api::VM_POWEROFF, &name),
+        VmCmd::Pause { name } => action(api::VM_PAUSE, &name),
+        VmCmd::Resume { name } => action(api::VM_RESUME, &name),
+        VmCmd::Delete { name } => {
+            let status: api::VmStatus =
+                t.send::<(), _>("DELETE", &vm_path(api::VM, &name), None)?;
+            output::print(fmt, &status, |s| format!("deleted {}\n", s.spec.name))
+        }
+        VmCmd::Console { name, follow } => {
+            let mut path = vm_path(api::VM_CONSOLE, &name);
+            if follow {
+                path.push_str("?follow=true");
+            }
+            let mut out = io::stdout().lock();
+            t.client.stream_get(&path, &mut out).map_err(|e| t.err(e))
+        }
+    }
+}
+
+fn image_cmd(t: &Target, fmt: Format, cmd: ImageCmd) -> Result<(), Error> {
+    match cmd {
+        ImageCmd::Upload { kind, file, name } => {
+            let kind = ImageKind::from(kind);
+            let name = name
+                .or_else(|| file.file_name().map(|n| n.to_string_lossy().into_owned()))
+                .unwrap_or_default();
+            let read_err = |e| Error::File(file.clone(), e);
+            // Hash first, so the host can verify what arrives: one pass over the file each.
+            let mut hasher = Sha256::new();
+            let mut f = File::open(&file).map_err(read_err)?;
+            let len = io::copy(&mut f, &mut hasher).map_err(read_err)?;
+            let digest = keel_init::agent::images::hex(&hasher.finalize());
+            let mut f = File::open(&file).map_err(read_err)?;
+            let path = format!("/v1/images/{}/{name}", kind.as_str());
+            let response = t
+                .client
+                .exchange(|s| {
+                    let head = format!(
+                        "PUT {path} HTTP/1.1\r\nHost: {}\r\n{}: {digest}\r\nContent-Type: application/octet-stream\r\nContent-Length: {len}\r\n\r\n",
+                        t.client.addr(),
+                        api::SHA256_HEADER
+                    );
+                    s.write_all(head.as_bytes())?;
+                    let mut buf = vec![0u8; 256 * 1024];
+                    loop {
+                        let n = f.read(&mut buf)?;
+                        if n == 0 {
+                            break;
+                        }
+                        s.write_all(&buf[..n])?;
+                    }
+                    s.flush()
+                })
+                .map_err(|e| t.err(e))?;
+            let image: api::Image = t.client.decode(response).map_err(|e| t.err(e))?;
+            output::print(fmt, &image, |i| {
+                output::image_table(std::slice::from_ref(i))
+            })
+        }
+        ImageCmd::List => {
+            let list: api::ImageList = t.get(api::IMAGES)?;
+            output::print(fmt, &list, output::image_list)
+        }
+        ImageCmd::Delete { kind, name } => {
+            let kind = ImageKind::from(kind);
+            let path = format!("/v1/images/{}/{name}", kind.as_str());
+            let _: serde_json::Value = t.send::<(), _>("DELETE", &path, None)?;
+            output::message(fmt, &format!("deleted {} {name}", kind.as_str()))
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("keelctl: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn a_token_may_start_with_a_hyphen() {
+        let cli = Cli::try_parse_from([
+            "keelctl",
+            "host",
+            "adopt",
+            "h",
+            "--token",
+            "-iqw6p",
+            "--fingerprint",
+            "sha256:00",
+        ]);
+        match cli.map(|c| c.command) {
+            Ok(Top::Host(HostCmd::Adopt { token, .. })) => assert_eq!(token, "-iqw6p"),
+            _ => panic!("the token was not taken"),
+        }
+    }
+}

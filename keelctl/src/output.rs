@@ -1,0 +1,237 @@
+//! Tables for people, JSON (`-o json`) for scripts.
+
+use clap::ValueEnum;
+use keel_init::agent::api::{HostInfo, HostStats, Image, ImageList, VmStatus};
+use serde::Serialize;
+use std::io::{self, Write};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    Table,
+    Json,
+}
+
+fn write(text: &str) -> Result<(), super::Error> {
+    io::stdout()
+        .lock()
+        .write_all(text.as_bytes())
+        .map_err(super::Error::Output)
+}
+
+/// `value` as JSON, or as the text `table` makes of it.
+pub fn print<T: Serialize>(
+    fmt: Format,
+    value: &T,
+    table: impl Fn(&T) -> String,
+) -> Result<(), super::Error> {
+    match fmt {
+        Format::Json => {
+            let json = serde_json::to_string_pretty(value)
+                .map_err(|e| super::Error::Output(io::Error::other(e)))?;
+            write(&format!("{json}\n"))
+        }
+        Format::Table => write(&table(value)),
+    }
+}
+
+/// A one-line outcome: `{"message": …}` in JSON.
+pub fn message(fmt: Format, text: &str) -> Result<(), super::Error> {
+    print(fmt, &serde_json::json!({ "message": text }), |_| {
+        format!("{text}\n")
+    })
+}
+
+/// Left-aligned columns, two spaces apart.
+pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<String>| {
+        let mut out = String::new();
+        for (i, (cell, w)) in cells.iter().zip(&widths).enumerate() {
+            if i + 1 == cells.len() {
+                out.push_str(cell);
+            } else {
+                out.push_str(&format!("{cell:<w$}  "));
+            }
+        }
+        out.trim_end().to_string() + "\n"
+    };
+    let mut out = line(header.iter().map(|h| h.to_string()).collect());
+    for row in rows {
+        out.push_str(&line(row.clone()));
+    }
+    out
+}
+
+fn mib(bytes: u64) -> String {
+    format!("{} MiB", bytes / (1024 * 1024))
+}
+
+pub fn vm_table(vms: &[VmStatus]) -> String {
+    let rows: Vec<Vec<String>> = vms
+        .iter()
+        .map(|v| {
+            vec![
+                v.spec.name.clone(),
+                serde_json::to_value(v.state)
+                    .ok()
+                    .and_then(|s| s.as_str().map(String::from))
+                    .unwrap_or_default(),
+                v.spec.vcpus.to_string(),
+                format!("{} MiB", v.spec.memory_mib),
+                v.pid.map_or("-".into(), |p| p.to_string()),
+                v.last_exit
+                    .as_ref()
+                    .map_or("-".into(), |e| e.reason.clone()),
+            ]
+        })
+        .collect();
+    table(
+        &["NAME", "STATE", "VCPUS", "MEMORY", "PID", "LAST EXIT"],
+        &rows,
+    )
+}
+
+pub fn vm_detail(v: &VmStatus) -> String {
+    let mut out = vm_table(std::slice::from_ref(v));
+    out.push_str(&format!(
+        "kernel: {}  initrd: {}  on-crash: {:?}  restarts: {}\ncmdline: {}\n",
+        v.spec.kernel,
+        v.spec.initrd.as_deref().unwrap_or("-"),
+        v.spec.on_crash,
+        v.restarts,
+        v.spec.cmdline
+    ));
+    out
+}
+
+pub fn image_table(images: &[Image]) -> String {
+    let rows: Vec<Vec<String>> = images
+        .iter()
+        .map(|i| {
+            vec![
+                i.kind.as_str().to_string(),
+                i.name.clone(),
+                i.size.to_string(),
+                i.sha256.clone(),
+            ]
+        })
+        .collect();
+    table(&["KIND", "NAME", "BYTES", "SHA256"], &rows)
+}
+
+pub fn image_list(list: &ImageList) -> String {
+    let mut out = image_table(&list.images);
+    out.push_str(&format!(
+        "store: {:?}, {} free of {}\n",
+        list.store,
+        mib(list.free),
+        mib(list.capacity)
+    ));
+    out
+}
+
+pub fn host_info(h: &HostInfo) -> String {
+    let c = &h.capabilities;
+    let hw = &h.hardware;
+    let or_dash = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
+    let rows = vec![
+        vec!["fingerprint".into(), h.fingerprint.to_string()],
+        vec!["names".into(), h.names.join(", ")],
+        vec![
+            "hardware".into(),
+            format!("{} {}", or_dash(&hw.vendor), or_dash(&hw.product)),
+        ],
+        vec![
+            "serial / uuid".into(),
+            format!("{} / {}", or_dash(&hw.serial), or_dash(&hw.uuid)),
+        ],
+        vec!["cpu".into(), c.cpu_model.clone()],
+        vec![
+            "topology".into(),
+            format!(
+                "{} CPUs, {} cores, {} sockets, {} NUMA nodes",
+                c.cpus,
+                c.cores,
+                c.sockets,
+                c.numa_nodes.len()
+            ),
+        ],
+        vec!["memory".into(), mib(c.memory_total)],
+        vec!["kvm".into(), if c.kvm { "yes" } else { "no" }.into()],
+        vec![
+            "nics".into(),
+            c.nics
+                .iter()
+                .map(|n| format!("{} {} {}", n.name, n.mac, n.state))
+                .collect::<Vec<_>>()
+                .join(", "),
+        ],
+        vec!["keel-vmm".into(), c.vmm_version.clone()],
+    ];
+    table(&["FIELD", "VALUE"], &rows)
+}
+
+pub fn host_stats(s: &HostStats) -> String {
+    let mut out = format!(
+        "cpu busy {:.0}%  memory {} available of {}  load {:.2} {:.2} {:.2}\n\n",
+        s.cpu_busy * 100.0,
+        mib(s.memory_available),
+        mib(s.memory_total),
+        s.load[0],
+        s.load[1],
+        s.load[2]
+    );
+    let nics: Vec<Vec<String>> = s
+        .nics
+        .iter()
+        .map(|n| {
+            vec![
+                n.name.clone(),
+                n.rx_bytes.to_string(),
+                n.tx_bytes.to_string(),
+                format!("{:.0}", n.rx_bytes_per_sec),
+                format!("{:.0}", n.tx_bytes_per_sec),
+            ]
+        })
+        .collect();
+    out.push_str(&table(
+        &["NIC", "RX BYTES", "TX BYTES", "RX B/S", "TX B/S"],
+        &nics,
+    ));
+    let vms: Vec<Vec<String>> = s
+        .vms
+        .iter()
+        .map(|v| {
+            vec![
+                v.name.clone(),
+                format!("{:.1}", v.cpu_seconds),
+                mib(v.rss_bytes),
+            ]
+        })
+        .collect();
+    out.push('\n');
+    out.push_str(&table(&["VM", "CPU SECONDS", "RSS"], &vms));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tables_align() {
+        let rows = vec![
+            vec!["a".to_string(), "long value".into()],
+            vec!["longer".into(), "b".into()],
+        ];
+        assert_eq!(
+            table(&["K", "V"], &rows),
+            "K       V\na       long value\nlonger  b\n"
+        );
+    }
+}

@@ -1,0 +1,190 @@
+//! keelctl, the binary, against a real agent in this process over TLS on loopback.
+
+#![allow(clippy::unwrap_used)]
+
+use keel_init::agent::clock::SystemClock;
+use keel_init::agent::server::{Agent, AgentConfig};
+use std::net::{Ipv4Addr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::Arc;
+
+const TOKEN: &str = "cli-token-0123456789abc";
+
+fn tmp(tag: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("keelctl-cli-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn keelctl(config: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_keelctl"))
+        .arg("--config-dir")
+        .arg(config)
+        .args(args)
+        .env_remove("KEELCTL_HOST")
+        .output()
+        .unwrap()
+}
+
+fn ok(config: &Path, args: &[&str]) -> String {
+    let out = keelctl(config, args);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "keelctl {args:?} failed: {stderr}");
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn fails(config: &Path, args: &[&str], want: &str) {
+    let out = keelctl(config, args);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "keelctl {args:?} succeeded");
+    assert!(stderr.contains(want), "keelctl {args:?}: {stderr}");
+}
+
+#[test]
+fn adopt_and_manage_a_host() {
+    let dir = tmp("adopt");
+    let mut config = AgentConfig::new(dir.join("state"), vec!["127.0.0.1".into()]);
+    config.preset_token = Some(TOKEN.into());
+    config.vmm = "/bin/false".into();
+    let agent = Agent::open(config, Arc::new(SystemClock)).unwrap();
+    let server = agent
+        .spawn(TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap())
+        .unwrap();
+    let addr = server.local_addr().to_string();
+    let fp = agent.fingerprint().to_string();
+    let cfg = dir.join("config");
+
+    fails(
+        &cfg,
+        &[
+            "host",
+            "adopt",
+            &addr,
+            "--token",
+            TOKEN,
+            "--fingerprint",
+            &fp,
+        ],
+        "keelctl ca init",
+    );
+    ok(&cfg, &["ca", "init"]);
+    fails(&cfg, &["ca", "init"], "--force");
+    let other = keel_init::agent::fingerprint::Fingerprint::of_spki(b"someone else").to_string();
+    fails(
+        &cfg,
+        &[
+            "host",
+            "adopt",
+            &addr,
+            "--token",
+            TOKEN,
+            "--fingerprint",
+            &other,
+        ],
+        "mismatch",
+    );
+    fails(
+        &cfg,
+        &[
+            "host",
+            "adopt",
+            &addr,
+            "--token",
+            "wrong-token-000000000",
+            "--fingerprint",
+            &fp,
+        ],
+        "401",
+    );
+    fails(
+        &cfg,
+        &[
+            "host",
+            "adopt",
+            &addr,
+            "--token",
+            TOKEN,
+            "--fingerprint",
+            "sha256:zz",
+        ],
+        "--fingerprint",
+    );
+    ok(
+        &cfg,
+        &[
+            "host",
+            "adopt",
+            &addr,
+            "--token",
+            TOKEN,
+            "--fingerprint",
+            &fp,
+            "--name",
+            "h1",
+        ],
+    );
+    fails(
+        &cfg,
+        &[
+            "host",
+            "adopt",
+            &addr,
+            "--token",
+            TOKEN,
+            "--fingerprint",
+            &fp,
+        ],
+        "409",
+    );
+
+    let info = ok(&cfg, &["host", "info"]);
+    assert!(info.contains(&fp), "{info}");
+    let stats: serde_json::Value =
+        serde_json::from_str(&ok(&cfg, &["host", "stats", "-o", "json"])).unwrap();
+    assert!(stats["memory_total"].as_u64().unwrap() > 0);
+
+    let kernel = dir.join("vmlinuz");
+    std::fs::write(&kernel, vec![1u8; 300 * 1024]).unwrap();
+    ok(
+        &cfg,
+        &["image", "upload", "kernel", kernel.to_str().unwrap()],
+    );
+    let images = ok(&cfg, &["image", "list"]);
+    assert!(
+        images.contains("vmlinuz") && images.contains("store: Ram"),
+        "{images}"
+    );
+
+    ok(
+        &cfg,
+        &[
+            "vm", "create", "web", "--kernel", "vmlinuz", "--memory", "64",
+        ],
+    );
+    fails(
+        &cfg,
+        &["vm", "create", "web", "--kernel", "vmlinuz"],
+        "exists already",
+    );
+    fails(&cfg, &["vm", "start", "web"], "exited at start");
+    let list: serde_json::Value =
+        serde_json::from_str(&ok(&cfg, &["vm", "list", "-o", "json"])).unwrap();
+    assert_eq!(list["vms"][0]["state"], "stopped");
+    assert_eq!(list["vms"][0]["last_exit"]["code"], 1);
+    assert_eq!(ok(&cfg, &["vm", "console", "web"]), "");
+    fails(&cfg, &["vm", "pause", "web"], "cannot pause");
+    fails(
+        &cfg,
+        &["image", "delete", "kernel", "vmlinuz"],
+        "uses kernel image",
+    );
+    ok(&cfg, &["vm", "delete", "web"]);
+    ok(&cfg, &["image", "delete", "kernel", "vmlinuz"]);
+    fails(&cfg, &["vm", "get", "web"], "No VM named \"web\"");
+
+    ok(&cfg, &["host", "release"]);
+    fails(&cfg, &["host", "info"], "No host given");
+    let _ = std::fs::remove_dir_all(&dir);
+}
