@@ -88,6 +88,8 @@ enum HostCmd {
     Info,
     /// CPU, memory, load, NIC and VM statistics
     Stats,
+    /// The host's ingress firewall, in nft syntax
+    Firewall,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -324,6 +326,10 @@ fn host_cmd(config: &Config, host: Option<&str>, fmt: Format, cmd: HostCmd) -> R
         HostCmd::Stats => {
             let stats: api::HostStats = Target::open(config, host)?.get(api::HOST_STATS)?;
             output::print(fmt, &stats, output::host_stats)
+        }
+        HostCmd::Firewall => {
+            let rules: serde_json::Value = Target::open(config, host)?.get(api::HOST_FIREWALL)?;
+            output::print(fmt, &rules, output::firewall)
         }
     }
 }

@@ -106,6 +106,46 @@ pub fn vm_detail(v: &VmStatus) -> String {
         v.restarts,
         v.spec.cmdline
     ));
+    if let Some(j) = &v.jail {
+        let e = &j.events;
+        out.push_str(&format!(
+            "jail: uid {}  cgroup {}  memory.max {}  pids.max {}\n\
+             limits hit: memory.max {}  oom {}  oom_kill {}  pids.max {}\n",
+            j.uid,
+            j.cgroup,
+            j.memory_max.map_or_else(|| "-".into(), mib),
+            j.pids_max.map_or_else(|| "-".into(), |p| p.to_string()),
+            e.memory_max,
+            e.oom,
+            e.oom_kill,
+            e.pids_max
+        ));
+    }
+    out
+}
+
+/// The agent's firewall description (`GET /v1/host/firewall`) in nft syntax.
+pub fn firewall(v: &serde_json::Value) -> String {
+    let s = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_string();
+    let mut out = format!("table {} {} {{\n", s(&v["family"]), s(&v["table"]));
+    for chain in v["chains"].as_array().into_iter().flatten() {
+        out.push_str(&format!(
+            "  chain {} {{\n    type filter hook {} priority {}; policy {};\n",
+            s(&chain["name"]),
+            s(&chain["hook"]),
+            chain["priority"],
+            s(&chain["policy"])
+        ));
+        for rule in chain["rules"].as_array().into_iter().flatten() {
+            out.push_str(&format!(
+                "    {:<40}# {}\n",
+                s(&rule["rule"]),
+                s(&rule["comment"])
+            ));
+        }
+        out.push_str("  }\n");
+    }
+    out.push_str("}\n");
     out
 }
 
@@ -233,5 +273,22 @@ mod tests {
             table(&["K", "V"], &rows),
             "K       V\na       long value\nlonger  b\n"
         );
+    }
+
+    #[test]
+    fn firewall_reads_as_nft() {
+        let rules = serde_json::to_value(keel_init::firewall::describe()).unwrap_or_default();
+        let text = firewall(&rules);
+        assert!(
+            text.starts_with("table inet keel {\n  chain input {\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("    type filter hook input priority 0; policy drop;\n"),
+            "{text}"
+        );
+        assert!(text.contains("tcp dport 8443 accept"), "{text}");
+        assert!(text.contains("# agent API"), "{text}");
+        assert!(text.ends_with("  }\n}\n"), "{text}");
     }
 }

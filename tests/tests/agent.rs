@@ -3,8 +3,12 @@
 //! and without or with a foreign client certificate), upload Debian's cloud kernel and the guest
 //! initramfs, run a VM, read its console through keelctl, shut it down, run it again, and kill
 //! the agent while the VM runs (the scenario runner does it when the VM is paused): PID 1
-//! restarts the agent, which takes the VM back. Last, the host's ACPI power-off makes the agent
-//! shut the running guest down before the host goes.
+//! restarts the agent, which takes the VM back. The VM's keel-vmm is jailed: the scenario runner
+//! checks from the host that it runs as a VM uid with no capabilities, alone in its PID namespace,
+//! with only its own files in its root and its cgroup limits set, and, after the agent restart,
+//! squeezes its cgroup's memory.max so the kernel OOM-kills it: the agent reports that through the
+//! API and its log. The firewall is read through the API. Last, the host's ACPI power-off makes
+//! the agent shut the running guest down before the host goes.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -138,7 +142,8 @@ fn manager_adopts_the_host_and_runs_a_vm_that_survives_an_agent_restart() -> Res
     let keelctl_bin = keelctl_binary();
     let image = Image::locate_in(&paths::out_dir().join("test"))?;
     let payload = image.dir.join("overlay/usr/lib/keel-tests");
-    let boot = Boot::image(&image).with_params("keel_e2e=agent-kill-on-pause");
+    let boot =
+        Boot::image(&image).with_params("keel_e2e=agent-jail,agent-kill-on-pause,agent-squeeze");
     let mut host: Qemu = QemuBuilder::new("agent", boot).forward(8443).spawn()?;
     let ready = host.wait_for_line("keel ready: api=https://", BOOT)?;
     assert!(
@@ -230,6 +235,17 @@ fn manager_adopts_the_host_and_runs_a_vm_that_survives_an_agent_restart() -> Res
         "--start",
     ]);
     k.wait_console("g1", MARKER, 1);
+    expect_pass(&mut host, "agent-jail")?;
+    let vm = k.json(&["vm", "get", "g1"]);
+    let jail = &vm["jail"];
+    assert_eq!(jail["memory_max"], (256 + 64 + 4) << 20, "{vm}");
+    assert_eq!(jail["pids_max"], 1 + 16, "{vm}");
+    assert_eq!(jail["cgroup"], "/sys/fs/cgroup/keel.slice/vm-g1", "{vm}");
+    assert!(jail["uid"].as_u64().is_some_and(|u| u >= 100_000), "{vm}");
+    assert_eq!(jail["events"]["oom_kill"], 0, "{vm}");
+    let firewall = k.ok(&["host", "firewall"]);
+    assert!(firewall.contains("policy drop;"), "{firewall}");
+    assert!(firewall.contains("tcp dport 8443 accept"), "{firewall}");
     k.ok(&["vm", "shutdown", "g1"]);
     let stopped = k.wait_vm("g1", "stopped", |vm| state(vm) == "stopped");
     assert_eq!(stopped["last_exit"]["code"], 0, "{stopped}");
@@ -245,11 +261,26 @@ fn manager_adopts_the_host_and_runs_a_vm_that_survives_an_agent_restart() -> Res
     let after = k.wait_vm("g1", "taken back", |vm| state(vm) == "paused");
     assert_eq!(after["pid"], before["pid"], "{after}");
     assert_eq!(k.json(&["image", "list"])["store"], "ram");
+    // Running again, the runner squeezes its memory cap: the kernel OOM-kills keel-vmm in its
+    // group, and the agent (not its parent any more) reports it.
     k.ok(&["vm", "resume", "g1"]);
-    k.ok(&["vm", "poweroff", "g1"]);
-    k.wait_vm("g1", "stopped after the restart", |vm| {
+    let squeezed = host.wait_for_line_matching(
+        "the agent's report of the OOM kill",
+        |l| l.contains("keel-agent: VM g1 hit its limits") || l.contains("E2E FAIL agent-squeeze"),
+        GUEST,
+    )?;
+    assert!(squeezed.text.contains("OOM kills"), "{}", squeezed.text);
+    let killed = k.wait_vm("g1", "stopped after the restart", |vm| {
         state(vm) == "stopped"
     });
+    let reason = killed["last_exit"]["reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("OOM-killed"), "{killed}");
+    assert!(
+        killed["jail"]["events"]["oom_kill"]
+            .as_u64()
+            .is_some_and(|n| n >= 1),
+        "{killed}"
+    );
     // A host shutdown shuts the running guests down before the agent exits.
     // The console history lives in the agent: the restarted one has only what came after it.
     let seen = k.console_count("g1", MARKER);
@@ -262,6 +293,21 @@ fn manager_adopts_the_host_and_runs_a_vm_that_survives_an_agent_restart() -> Res
     // The guest powers off by itself unless it is too slow for the grace period (TCG).
     host.wait_for_line("keel-agent: VM g1 stopped:", BOOT)?;
     host.wait_exit(Duration::from_secs(60))?;
+    Ok(())
+}
+
+/// Waits for the scenario runner's verdict on `scenario` and fails the test with its reason.
+fn expect_pass(host: &mut Qemu, scenario: &str) -> Result<(), Error> {
+    let (pass, fail) = (
+        format!("E2E PASS {scenario} "),
+        format!("E2E FAIL {scenario}:"),
+    );
+    let line = host.wait_for_line_matching(
+        &format!("the verdict on {scenario}"),
+        |l| l.contains(&pass) || l.contains(&fail),
+        GUEST,
+    )?;
+    assert!(line.text.contains(&pass), "{}", line.text);
     Ok(())
 }
 

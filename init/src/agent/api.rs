@@ -181,6 +181,8 @@ pub const HOST_STATS: &str = "/v1/host/stats";
 pub const HOST_REBOOT: &str = "/v1/host/reboot";
 /// `POST` → [`HostAction`]: power the host off.
 pub const HOST_POWEROFF: &str = "/v1/host/poweroff";
+/// `GET` → [`crate::firewall::Description`]: the host's ingress firewall, as loaded at boot.
+pub const HOST_FIREWALL: &str = "/v1/host/firewall";
 /// `GET`: Prometheus text format.
 pub const METRICS: &str = "/v1/metrics";
 /// `GET`: this API's OpenAPI document (JSON).
@@ -255,6 +257,26 @@ pub struct VmStatus {
     /// Restarts after crashes or guest reboots since the agent started.
     pub restarts: u32,
     pub last_exit: Option<VmExit>,
+    /// The jail and cgroup of the current run (of the last one once stopped); absent when the
+    /// agent runs VMMs unjailed (in-process tests).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jail: Option<VmJail>,
+}
+
+/// How a VM's keel-vmm is boxed in, and how often it hit its limits.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VmJail {
+    /// The unprivileged uid (and gid) keel-vmm runs as.
+    pub uid: u32,
+    /// Its cgroup v2 directory.
+    pub cgroup: String,
+    /// memory.max in bytes: guest memory plus the documented overhead.
+    pub memory_max: Option<u64>,
+    pub cpu_weight: Option<u64>,
+    pub pids_max: Option<u64>,
+    /// memory.events and pids.events counters: non-zero means the VM hit a limit.
+    pub events: crate::jail::CgroupEvents,
 }
 
 /// Answer to `GET` [`VMS`].

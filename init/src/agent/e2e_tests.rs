@@ -480,4 +480,11 @@ fn images_and_vms_over_tls() {
     }
     let vms: api::VmList = client.call::<(), _>("GET", api::VMS, None).unwrap();
     assert!(vms.vms.is_empty());
+    let firewall: serde_json::Value = client
+        .call::<(), _>("GET", api::HOST_FIREWALL, None)
+        .unwrap();
+    assert_eq!(
+        firewall,
+        serde_json::to_value(crate::firewall::describe()).unwrap()
+    );
 }

@@ -262,6 +262,11 @@ impl Agent {
         Response::json(200, &stats)
     }
 
+    /// The ingress firewall PID 1 loads at boot (`crate::firewall`), rule by rule.
+    pub(super) fn host_firewall(&self, _: &Request) -> Response {
+        Response::json(200, &crate::firewall::describe())
+    }
+
     pub(super) fn metrics(&self, _: &Request) -> Response {
         let running = self.vms.running();
         let stats = self

@@ -22,6 +22,7 @@ pub mod hostinfo;
 pub mod http;
 pub mod identity;
 pub mod images;
+pub mod launch;
 pub mod ratelimit;
 pub mod server;
 pub mod service;

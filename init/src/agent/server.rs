@@ -19,6 +19,7 @@ use super::ratelimit::RateLimiter;
 use super::tls::{adopted_server_config, unadopted_server_config, TlsError};
 use super::token::{Secret, Token, TokenError};
 use super::vms::{VmError, VmPaths, Vms};
+use crate::jail::Jailer;
 use rustls::{ServerConfig, ServerConnection, StreamOwned};
 use std::io::{self, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
@@ -63,6 +64,8 @@ pub struct AgentConfig {
     pub store_kind: StoreKind,
     /// The keel-vmm binary.
     pub vmm: PathBuf,
+    /// Where keel-vmm jails go; `None` runs it unjailed (in-process tests only).
+    pub jail: Option<Jailer>,
     /// The process to signal for host reboot and power-off (PID 1); `None` refuses them.
     pub power_pid: Option<i32>,
     /// Where to report events (VM exits, recoveries).
@@ -85,6 +88,7 @@ impl AgentConfig {
             data_dir: state_dir.join("data"),
             store_kind: StoreKind::Ram,
             vmm: PathBuf::from("/usr/bin/keel-vmm"),
+            jail: None,
             power_pid: None,
             log: |_| {},
             state_dir,
@@ -197,6 +201,12 @@ const ROUTES: &[Route<(Access, Handler)>] = &[
         Access::Manager,
         Agent::host_poweroff,
     ),
+    endpoint(
+        "GET",
+        api::HOST_FIREWALL,
+        Access::Manager,
+        Agent::host_firewall,
+    ),
     endpoint("GET", api::METRICS, Access::Manager, Agent::metrics),
     endpoint("GET", api::OPENAPI, Access::Manager, Agent::openapi),
     endpoint("GET", api::VMS, Access::Manager, Agent::vm_list),
@@ -288,6 +298,7 @@ impl Agent {
             vmm: config.vmm.clone(),
             defs: config.vm_defs.clone(),
             run: config.run_dir.clone(),
+            jail: config.jail.clone(),
         };
         let vms = Vms::open(paths, Arc::clone(&store), config.log)?;
         Ok(Arc::new(Self {

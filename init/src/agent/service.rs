@@ -180,6 +180,7 @@ fn serve(options: &Options, signals: &libc::sigset_t) -> Result<(), String> {
     config.store_kind = store_kind;
     config.run_dir = options.run_dir.clone();
     config.vmm = options.vmm.clone();
+    config.jail = Some(crate::jail::Jailer::default());
     config.log = log;
     config.power_pid = (std::os::unix::process::parent_id() == 1).then_some(1);
     // The certificate names the host by the address it is reached at.

@@ -1,25 +1,29 @@
 //! VMs: definitions kept in the state directory, each running VM one keel-vmm process that the
 //! agent starts, watches and restarts by policy, and takes back after an agent restart.
 //!
-//! Per VM, `<run_dir>/<name>/` holds keel-vmm's `vm.json`, its control socket `api.sock`, its
-//! console socket `console.sock`, its output `vmm.log` and its `pid`. keel-vmm runs in a process
-//! group of its own with no pipe to the agent, so it outlives an agent that dies; a new agent finds
-//! it again by the pid file and a control socket that answers (VDSM's recovery).
+//! Each keel-vmm runs jailed (`launch`, docs/hardening.md): its own uid, a minimal root, its own
+//! cgroup with limits sized from the VM. Per VM, `<run_dir>/<name>/` holds the agent's `vm.json`,
+//! `vmm.log` and `pid`, and the jail's `sock/` with keel-vmm's control socket `api.sock` and
+//! console socket `console.sock`. keel-vmm runs in a session of its own with no pipe to the
+//! agent, so it outlives an agent that dies; a new agent finds it again by the pid file and a
+//! control socket that answers (VDSM's recovery). A monitor reads each jail's cgroup events and
+//! logs the limits a VM hits; the VM's status shows them.
 
-use super::api::{ImageKind, OnCrash, VmExit, VmSpec, VmState, VmStatus};
+use super::api::{ImageKind, OnCrash, VmExit, VmJail, VmSpec, VmState, VmStatus};
 use super::atomic::{remove_durable, write_atomic};
 use super::console::Console;
 use super::http::{self, Limits, Response};
 use super::images::Store;
+use super::launch::{self, Launched, VmRun};
+use crate::jail::{CgroupLimits, JailError, Jailer};
 use std::collections::BTreeMap;
-use std::fs::{self, OpenOptions};
+use std::fs;
 use std::io;
 use std::os::unix::fs::DirBuilderExt;
-use std::os::unix::net::UnixStream;
-use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitStatus, Stdio};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::process::ExitStatus;
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -27,6 +31,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 const START_WAIT: Duration = Duration::from_secs(10);
 /// Restarts after crashes back off from 1 s, doubling up to this.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// How often the monitor reads the jails' cgroup events.
+const LIMITS_POLL: Duration = Duration::from_secs(2);
 
 /// Why a VM operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -67,6 +73,12 @@ pub enum VmError {
     /// Cannot {0} {1}: {2}
     #[error("Cannot {0} {1}: {2}")]
     Io(&'static str, PathBuf, io::Error),
+    /// {0}
+    #[error("{0}")]
+    Jail(#[from] JailError),
+    /// Every jail uid is held by a running VM
+    #[error("Every jail uid is held by a running VM")]
+    NoUid,
 }
 
 impl VmError {
@@ -78,7 +90,8 @@ impl VmError {
             Self::Image(e) if e.status() == 404 => 400,
             Self::Image(e) => e.status(),
             Self::StartFailed { .. } => 422,
-            Self::Io(..) => 500,
+            Self::NoUid => 409,
+            Self::Io(..) | Self::Jail(_) => 500,
         }
     }
 
@@ -161,6 +174,8 @@ struct Entry {
     stopping: bool,
     backoff: Duration,
     console: Arc<Console>,
+    /// The jail of the current run, or of the last one with its final counters.
+    jail: Option<VmJail>,
 }
 
 impl Entry {
@@ -171,7 +186,13 @@ impl Entry {
             pid: self.run.as_ref().map(|r| r.pid),
             restarts: self.restarts,
             last_exit: self.last_exit.clone(),
+            jail: self.jail.clone(),
         }
+    }
+
+    /// The jail uid of the running VMM.
+    fn uid(&self) -> Option<u32> {
+        self.run.as_ref().and(self.jail.as_ref()).map(|j| j.uid)
     }
 }
 
@@ -184,6 +205,9 @@ pub struct VmPaths {
     pub defs: PathBuf,
     /// Per-VM runtime directories.
     pub run: PathBuf,
+    /// Where the jails go; `None` starts keel-vmm unjailed (in-process tests, where stand-in
+    /// VMMs are shell scripts). The agent on a host always jails.
+    pub jail: Option<Jailer>,
 }
 
 /// Every VM on the host.
@@ -210,6 +234,12 @@ impl Vms {
             entries: Mutex::new(BTreeMap::new()),
             log,
         });
+        if vms.paths.jail.is_some() {
+            let weak = Arc::downgrade(&vms);
+            let _ = thread::Builder::new()
+                .name("keel-vm-limits".into())
+                .spawn(move || monitor_limits(weak));
+        }
         let dir = &vms.paths.defs;
         let listing = fs::read_dir(dir).map_err(|e| VmError::Io("read", dir.clone(), e))?;
         let mut names: Vec<PathBuf> = listing
@@ -251,6 +281,7 @@ impl Vms {
             stopping: false,
             backoff: Duration::from_secs(1),
             console: Arc::new(Console::default()),
+            jail: None,
         }
     }
 
@@ -261,9 +292,15 @@ impl Vms {
         if let Some((pid, state)) = self.find_running(&name) {
             entry.run = Some(Run { pid, state });
             entry.generation = 1;
+            if let Some(jailer) = &self.paths.jail {
+                let limits = CgroupLimits::for_vm(entry.spec.memory_mib, entry.spec.vcpus.into());
+                entry.jail = launch::process_uid(pid)
+                    .filter(|uid| launch::is_vm_uid(*uid))
+                    .map(|uid| launch::jail_info(jailer, &name, uid, &limits));
+            }
             entry
                 .console
-                .attach(self.dir(&name).join("console.sock"), START_WAIT);
+                .attach(launch::sockets(&self.dir(&name)).1, START_WAIT);
             self.watch_pid(name.clone(), 1, pid);
             (self.log)(&format!(
                 "keel-agent: took back VM {name} (keel-vmm pid {pid}, {state:?})"
@@ -284,7 +321,7 @@ impl Vms {
         if exe.file_name() != self.paths.vmm.file_name() {
             return None;
         }
-        let info = vmm_call(&dir.join("api.sock"), "GET", "/vm").ok()?;
+        let info = vmm_call(&launch::sockets(&dir).0, "GET", "/vm").ok()?;
         let value: serde_json::Value = info.json_body().ok()?;
         let state = match value.get("state").and_then(|s| s.as_str()) {
             Some("paused") => VmState::Paused,
@@ -294,14 +331,27 @@ impl Vms {
         Some((pid, state))
     }
 
+    /// A VM's status, with its jail's limit counters read now while it runs.
+    fn status_of(&self, entry: &Entry) -> VmStatus {
+        let mut status = entry.status();
+        if let (Some(jail), Some(jailer), Some(_)) =
+            (status.jail.as_mut(), &self.paths.jail, &entry.run)
+        {
+            if let Ok(events) = jailer.cgroup_events(&entry.spec.name) {
+                jail.events = events;
+            }
+        }
+        status
+    }
+
     pub fn list(&self) -> Vec<VmStatus> {
-        self.lock().values().map(Entry::status).collect()
+        self.lock().values().map(|e| self.status_of(e)).collect()
     }
 
     pub fn get(&self, name: &str) -> Result<VmStatus, VmError> {
         self.lock()
             .get(name)
-            .map(Entry::status)
+            .map(|e| self.status_of(e))
             .ok_or_else(|| VmError::NotFound(name.to_string()))
     }
 
@@ -373,6 +423,7 @@ impl Vms {
     pub fn start(self: &Arc<Self>, name: &str) -> Result<VmStatus, VmError> {
         let (generation, api_sock) = {
             let mut entries = self.lock();
+            let uid = free_uid(&entries)?;
             let entry = entries
                 .get_mut(name)
                 .ok_or_else(|| VmError::NotFound(name.to_string()))?;
@@ -384,7 +435,7 @@ impl Vms {
                 });
             }
             entry.stopping = false;
-            self.spawn(entry)?
+            self.spawn(entry, uid)?
         };
         let deadline = Instant::now() + START_WAIT;
         while Instant::now() < deadline {
@@ -401,7 +452,7 @@ impl Vms {
                     log,
                 });
             }
-            if UnixStream::connect(&api_sock).is_ok() {
+            if launch::connect(&api_sock).is_ok() {
                 return Ok(status);
             }
             thread::sleep(Duration::from_millis(50));
@@ -409,9 +460,9 @@ impl Vms {
         self.get(name)
     }
 
-    /// Launches keel-vmm for `entry` (locked by the caller); returns the run's generation and
-    /// control socket.
-    fn spawn(self: &Arc<Self>, entry: &mut Entry) -> Result<(u64, PathBuf), VmError> {
+    /// Launches keel-vmm for `entry` (locked by the caller) as jail uid `uid`; returns the run's
+    /// generation and control socket.
+    fn spawn(self: &Arc<Self>, entry: &mut Entry, uid: u32) -> Result<(u64, PathBuf), VmError> {
         let spec = &entry.spec;
         let kernel = self.store.path(ImageKind::Kernel, &spec.kernel)?;
         let initrd = match &spec.initrd {
@@ -419,52 +470,30 @@ impl Vms {
             None => None,
         };
         let dir = self.dir(&spec.name);
-        let io_err = |op, path: &Path, e| VmError::Io(op, path.to_path_buf(), e);
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&dir)
-            .map_err(|e| io_err("create", &dir, e))?;
-        let (api_sock, console_sock) = (dir.join("api.sock"), dir.join("console.sock"));
-        let _ = fs::remove_file(&console_sock);
-        let mut config = serde_json::json!({
-            "vcpus": spec.vcpus,
-            "memory_mib": spec.memory_mib,
-            "kernel": kernel,
-            "cmdline": spec.cmdline,
-            "serial": {"mode": "socket", "path": console_sock},
-        });
-        if let Some(initrd) = initrd {
-            config["initrd"] = serde_json::json!(initrd);
-        }
-        let config_path = dir.join("vm.json");
-        fs::write(&config_path, config.to_string())
-            .map_err(|e| io_err("write", &config_path, e))?;
-        let log_path = dir.join("vmm.log");
-        let log = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log_path)
-            .map_err(|e| io_err("open", &log_path, e))?;
-        let log2 = log.try_clone().map_err(|e| io_err("open", &log_path, e))?;
-        let mut child = Command::new(&self.paths.vmm)
-            .arg("--config")
-            .arg(&config_path)
-            .arg("--api-sock")
-            .arg(&api_sock)
-            .stdin(Stdio::null())
-            .stdout(log)
-            .stderr(log2)
-            // Its own process group: signals for the agent's group (a restart) do not reach it.
-            .process_group(0)
-            .spawn()
-            .map_err(|e| io_err("start", &self.paths.vmm, e))?;
-        let pid = child.id();
+        let run = VmRun {
+            name: &spec.name,
+            vcpus: spec.vcpus.into(),
+            memory_mib: spec.memory_mib,
+            kernel: &kernel,
+            initrd: initrd.as_deref(),
+            cmdline: &spec.cmdline,
+            dir: &dir,
+            uid,
+        };
+        let Launched {
+            mut process,
+            api_sock,
+            console_sock,
+            jail,
+        } = launch::launch(self.paths.jail.as_ref(), &self.paths.vmm, &run)?;
+        let pid = process.pid();
         let pid_path = dir.join("pid");
         if let Err(e) = fs::write(&pid_path, format!("{pid}\n")) {
-            let _ = child.kill();
-            let _ = child.wait();
-            return Err(io_err("write", &pid_path, e));
+            process.kill();
+            if let Some(jailer) = &self.paths.jail {
+                launch::finish(jailer, &spec.name, self.log);
+            }
+            return Err(VmError::Io("write", pid_path, e));
         }
         entry.generation += 1;
         let generation = entry.generation;
@@ -472,17 +501,15 @@ impl Vms {
             pid,
             state: VmState::Running,
         });
+        entry.jail = jail;
         entry.console.attach(console_sock, START_WAIT);
         let name = spec.name.clone();
         let vms = Arc::clone(self);
         let _ = thread::Builder::new()
             .name("keel-vm-watch".into())
             .spawn(move || {
-                let exit = match child.wait() {
-                    Ok(status) => {
-                        let (code, reason, crash) = exit_reason(status);
-                        (code, reason, crash)
-                    }
+                let exit = match process.wait() {
+                    Ok(status) => exit_reason(status),
                     Err(e) => (None, format!("cannot wait for keel-vmm: {e}"), true),
                 };
                 vms.exited(&name, generation, exit);
@@ -507,9 +534,21 @@ impl Vms {
             });
     }
 
-    /// Records the end of a run, and restarts the VM when its policy says so.
+    /// Records the end of a run (and removes its jail, keeping its final limit counters), and
+    /// restarts the VM when its policy says so.
     fn exited(self: &Arc<Self>, name: &str, generation: u64, exit: (Option<i32>, String, bool)) {
-        let (code, reason, crash) = exit;
+        let (code, mut reason, crash) = exit;
+        // Only the current run's jail is this run's to remove.
+        let current = self.lock().get(name).map(|e| e.generation) == Some(generation);
+        let events = self
+            .paths
+            .jail
+            .as_ref()
+            .filter(|_| current)
+            .and_then(|jailer| launch::finish(jailer, name, self.log));
+        if events.is_some_and(|e| e.oom_kill > 0) {
+            reason.push_str(" (OOM-killed at its cgroup memory limit)");
+        }
         let restart_after = {
             let mut entries = self.lock();
             let Some(entry) = entries.get_mut(name) else {
@@ -517,6 +556,12 @@ impl Vms {
             };
             if entry.generation != generation {
                 return;
+            }
+            if let (Some(jail), Some(events)) = (entry.jail.as_mut(), events) {
+                if let Some(line) = launch::limit_report(name, &jail.events, &events) {
+                    (self.log)(&line);
+                }
+                jail.events = events;
             }
             entry.run = None;
             entry.console.close_followers();
@@ -544,10 +589,11 @@ impl Vms {
         if let Some(wait) = restart_after {
             thread::sleep(wait);
             let mut entries = self.lock();
+            let uid = free_uid(&entries);
             if let Some(entry) = entries.get_mut(name) {
                 if entry.run.is_none() && !entry.stopping && entry.generation == generation {
                     entry.restarts += 1;
-                    if let Err(e) = self.spawn(entry) {
+                    if let Err(e) = uid.and_then(|uid| self.spawn(entry, uid)) {
                         (self.log)(&format!("keel-agent: cannot restart VM {name}: {e}"));
                     }
                 }
@@ -579,7 +625,7 @@ impl Vms {
                 entry.stopping = true;
             }
         }
-        let sock = self.dir(name).join("api.sock");
+        let (sock, _) = launch::sockets(&self.dir(name));
         let response = vmm_call(&sock, "PUT", path).map_err(|e| VmError::Refused {
             name: name.into(),
             op: label,
@@ -641,9 +687,41 @@ pub enum Op {
     Resume,
 }
 
-/// One request to keel-vmm's control socket.
-fn vmm_call(sock: &Path, method: &str, path: &str) -> Result<Response, http::HttpError> {
-    let mut stream = UnixStream::connect(sock)?;
+/// The lowest jail uid no running VM holds.
+fn free_uid(entries: &BTreeMap<String, Entry>) -> Result<u32, VmError> {
+    launch::free_uid(entries.values().filter_map(Entry::uid)).ok_or(VmError::NoUid)
+}
+
+/// Reads every running jail's cgroup events and logs the limits a VM hit since the last look;
+/// ends with the agent's VMs.
+fn monitor_limits(vms: Weak<Vms>) {
+    loop {
+        thread::sleep(LIMITS_POLL);
+        let Some(vms) = vms.upgrade() else {
+            return;
+        };
+        let Some(jailer) = &vms.paths.jail else {
+            return;
+        };
+        let mut entries = vms.lock();
+        for (name, entry) in entries.iter_mut() {
+            let Some(jail) = entry.jail.as_mut().filter(|_| entry.run.is_some()) else {
+                continue;
+            };
+            let Ok(events) = jailer.cgroup_events(name) else {
+                continue;
+            };
+            if let Some(line) = launch::limit_report(name, &jail.events, &events) {
+                (vms.log)(&line);
+            }
+            jail.events = events;
+        }
+    }
+}
+
+/// One request to keel-vmm's control socket (never through a symlink in its place).
+pub fn vmm_call(sock: &Path, method: &str, path: &str) -> Result<Response, http::HttpError> {
+    let mut stream = launch::connect(sock)?;
     stream.set_read_timeout(Some(Duration::from_secs(10)))?;
     stream.set_write_timeout(Some(Duration::from_secs(10)))?;
     http::write_request(&mut stream, method, path, "localhost", None)?;
@@ -710,6 +788,7 @@ mod tests {
             vmm: vmm.into(),
             defs: dir.path().join("vms"),
             run: dir.path().join("run"),
+            jail: None,
         };
         Vms::open(paths, store, |_| {}).unwrap()
     }

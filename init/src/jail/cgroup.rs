@@ -98,7 +98,8 @@ impl CgroupLimits {
 }
 
 /// How often a VM's group hit its limits (memory.events and pids.events counters).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct CgroupEvents {
     /// Times memory use hit memory.max and reclaim ran.
     pub memory_max: u64,

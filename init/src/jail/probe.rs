@@ -24,6 +24,14 @@ fn walk(dir: &Path, out: &mut Vec<String>) {
     }
 }
 
+/// Every path under `root` (depth first, sorted, not into /proc), as reached from here: the
+/// tests list a jail's root this way, from inside or through `/proc/<pid>/root`.
+pub fn paths(root: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    walk(root, &mut out);
+    out
+}
+
 /// The report: pid, privileges, no_new_privs, environment size, open descriptors, every path
 /// reachable from `root` (`/` in a jail), the PIDs in /proc, and whether appending to
 /// `write_probe` works.
@@ -60,9 +68,7 @@ pub fn report(root: &Path, write_probe: Option<&Path>) -> Vec<String> {
         .unwrap_or_default();
     pids.sort();
     lines.push(format!("procs={}", pids.join(",")));
-    let mut paths = Vec::new();
-    walk(root, &mut paths);
-    lines.push(format!("paths={}", paths.join(",")));
+    lines.push(format!("paths={}", paths(root).join(",")));
     if let Some(path) = write_probe {
         let result = fs::OpenOptions::new().append(true).open(path);
         lines.push(format!(

@@ -1,6 +1,7 @@
 //! Hardening scenarios of the in-host runner (tests/tests/hardening.rs): kernel settings in
 //! effect, the firewall seen from outside (the runner listens behind it; the test scans through QEMU), and
-//! jails: a probe that reports what it can see, a memory cap breach, a jailed keel-vmm booting Linux.
+//! jails: a probe that reports what it can see, a memory cap breach, a jailed keel-vmm booting Linux;
+//! and, for tests/tests/agent.rs, the jail of a VM the agent started, seen from the host.
 
 use std::fs;
 use std::io::{BufRead, BufReader, Write};
@@ -301,4 +302,171 @@ pub fn jail_vmm() -> Result<(), String> {
         Some(0) => Ok(()),
         _ => Err(format!("jailed keel-vmm ended with {status}")),
     }
+}
+
+/// Where the agent keeps its VMs' run directories.
+const AGENT_RUN: &str = "/run/keel/vms";
+
+/// A VM the agent runs, as the host sees it.
+pub struct AgentVm {
+    pub name: String,
+    pub dir: PathBuf,
+    /// From the agent's pid file.
+    pub pid: Option<u32>,
+    /// What keel-vmm's control socket says ("running", "paused", ...).
+    pub state: String,
+}
+
+/// Every agent VM whose keel-vmm answers on its control socket.
+pub fn agent_vms() -> Vec<AgentVm> {
+    let Ok(dirs) = fs::read_dir(AGENT_RUN) else {
+        return Vec::new();
+    };
+    dirs.flatten()
+        .filter_map(|entry| {
+            let dir = entry.path();
+            let (api, _) = keel_init::agent::launch::sockets(&dir);
+            let reply = keel_init::agent::vms::vmm_call(&api, "GET", "/vm").ok()?;
+            let body: serde_json::Value = reply.json_body().ok()?;
+            Some(AgentVm {
+                name: entry.file_name().to_string_lossy().into_owned(),
+                pid: fs::read_to_string(dir.join("pid"))
+                    .ok()
+                    .and_then(|p| p.trim().parse().ok()),
+                state: body["state"].as_str().unwrap_or_default().to_string(),
+                dir,
+            })
+        })
+        .collect()
+}
+
+/// Waits up to 15 minutes for an agent VM in `state`.
+pub fn wait_agent_vm(state: &str) -> Result<AgentVm, String> {
+    let deadline = Instant::now() + Duration::from_secs(900);
+    while Instant::now() < deadline {
+        if let Some(vm) = agent_vms().into_iter().find(|v| v.state == state) {
+            return Ok(vm);
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    Err(format!("no agent VM became {state}"))
+}
+
+/// `key:` of /proc/<pid>/status, whitespace collapsed.
+fn status_field(status: &str, key: &str) -> Option<String> {
+    status.lines().find_map(|l| {
+        let value = l.strip_prefix(key)?.strip_prefix(':')?;
+        Some(value.split_whitespace().collect::<Vec<_>>().join(" "))
+    })
+}
+
+/// The VM's cgroup limits, as the agent sizes them from its vm.json.
+fn expected_limits(dir: &Path) -> Result<CgroupLimits, String> {
+    let path = dir.join("vm.json");
+    let text = fs::read_to_string(&path).map_err(|e| format!("read {}: {e}", path.display()))?;
+    let config: serde_json::Value = serde_json::from_str(&text).map_err(|e| e.to_string())?;
+    let memory = config["memory_mib"]
+        .as_u64()
+        .ok_or("vm.json has no memory_mib")?;
+    let vcpus = config["vcpus"].as_u64().ok_or("vm.json has no vcpus")?;
+    Ok(CgroupLimits::for_vm(
+        memory,
+        u32::try_from(vcpus).map_err(|e| e.to_string())?,
+    ))
+}
+
+/// For tests/tests/agent.rs: the first VM the agent runs, seen from the host, is jailed: a VM
+/// uid, no capabilities, no_new_privs, PID 1 of its own namespace, an empty environment, a root
+/// holding only its own files, and its own cgroup with the limits sized from the VM.
+pub fn agent_vm_jailed() -> Result<(), String> {
+    let vm = wait_agent_vm("running")?;
+    let pid = vm.pid.ok_or("the agent wrote no pid file")?;
+    // keel-vmm makes its console socket while it builds the VM, around when the API answers.
+    let console = keel_init::agent::launch::sockets(&vm.dir).1;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !console.exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let status = fs::read_to_string(format!("/proc/{pid}/status"))
+        .map_err(|e| format!("read /proc/{pid}/status: {e}"))?;
+    let field = |key: &str| status_field(&status, key).unwrap_or_default();
+    println!(
+        "agent-jail| VM {} keel-vmm pid {pid}: Uid {} CapEff {} NSpid {}",
+        vm.name,
+        field("Uid"),
+        field("CapEff"),
+        field("NSpid")
+    );
+    let uid: u32 = field("Uid")
+        .split(' ')
+        .next()
+        .and_then(|u| u.parse().ok())
+        .ok_or("no Uid")?;
+    if !keel_init::agent::launch::is_vm_uid(uid)
+        || field("Uid") != format!("{uid} {uid} {uid} {uid}")
+    {
+        return Err(format!("keel-vmm runs as Uid {}", field("Uid")));
+    }
+    for caps in ["CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"] {
+        if field(caps) != ZERO_CAPS {
+            return Err(format!("{caps} is {}", field(caps)));
+        }
+    }
+    if field("NoNewPrivs") != "1" || !field("Groups").is_empty() {
+        return Err(format!(
+            "NoNewPrivs {} Groups {:?}",
+            field("NoNewPrivs"),
+            field("Groups")
+        ));
+    }
+    if !field("NSpid").ends_with(" 1") {
+        return Err(format!(
+            "not PID 1 of its namespace: NSpid {}",
+            field("NSpid")
+        ));
+    }
+    let environ = fs::read(format!("/proc/{pid}/environ")).map_err(|e| e.to_string())?;
+    if !environ.is_empty() {
+        return Err(format!(
+            "environment {:?}",
+            String::from_utf8_lossy(&environ)
+        ));
+    }
+    let root = PathBuf::from(format!("/proc/{pid}/root"));
+    let prefix = root.display().to_string();
+    let paths: Vec<String> = probe::paths(&root)
+        .iter()
+        .map(|p| p.strip_prefix(&prefix).unwrap_or(p).to_string())
+        .collect();
+    let want = "/bin,/bin/keel-vmm,/dev,/dev/kvm,/dev/urandom,/run,/run/vm,/run/vm/api.sock,\
+                /run/vm/console.sock,/vm,/vm/initrd,/vm/kernel,/vm/vm.json";
+    if paths.join(",") != want {
+        return Err(format!("its root holds {paths:?}"));
+    }
+    let cgroup = fs::read_to_string(format!("/proc/{pid}/cgroup")).map_err(|e| e.to_string())?;
+    let group = format!("/keel.slice/vm-{}", vm.name);
+    if cgroup.trim() != format!("0::{group}") {
+        return Err(format!("its cgroup is {cgroup:?}"));
+    }
+    let limits = expected_limits(&vm.dir)?;
+    for (file, want) in limits.files() {
+        let path = format!("/sys/fs/cgroup{group}/{file}");
+        match fs::read_to_string(&path) {
+            Ok(got) if got.trim() == want => println!("agent-jail| {file} = {want}"),
+            Err(_) if file == "memory.swap.max" => {}
+            other => return Err(format!("{path} is {other:?}, expected {want}")),
+        }
+    }
+    Ok(())
+}
+
+/// For tests/tests/agent.rs: once the agent VM runs again after the agent restart (the test
+/// resumed it), lowers its cgroup's memory.max far below what it uses, as a guest or VMM
+/// outgrowing its cap would: the kernel OOM-kills keel-vmm in its group, and the agent reports it.
+pub fn agent_vm_squeeze() -> Result<(), String> {
+    let vm = wait_agent_vm("running")?;
+    let path = format!("/sys/fs/cgroup/keel.slice/vm-{}/memory.max", vm.name);
+    fs::write(&path, "8M").map_err(|e| format!("write {path}: {e}"))?;
+    println!("E2E squeezed VM {}", vm.name);
+    Ok(())
 }

@@ -612,29 +612,14 @@ fn pid_of(argv: &[&str]) -> Option<u32> {
 /// For tests/tests/agent.rs: once a VM the agent runs is paused (the test's signal), kills the
 /// agent with SIGKILL, as a crash would, so PID 1 restarts it and the test checks the VM survived.
 fn kill_agent_when_a_vm_pauses() -> Result<(), String> {
-    let deadline = Instant::now() + Duration::from_secs(900);
-    let runs = Path::new("/run/keel/vms");
-    while Instant::now() < deadline {
-        let paused = fs::read_dir(runs)
-            .into_iter()
-            .flatten()
-            .flatten()
-            .any(|vm| {
-                api_call(&vm.path().join("api.sock"), "GET", "/vm")
-                    .is_ok_and(|(status, body)| status == 200 && body.contains("\"paused\""))
-            });
-        if paused {
-            let pid = pid_of(&["/usr/bin/keel", "agent"]).ok_or("no agent process")?;
-            // SAFETY: kill has no memory effects.
-            if unsafe { libc::kill(pid as i32, libc::SIGKILL) } != 0 {
-                return Err(format!("kill {pid}: {}", io::Error::last_os_error()));
-            }
-            println!("E2E killed the agent (pid {pid})");
-            return Ok(());
-        }
-        std::thread::sleep(Duration::from_millis(500));
+    hardening::wait_agent_vm("paused")?;
+    let pid = pid_of(&["/usr/bin/keel", "agent"]).ok_or("no agent process")?;
+    // SAFETY: kill has no memory effects.
+    if unsafe { libc::kill(pid as i32, libc::SIGKILL) } != 0 {
+        return Err(format!("kill {pid}: {}", io::Error::last_os_error()));
     }
-    Err("no VM was paused".into())
+    println!("E2E killed the agent (pid {pid})");
+    Ok(())
 }
 
 type Scenario = fn() -> Result<(), String>;
@@ -653,6 +638,8 @@ const SCENARIOS: &[(&str, Scenario)] = &[
     ("vmm-virtio", virtio_devices),
     ("vmm-virtio-bench", virtio_benchmark),
     ("agent-kill-on-pause", kill_agent_when_a_vm_pauses),
+    ("agent-jail", hardening::agent_vm_jailed),
+    ("agent-squeeze", hardening::agent_vm_squeeze),
 ];
 
 fn requested_scenarios(cmdline: &str) -> Vec<&str> {
