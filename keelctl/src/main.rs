@@ -139,6 +139,12 @@ enum VmCmd {
         /// Start it right away
         #[arg(long)]
         start: bool,
+        /// A disk image, NAME or NAME:ro (read-only); repeat for more, in the guest's order
+        #[arg(long = "disk")]
+        disks: Vec<String>,
+        /// A NIC, MAC or MAC@BRIDGE (bridge keelbr0 by default); repeat for more
+        #[arg(long = "nic")]
+        nics: Vec<String>,
     },
     /// List VMs
     List,
@@ -349,8 +355,36 @@ fn vm_cmd(t: &Target, fmt: Format, cmd: VmCmd) -> Result<(), Error> {
             cmdline,
             on_crash,
             start,
+            disks,
+            nics,
         } => {
             let spec = VmSpec {
+                disks: disks
+                    .iter()
+                    .map(|d| match d.strip_suffix(":ro") {
+                        Some(image) => api::VmDisk {
+                            image: image.into(),
+                            read_only: true,
+                        },
+                        None => api::VmDisk {
+                            image: d.clone(),
+                            read_only: false,
+                        },
+                    })
+                    .collect(),
+                nics: nics
+                    .iter()
+                    .map(|n| match n.split_once('@') {
+                        Some((mac, bridge)) => api::VmNic {
+                            mac: mac.into(),
+                            bridge: bridge.into(),
+                        },
+                        None => api::VmNic {
+                            mac: n.clone(),
+                            bridge: api::DEFAULT_BRIDGE.into(),
+                        },
+                    })
+                    .collect(),
                 name: name.clone(),
                 vcpus,
                 memory_mib: memory,

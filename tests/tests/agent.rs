@@ -5,7 +5,8 @@
 //! the agent while the VM runs (the scenario runner does it when the VM is paused): PID 1
 //! restarts the agent, which takes the VM back. The VM's keel-vmm is jailed: the scenario runner
 //! checks from the host that it runs as a VM uid with no capabilities, alone in its PID namespace,
-//! with only its own files in its root and its cgroup limits set, and, after the agent restart,
+//! with only its own files in its root (a read-only and a writable disk, /dev/net/tun for its NIC,
+//! whose tap the agent made for its uid and bridged) and its cgroup limits set, and, after the agent restart,
 //! squeezes its cgroup's memory.max so the kernel OOM-kills it: the agent reports that through the
 //! API and its log. The firewall is read through the API. Last, the host's ACPI power-off makes
 //! the agent shut the running guest down before the host goes.
@@ -218,6 +219,12 @@ fn manager_adopts_the_host_and_runs_a_vm_that_survives_an_agent_restart() -> Res
     assert_eq!(info["capabilities"]["kvm"], true);
     upload(&k, "kernel", &payload.join("vmlinuz"));
     upload(&k, "initrd", &payload.join("initrd.img"));
+    // A read-only and a writable disk for the jail to hold (the guest does not use them).
+    for disk in ["seed.img", "data.img"] {
+        let path = config.join(disk);
+        std::fs::write(&path, vec![0u8; 1 << 20]).unwrap_or_else(|e| panic!("{disk}: {e}"));
+        upload(&k, "disk", &path);
+    }
     assert_eq!(k.json(&["image", "list"])["store"], "ram");
 
     k.ok(&[
@@ -232,6 +239,12 @@ fn manager_adopts_the_host_and_runs_a_vm_that_survives_an_agent_restart() -> Res
         "256",
         "--cmdline",
         "console=ttyS0 quiet panic=-1 keel_guest.mode=wait-button",
+        "--disk",
+        "seed.img:ro",
+        "--disk",
+        "data.img",
+        "--nic",
+        "52:54:00:12:34:56",
         "--start",
     ]);
     k.wait_console("g1", MARKER, 1);

@@ -218,6 +218,40 @@ pub struct VmSpec {
     pub cmdline: String,
     #[serde(default)]
     pub on_crash: OnCrash,
+    /// virtio-blk disks, `disk` images by name, in PCI order (the guest's vda, vdb, ...).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub disks: Vec<VmDisk>,
+    /// virtio-net NICs, each on a tap device the agent makes and attaches to `bridge`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nics: Vec<VmNic>,
+}
+
+/// A disk of a VM.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VmDisk {
+    /// Name of a `disk` image. A writable one is used by one running VM at a time.
+    pub image: String,
+    #[serde(default)]
+    pub read_only: bool,
+}
+
+/// A NIC of a VM.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VmNic {
+    /// The guest's MAC address, `52:54:00:12:34:56`.
+    pub mac: String,
+    /// The Linux bridge its tap joins.
+    #[serde(default = "default_bridge")]
+    pub bridge: String,
+}
+
+/// The bridge a NIC joins unless it names one: PID 1's management bridge (docs/network.md).
+pub const DEFAULT_BRIDGE: &str = "keelbr0";
+
+fn default_bridge() -> String {
+    DEFAULT_BRIDGE.into()
 }
 
 fn default_cmdline() -> String {

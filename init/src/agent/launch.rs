@@ -8,9 +8,10 @@
 //! write, so a compromised VMM cannot plant a symlink for the agent to follow; the sockets are
 //! opened with [`connect`], which refuses anything but a socket.
 
-use super::api::VmJail;
+use super::api::{VmJail, VmNic};
+use super::taps;
 use super::vms::VmError;
-use crate::jail::{CgroupEvents, CgroupLimits, Expose, JailSpec, JailStdio, Jailed, Jailer};
+use crate::jail::{CgroupEvents, CgroupLimits, Disk, Expose, JailSpec, JailStdio, Jailed, Jailer};
 use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -66,6 +67,9 @@ pub struct VmRun<'a> {
     pub kernel: &'a Path,
     pub initrd: Option<&'a Path>,
     pub cmdline: &'a str,
+    /// Disk images (host paths).
+    pub disks: &'a [Disk],
+    pub nics: &'a [VmNic],
     /// The VM's run directory, `<run_dir>/<name>`.
     pub dir: &'a Path,
     /// The jail's uid and gid.
@@ -135,8 +139,8 @@ pub fn jail_info(jailer: &Jailer, name: &str, uid: u32, limits: &CgroupLimits) -
     }
 }
 
-/// The jail of a VM run: only its kernel, initrd, configuration and sockets; /dev/kvm and a
-/// random source (no /dev/net/tun: the agent gives VMs no NICs yet).
+/// The jail of a VM run: only its kernel, initrd, disks, configuration and sockets; /dev/kvm, a
+/// random source, and /dev/net/tun when it has NICs.
 pub fn jail_spec(vmm: &Path, run: &VmRun) -> JailSpec {
     let mut spec = JailSpec::for_vmm(
         run.name,
@@ -145,21 +149,31 @@ pub fn jail_spec(vmm: &Path, run: &VmRun) -> JailSpec {
         vmm,
         run.kernel,
         run.initrd,
-        &[],
+        run.disks,
         &run.dir.join(SOCK_DIR),
         run.memory_mib,
         run.vcpus,
     );
-    spec.devices.retain(|d| d != Path::new("/dev/net/tun"));
+    if run.nics.is_empty() {
+        spec.devices.retain(|d| d != Path::new("/dev/net/tun"));
+    }
     spec
+}
+
+/// The taps of the NICs of the VM running as jail uid `uid`, in order.
+pub fn tap_names(uid: u32, nics: usize) -> Vec<String> {
+    (0..nics)
+        .map(|i| taps::tap_name(uid.saturating_sub(VM_UID_BASE), i))
+        .collect()
 }
 
 fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> VmError + 'a {
     move |e| VmError::Io(op, path.to_path_buf(), e)
 }
 
-/// keel-vmm's configuration, naming files as `map` says the VMM sees them.
-fn config(run: &VmRun, map: &dyn Fn(&Path) -> PathBuf) -> serde_json::Value {
+/// keel-vmm's configuration, naming files as `map` says the VMM sees them. A `jailed` VMM gets
+/// its taps made and bridged by the agent.
+fn config(run: &VmRun, map: &dyn Fn(&Path) -> PathBuf, jailed: bool) -> serde_json::Value {
     let (_, console_sock) = sockets(run.dir);
     let mut config = serde_json::json!({
         "vcpus": run.vcpus,
@@ -170,6 +184,27 @@ fn config(run: &VmRun, map: &dyn Fn(&Path) -> PathBuf) -> serde_json::Value {
     });
     if let Some(initrd) = run.initrd {
         config["initrd"] = serde_json::json!(map(initrd));
+    }
+    if !run.disks.is_empty() {
+        let disks: Vec<_> = run
+            .disks
+            .iter()
+            .map(|d| serde_json::json!({"path": map(&d.path), "read_only": d.read_only}))
+            .collect();
+        config["disks"] = serde_json::json!(disks);
+    }
+    if !run.nics.is_empty() {
+        let nics: Vec<_> = run
+            .nics
+            .iter()
+            .zip(tap_names(run.uid, run.nics.len()))
+            .map(|(nic, tap)| match jailed {
+                // The agent made the tap and put it in its bridge.
+                true => serde_json::json!({"tap": tap, "mac": nic.mac}),
+                false => serde_json::json!({"tap": tap, "mac": nic.mac, "bridge": nic.bridge}),
+            })
+            .collect();
+        config["nics"] = serde_json::json!(nics);
     }
     config
 }
@@ -194,7 +229,7 @@ pub fn launch(jailer: Option<&Jailer>, vmm: &Path, run: &VmRun) -> Result<Launch
             .unwrap_or_else(|| p.to_path_buf())
     };
     let config_path = dir.join("vm.json");
-    write_config(&config_path, &config(run, &map))?;
+    write_config(&config_path, &config(run, &map, spec.is_some()))?;
     let log_path = dir.join("vmm.log");
     let log = OpenOptions::new()
         .create(true)
@@ -223,18 +258,22 @@ pub fn launch(jailer: Option<&Jailer>, vmm: &Path, run: &VmRun) -> Result<Launch
                 read_only: true,
                 executable: false,
             });
-            readable_by_all(run.kernel)?;
-            if let Some(initrd) = run.initrd {
-                readable_by_all(initrd)?;
-            }
-            // A group or mount point left by a run the agent lost track of.
+            give_files(run)?;
+            // A group, mount point or taps left by a run the agent lost track of.
             jailer.cleanup(run.name)?;
+            let taps = make_taps(run)?;
             let stdio = JailStdio {
                 stdin: None,
                 stdout: Some(OwnedFd::from(log)),
                 stderr: Some(OwnedFd::from(log2)),
             };
-            let jailed = jailer.spawn(&spec, &argv, stdio)?;
+            let jailed = match jailer.spawn(&spec, &argv, stdio) {
+                Ok(jailed) => jailed,
+                Err(e) => {
+                    taps.iter().for_each(|t| taps::remove(t));
+                    return Err(e.into());
+                }
+            };
             let info = jail_info(jailer, run.name, run.uid, &spec.cgroup);
             (Process::Jailed(jailed), Some(info))
         }
@@ -260,6 +299,41 @@ fn write_config(path: &Path, config: &serde_json::Value) -> Result<(), VmError> 
     io::Write::write_all(&mut file, config.to_string().as_bytes())
         .and_then(|()| fs::set_permissions(path, fs::Permissions::from_mode(0o644)))
         .map_err(io_err("write", path))
+}
+
+/// Makes the VM's files usable by its uid through the jail's bind mounts: kernel, initrd and
+/// read-only disks readable (0644), writable disks owned by the VM (0600).
+fn give_files(run: &VmRun) -> Result<(), VmError> {
+    readable_by_all(run.kernel)?;
+    if let Some(initrd) = run.initrd {
+        readable_by_all(initrd)?;
+    }
+    for disk in run.disks {
+        if disk.read_only {
+            readable_by_all(&disk.path)?;
+        } else {
+            std::os::unix::fs::chown(&disk.path, Some(run.uid), Some(run.uid))
+                .and_then(|()| fs::set_permissions(&disk.path, fs::Permissions::from_mode(0o600)))
+                .map_err(io_err("give to the VM", &disk.path))?;
+        }
+    }
+    Ok(())
+}
+
+/// Loads tun and makes the VM's taps (none without NICs); on failure none is left.
+fn make_taps(run: &VmRun) -> Result<Vec<String>, VmError> {
+    if run.nics.is_empty() {
+        return Ok(Vec::new());
+    }
+    taps::load_tun()?;
+    let names = tap_names(run.uid, run.nics.len());
+    for (i, (nic, name)) in run.nics.iter().zip(&names).enumerate() {
+        if let Err(e) = taps::create(name, run.uid, run.uid, &nic.bridge) {
+            names[..i].iter().for_each(|t| taps::remove(t));
+            return Err(e.into());
+        }
+    }
+    Ok(names)
 }
 
 /// Store images are 0600; the jailed VMM reads kernel and initrd through a bind mount, so they
@@ -298,9 +372,10 @@ fn spawn_child(
     Ok(Process::Child(child))
 }
 
-/// After a jailed run ended: its final limit counters, then its cgroup and mount point removed.
-/// Problems are logged, not fatal: the next start cleans up again.
-pub fn finish(jailer: &Jailer, name: &str, log: fn(&str)) -> Option<CgroupEvents> {
+/// After a jailed run ended: its final limit counters, then its cgroup, mount point and `taps`
+/// removed. Problems are logged, not fatal: the next start cleans up again.
+pub fn finish(jailer: &Jailer, name: &str, taps: &[String], log: fn(&str)) -> Option<CgroupEvents> {
+    taps.iter().for_each(|t| taps::remove(t));
     let events = jailer
         .cgroup_events(name)
         .map_err(|e| log(&format!("keel-agent: VM {name}: {e}")))
@@ -386,6 +461,20 @@ mod tests {
             kernel: Path::new("/data/kernel/vmlinuz"),
             initrd: Some(Path::new("/data/initrd/initrd.img")),
             cmdline: "console=ttyS0",
+            disks: &[
+                Disk {
+                    path: "/data/disk/root".into(),
+                    read_only: false,
+                },
+                Disk {
+                    path: "/data/disk/seed".into(),
+                    read_only: true,
+                },
+            ],
+            nics: &[VmNic {
+                mac: "52:54:00:12:34:56".into(),
+                bridge: "keelbr0".into(),
+            }],
             dir: Path::new("/run/keel/vms/g1"),
             uid: VM_UID_BASE + 3,
         };
@@ -395,11 +484,33 @@ mod tests {
         assert_eq!(spec.sockets_dir, PathBuf::from("/run/keel/vms/g1/sock"));
         assert_eq!(
             spec.devices,
-            vec![PathBuf::from("/dev/kvm"), "/dev/urandom".into()]
+            vec![
+                PathBuf::from("/dev/kvm"),
+                "/dev/net/tun".into(),
+                "/dev/urandom".into()
+            ]
         );
+        let no_nics = VmRun {
+            nics: &[],
+            ..run.clone()
+        };
+        assert!(!jail_spec(Path::new("/usr/bin/keel-vmm"), &no_nics)
+            .devices
+            .contains(&PathBuf::from("/dev/net/tun")));
         assert_eq!(spec.cgroup.memory_max, Some((256 + 64 + 4) << 20));
         let map = |p: &Path| spec.jail_path(p).unwrap_or_else(|| p.to_path_buf());
-        let config = config(&run, &map);
+        let config = config(&run, &map, true);
+        assert_eq!(
+            config["disks"],
+            serde_json::json!([
+                {"path": "/vm/disk0", "read_only": false},
+                {"path": "/vm/disk1", "read_only": true}
+            ])
+        );
+        assert_eq!(
+            config["nics"],
+            serde_json::json!([{"tap": "kv3n0", "mac": "52:54:00:12:34:56"}])
+        );
         assert_eq!(config["kernel"], "/vm/kernel");
         assert_eq!(config["initrd"], "/vm/initrd");
         assert_eq!(config["serial"]["path"], "/run/vm/console.sock");
@@ -412,7 +523,7 @@ mod tests {
     }
 
     fn config_of_direct(run: &VmRun) -> serde_json::Value {
-        config(run, &|p: &Path| p.to_path_buf())
+        config(run, &|p: &Path| p.to_path_buf(), false)
     }
 
     #[test]

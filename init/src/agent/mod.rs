@@ -26,6 +26,7 @@ pub mod launch;
 pub mod ratelimit;
 pub mod server;
 pub mod service;
+pub mod taps;
 pub mod tls;
 pub mod token;
 pub mod vms;

@@ -15,7 +15,7 @@ use super::console::Console;
 use super::http::{self, Limits, Response};
 use super::images::Store;
 use super::launch::{self, Launched, VmRun};
-use crate::jail::{CgroupLimits, JailError, Jailer};
+use crate::jail::{CgroupLimits, Disk, JailError, Jailer};
 use std::collections::BTreeMap;
 use std::fs;
 use std::io;
@@ -79,6 +79,12 @@ pub enum VmError {
     /// Every jail uid is held by a running VM
     #[error("Every jail uid is held by a running VM")]
     NoUid,
+    /// Disk {disk:?} is in use by running VM {vm:?}
+    #[error("Disk {disk:?} is in use by running VM {vm:?}")]
+    DiskInUse { disk: String, vm: String },
+    /// {0}
+    #[error("{0}")]
+    Tap(#[from] super::taps::TapError),
 }
 
 impl VmError {
@@ -90,7 +96,8 @@ impl VmError {
             Self::Image(e) if e.status() == 404 => 400,
             Self::Image(e) => e.status(),
             Self::StartFailed { .. } => 422,
-            Self::NoUid => 409,
+            Self::NoUid | Self::DiskInUse { .. } => 409,
+            Self::Tap(_) => 422,
             Self::Io(..) | Self::Jail(_) => 500,
         }
     }
@@ -132,7 +139,61 @@ pub fn validate(spec: &VmSpec) -> Result<(), VmError> {
     if let Some(initrd) = &spec.initrd {
         super::images::check_name(initrd)?;
     }
+    if spec.disks.len() > MAX_DISKS || spec.nics.len() > MAX_NICS {
+        return bad(format!(
+            "{} disks and {} nics: at most {MAX_DISKS} and {MAX_NICS}",
+            spec.disks.len(),
+            spec.nics.len()
+        ));
+    }
+    for (i, disk) in spec.disks.iter().enumerate() {
+        super::images::check_name(&disk.image)?;
+        if spec.disks[..i].iter().any(|d| d.image == disk.image) {
+            return bad(format!("disk {:?} is listed twice", disk.image));
+        }
+    }
+    // The MAC itself is keel-vmm's to check: a bad one fails the start, naming it.
+    for nic in &spec.nics {
+        let bridge_ok = (1..=15).contains(&nic.bridge.len())
+            && nic
+                .bridge
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+        if !bridge_ok {
+            return bad(format!(
+                "bridge {:?} must be 1 to 15 letters, digits, '-', '_' or '.'",
+                nic.bridge
+            ));
+        }
+    }
     Ok(())
+}
+
+/// Disks and NICs a VM may have (virtio devices share 31 PCI slots).
+const MAX_DISKS: usize = 16;
+const MAX_NICS: usize = 8;
+
+/// A running VM other than `spec`'s that shares a disk with it where either writes: a writable
+/// disk belongs to one running VM at a time.
+fn disk_conflict(entries: &BTreeMap<String, Entry>, spec: &VmSpec) -> Option<VmError> {
+    entries
+        .values()
+        .filter(|e| e.run.is_some() && e.spec.name != spec.name)
+        .find_map(|other| {
+            spec.disks.iter().find_map(|mine| {
+                other
+                    .spec
+                    .disks
+                    .iter()
+                    .find(|theirs| {
+                        theirs.image == mine.image && !(theirs.read_only && mine.read_only)
+                    })
+                    .map(|_| VmError::DiskInUse {
+                        disk: mine.image.clone(),
+                        vm: other.spec.name.clone(),
+                    })
+            })
+        })
 }
 
 /// What keel-vmm's exit status means (its documented exit reasons).
@@ -369,7 +430,7 @@ impl Vms {
             .find(|e| match kind {
                 ImageKind::Kernel => e.spec.kernel == name,
                 ImageKind::Initrd => e.spec.initrd.as_deref() == Some(name),
-                ImageKind::Disk => false,
+                ImageKind::Disk => e.spec.disks.iter().any(|d| d.image == name),
             })
             .map(|e| e.spec.name.clone())
     }
@@ -425,7 +486,7 @@ impl Vms {
             let mut entries = self.lock();
             let uid = free_uid(&entries)?;
             let entry = entries
-                .get_mut(name)
+                .get(name)
                 .ok_or_else(|| VmError::NotFound(name.to_string()))?;
             if let Some(run) = &entry.run {
                 return Err(VmError::State {
@@ -434,6 +495,12 @@ impl Vms {
                     op: "start it",
                 });
             }
+            if let Some(conflict) = disk_conflict(&entries, &entry.spec) {
+                return Err(conflict);
+            }
+            let entry = entries
+                .get_mut(name)
+                .ok_or_else(|| VmError::NotFound(name.to_string()))?;
             entry.stopping = false;
             self.spawn(entry, uid)?
         };
@@ -469,6 +536,16 @@ impl Vms {
             Some(name) => Some(self.store.path(ImageKind::Initrd, name)?),
             None => None,
         };
+        let disks = spec
+            .disks
+            .iter()
+            .map(|d| {
+                Ok(Disk {
+                    path: self.store.path(ImageKind::Disk, &d.image)?,
+                    read_only: d.read_only,
+                })
+            })
+            .collect::<Result<Vec<_>, VmError>>()?;
         let dir = self.dir(&spec.name);
         let run = VmRun {
             name: &spec.name,
@@ -477,6 +554,8 @@ impl Vms {
             kernel: &kernel,
             initrd: initrd.as_deref(),
             cmdline: &spec.cmdline,
+            disks: &disks,
+            nics: &spec.nics,
             dir: &dir,
             uid,
         };
@@ -491,7 +570,8 @@ impl Vms {
         if let Err(e) = fs::write(&pid_path, format!("{pid}\n")) {
             process.kill();
             if let Some(jailer) = &self.paths.jail {
-                launch::finish(jailer, &spec.name, self.log);
+                let taps = launch::tap_names(uid, spec.nics.len());
+                launch::finish(jailer, &spec.name, &taps, self.log);
             }
             return Err(VmError::Io("write", pid_path, e));
         }
@@ -538,14 +618,17 @@ impl Vms {
     /// restarts the VM when its policy says so.
     fn exited(self: &Arc<Self>, name: &str, generation: u64, exit: (Option<i32>, String, bool)) {
         let (code, mut reason, crash) = exit;
-        // Only the current run's jail is this run's to remove.
-        let current = self.lock().get(name).map(|e| e.generation) == Some(generation);
+        // Only the current run's jail (and taps) are this run's to remove.
+        let taps = self.lock().get(name).and_then(|e| {
+            let uid = e.jail.as_ref().map(|j| j.uid)?;
+            (e.generation == generation).then(|| launch::tap_names(uid, e.spec.nics.len()))
+        });
         let events = self
             .paths
             .jail
             .as_ref()
-            .filter(|_| current)
-            .and_then(|jailer| launch::finish(jailer, name, self.log));
+            .zip(taps)
+            .and_then(|(jailer, taps)| launch::finish(jailer, name, &taps, self.log));
         if events.is_some_and(|e| e.oom_kill > 0) {
             reason.push_str(" (OOM-killed at its cgroup memory limit)");
         }
@@ -779,6 +862,8 @@ mod tests {
             initrd: None,
             cmdline: "console=ttyS0".into(),
             on_crash: OnCrash::Stop,
+            disks: Vec::new(),
+            nics: Vec::new(),
         }
     }
 
@@ -791,6 +876,77 @@ mod tests {
             jail: None,
         };
         Vms::open(paths, store, |_| {}).unwrap()
+    }
+
+    fn disk(image: &str, read_only: bool) -> super::super::api::VmDisk {
+        super::super::api::VmDisk {
+            image: image.into(),
+            read_only,
+        }
+    }
+
+    fn nic(bridge: &str) -> super::super::api::VmNic {
+        super::super::api::VmNic {
+            mac: "52:54:00:00:00:01".into(),
+            bridge: bridge.into(),
+        }
+    }
+
+    #[test]
+    fn a_writable_disk_belongs_to_one_running_vm() {
+        let running = |name: &str, disks: Vec<super::super::api::VmDisk>| {
+            let mut e = Vms::new_entry(VmSpec {
+                disks,
+                ..spec(name)
+            });
+            e.run = Some(Run {
+                pid: 1,
+                state: VmState::Running,
+            });
+            (name.to_string(), e)
+        };
+        let entries: BTreeMap<String, Entry> = [
+            running("a", vec![disk("shared", true), disk("own", false)]),
+            running("b", vec![disk("base", true)]),
+        ]
+        .into_iter()
+        .collect();
+        let cases = [
+            (vec![disk("shared", true), disk("base", true)], None),
+            (
+                vec![disk("shared", false)],
+                Some("\"shared\" is in use by running VM \"a\""),
+            ),
+            (
+                vec![disk("own", true)],
+                Some("\"own\" is in use by running VM \"a\""),
+            ),
+            (
+                vec![disk("base", false)],
+                Some("\"base\" is in use by running VM \"b\""),
+            ),
+            (vec![disk("other", false)], None),
+        ];
+        for (disks, want) in cases {
+            let mine = VmSpec {
+                disks: disks.clone(),
+                ..spec("c")
+            };
+            let got = disk_conflict(&entries, &mine).map(|e| e.to_string());
+            match want {
+                Some(w) => assert!(
+                    got.as_deref().is_some_and(|g| g.contains(w)),
+                    "{disks:?}: {got:?}"
+                ),
+                None => assert_eq!(got, None, "{disks:?}"),
+            }
+        }
+        // A VM's own run is no conflict (a restart).
+        let again = VmSpec {
+            disks: vec![disk("own", false)],
+            ..spec("a")
+        };
+        assert!(disk_conflict(&entries, &again).is_none());
     }
 
     #[test]
@@ -830,6 +986,34 @@ mod tests {
                     ..spec("a")
                 },
                 "\"../k\"",
+            ),
+            (
+                VmSpec {
+                    disks: vec![disk("d", false), disk("d", true)],
+                    ..spec("a")
+                },
+                "disk \"d\" is listed twice",
+            ),
+            (
+                VmSpec {
+                    disks: vec![disk("../d", false)],
+                    ..spec("a")
+                },
+                "\"../d\"",
+            ),
+            (
+                VmSpec {
+                    nics: vec![nic("br/0")],
+                    ..spec("a")
+                },
+                "bridge \"br/0\"",
+            ),
+            (
+                VmSpec {
+                    nics: vec![nic("br0"); 9],
+                    ..spec("a")
+                },
+                "9 nics",
             ),
         ];
         for (s, want) in cases {

@@ -438,8 +438,10 @@ pub fn agent_vm_jailed() -> Result<(), String> {
         .iter()
         .map(|p| p.strip_prefix(&prefix).unwrap_or(p).to_string())
         .collect();
-    let want = "/bin,/bin/keel-vmm,/dev,/dev/kvm,/dev/urandom,/run,/run/vm,/run/vm/api.sock,\
-                /run/vm/console.sock,/vm,/vm/initrd,/vm/kernel,/vm/vm.json";
+    // tests/tests/agent.rs gives the VM a read-only disk, a writable one and a NIC.
+    let want = "/bin,/bin/keel-vmm,/dev,/dev/kvm,/dev/net,/dev/net/tun,/dev/urandom,/run,/run/vm,\
+                /run/vm/api.sock,/run/vm/console.sock,/vm,/vm/disk0,/vm/disk1,/vm/initrd,\
+                /vm/kernel,/vm/vm.json";
     if paths.join(",") != want {
         return Err(format!("its root holds {paths:?}"));
     }
@@ -447,6 +449,40 @@ pub fn agent_vm_jailed() -> Result<(), String> {
     let group = format!("/keel.slice/vm-{}", vm.name);
     if cgroup.trim() != format!("0::{group}") {
         return Err(format!("its cgroup is {cgroup:?}"));
+    }
+    let mountinfo =
+        fs::read_to_string(format!("/proc/{pid}/mountinfo")).map_err(|e| e.to_string())?;
+    for (disk, want) in [("/vm/disk0", "ro"), ("/vm/disk1", "rw")] {
+        let options = mountinfo.lines().find_map(|l| {
+            let fields: Vec<&str> = l.split(' ').collect();
+            (fields.get(4) == Some(&disk)).then(|| fields.get(5).copied().unwrap_or_default())
+        });
+        if !options.is_some_and(|o| o.split(',').any(|o| o == want)) {
+            return Err(format!("{disk} is mounted {options:?}, not {want}"));
+        }
+    }
+    use std::os::unix::fs::MetadataExt;
+    let owner = fs::metadata(root.join("vm/disk1")).map(|m| m.uid());
+    if owner.as_ref().ok() != Some(&uid) {
+        return Err(format!(
+            "the writable disk is owned by {owner:?}, not {uid}"
+        ));
+    }
+    let config = fs::read_to_string(vm.dir.join("vm.json")).map_err(|e| e.to_string())?;
+    let config: serde_json::Value = serde_json::from_str(&config).map_err(|e| e.to_string())?;
+    let tap = config["nics"][0]["tap"]
+        .as_str()
+        .ok_or("vm.json has no tap")?;
+    let sys = Path::new("/sys/class/net").join(tap);
+    let tap_owner = fs::read_to_string(sys.join("owner")).unwrap_or_default();
+    let master = fs::read_link(sys.join("master")).unwrap_or_default();
+    println!(
+        "agent-jail| tap {tap}: owner {} master {}",
+        tap_owner.trim(),
+        master.display()
+    );
+    if tap_owner.trim() != uid.to_string() || !master.ends_with("keelbr0") {
+        return Err(format!("tap {tap} is owned by {tap_owner:?} in {master:?}"));
     }
     let limits = expected_limits(&vm.dir)?;
     for (file, want) in limits.files() {

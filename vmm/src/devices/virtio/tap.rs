@@ -97,7 +97,9 @@ pub struct Tap {
 
 impl Tap {
     /// Creates (or attaches to) tap `name`, with virtio-net headers, non-blocking, link up, and
-    /// joins `bridge` if given.
+    /// joins `bridge` if given. A jailed keel-vmm has no CAP_NET_ADMIN: it can only attach to a
+    /// persistent tap its uid owns, which the agent made, brought up and bridged (no `bridge`
+    /// then), so the link is only set up when it is down.
     pub fn open(name: &str, bridge: Option<&str>) -> io::Result<Tap> {
         let file = OpenOptions::new()
             .read(true)
@@ -122,8 +124,10 @@ impl Tap {
         let sock = control_socket()?;
         let mut req = IfReq::new(name)?;
         ioctl(sock.as_raw_fd(), SIOCGIFFLAGS, &mut req, "SIOCGIFFLAGS")?;
-        req.set_short(req.short() | IFF_UP);
-        ioctl(sock.as_raw_fd(), SIOCSIFFLAGS, &mut req, "SIOCSIFFLAGS")?;
+        if req.short() & IFF_UP == 0 {
+            req.set_short(req.short() | IFF_UP);
+            ioctl(sock.as_raw_fd(), SIOCSIFFLAGS, &mut req, "SIOCSIFFLAGS")?;
+        }
         if let Some(bridge) = bridge {
             let mut req = IfReq::new(name)?;
             ioctl(sock.as_raw_fd(), SIOCGIFINDEX, &mut req, "SIOCGIFINDEX")?;

@@ -1,0 +1,195 @@
+//! Tap devices for jailed VMMs. keel-vmm cannot make its own inside the jail: creating a tap
+//! (`TUNSETIFF` on a new name), bringing a link up and joining a bridge all need CAP_NET_ADMIN,
+//! which the jail drops. So, as Firecracker's jailer users do, the agent (root) makes a
+//! persistent tap owned by the VM's uid and gid, brings it up and attaches it to the bridge;
+//! keel-vmm, inside the jail, only attaches to it (`TUNSETIFF` on an existing tap its uid owns
+//! needs no capability). The agent deletes the tap when the run ends.
+
+use crate::net::netlink::Netlink;
+use crate::net::plan::Op;
+use crate::pid1::modules::{Loader, ModuleIndex};
+use std::fs::OpenOptions;
+use std::io;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+
+/// `_IOW('T', 202..206, int)` (include/uapi/linux/if_tun.h).
+const TUNSETIFF: u64 = 0x4004_54ca;
+const TUNSETPERSIST: u64 = 0x4004_54cb;
+const TUNSETOWNER: u64 = 0x4004_54cc;
+const TUNSETGROUP: u64 = 0x4004_54ce;
+/// keel-vmm opens its taps with these flags; a persistent tap keeps IFF_TAP | IFF_NO_PI, and
+/// IFF_VNET_HDR is per open file.
+const IFF_TAP: i16 = 0x0002;
+const IFF_NO_PI: i16 = 0x1000;
+const IFF_VNET_HDR: i16 = 0x4000;
+
+/// Why a tap could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum TapError {
+    /// Cannot load the tun module: {0}
+    #[error("Cannot load the tun module: {0}")]
+    Module(String),
+    /// Cannot {0} tap {1}: {2}
+    #[error("Cannot {0} tap {1}: {2}")]
+    Io(&'static str, String, io::Error),
+    /// Cannot attach tap {0} to bridge {1:?}: {2}
+    #[error("Cannot attach tap {0} to bridge {1:?}: {2}")]
+    Bridge(String, String, String),
+}
+
+/// The name of NIC `index` of the VM running as jail uid number `slot` (uid − base): unique
+/// among running VMs and within IFNAMSIZ (at most `kv65535n63`).
+pub fn tap_name(slot: u32, index: usize) -> String {
+    format!("kv{slot}n{index}")
+}
+
+/// Loads `tun` (and what it needs) unless /dev/net/tun is there already; Keel has no modprobe
+/// for the kernel to call.
+pub fn load_tun() -> Result<(), TapError> {
+    if Path::new("/dev/net/tun").exists() {
+        return Ok(());
+    }
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map_err(|e| TapError::Module(e.to_string()))?;
+    let dir = Path::new("/lib/modules").join(release.trim());
+    let index = ModuleIndex::read(&dir).map_err(|e| TapError::Module(e.to_string()))?;
+    Loader::new(dir, index)
+        .load("tun")
+        .map_err(|e| TapError::Module(e.to_string()))?;
+    // devtmpfs makes the node as the module registers its misc device.
+    for _ in 0..50 {
+        if Path::new("/dev/net/tun").exists() {
+            return Ok(());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    Err(TapError::Module("/dev/net/tun did not appear".into()))
+}
+
+/// `struct ifreq` with a name and the flags short.
+fn ifreq(name: &str, flags: i16) -> Result<[u8; 40], TapError> {
+    let mut req = [0u8; 40];
+    if name.is_empty() || name.len() > 15 {
+        return Err(TapError::Io(
+            "name",
+            name.into(),
+            io::Error::from(io::ErrorKind::InvalidInput),
+        ));
+    }
+    req[..name.len()].copy_from_slice(name.as_bytes());
+    req[16..18].copy_from_slice(&flags.to_ne_bytes());
+    Ok(req)
+}
+
+/// Opens /dev/net/tun attached to tap `name` (creating it if missing).
+fn attach(name: &str) -> Result<std::fs::File, TapError> {
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_CLOEXEC)
+        .open("/dev/net/tun")
+        .map_err(|e| TapError::Io("open /dev/net/tun for", name.into(), e))?;
+    let mut req = ifreq(name, IFF_TAP | IFF_NO_PI | IFF_VNET_HDR)?;
+    // SAFETY: TUNSETIFF reads and writes a 40-byte struct ifreq, which `req` is.
+    if unsafe { libc::ioctl(file.as_raw_fd(), TUNSETIFF as _, req.as_mut_ptr()) } < 0 {
+        return Err(TapError::Io(
+            "create",
+            name.into(),
+            io::Error::last_os_error(),
+        ));
+    }
+    Ok(file)
+}
+
+fn set(
+    file: &std::fs::File,
+    name: &str,
+    request: u64,
+    value: u64,
+    what: &'static str,
+) -> Result<(), TapError> {
+    // SAFETY: these TUN ioctls take an integer argument by value, no pointer.
+    if unsafe { libc::ioctl(file.as_raw_fd(), request as _, value) } < 0 {
+        return Err(TapError::Io(what, name.into(), io::Error::last_os_error()));
+    }
+    Ok(())
+}
+
+/// Makes persistent tap `name` owned by `uid`:`gid`, up, and in `bridge`. A tap of that name left
+/// by a lost run is taken over.
+pub fn create(name: &str, uid: u32, gid: u32, bridge: &str) -> Result<(), TapError> {
+    let file = attach(name)?;
+    set(&file, name, TUNSETOWNER, u64::from(uid), "set the owner of")?;
+    set(&file, name, TUNSETGROUP, u64::from(gid), "set the group of")?;
+    set(&file, name, TUNSETPERSIST, 1, "make persistent")?;
+    drop(file);
+    let result = Netlink::open()
+        .map_err(|e| e.to_string())
+        .and_then(|mut nl| {
+            nl.apply(&Op::SetMaster {
+                name: name.into(),
+                master: bridge.into(),
+            })
+            .and_then(|()| nl.apply(&Op::SetUp { name: name.into() }))
+            .map_err(|e| e.to_string())
+        });
+    if let Err(e) = result {
+        remove(name);
+        return Err(TapError::Bridge(name.into(), bridge.into(), e));
+    }
+    Ok(())
+}
+
+/// Deletes tap `name` if it exists (the run that used it is over).
+pub fn remove(name: &str) {
+    if !Path::new("/sys/class/net").join(name).exists() {
+        return;
+    }
+    if let Ok(file) = attach(name) {
+        let _ = set(&file, name, TUNSETPERSIST, 0, "make transient");
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_fit_ifnamsiz() {
+        assert_eq!(tap_name(0, 0), "kv0n0");
+        assert!(tap_name(65_535, 63).len() <= 15);
+        assert!(ifreq(&tap_name(65_535, 63), 0).is_ok());
+        assert!(ifreq("a-name-longer-than-15", 0).is_err());
+    }
+
+    /// Needs root and /dev/net/tun (a build machine with tun loaded); says so and passes
+    /// without them.
+    #[test]
+    fn a_tap_is_made_for_the_vm_uid_and_removed() {
+        if !Path::new("/dev/net/tun").exists() || euid() != 0 {
+            eprintln!("skipped: needs root and /dev/net/tun");
+            return;
+        }
+        let name = format!("kvt{}", std::process::id() % 100_000);
+        // No such bridge: the tap is made, then removed again, and the error names the bridge.
+        let err = create(&name, 123_456, 123_457, "no-such-br0").unwrap_err();
+        assert!(err.to_string().contains("no-such-br0"), "{err}");
+        assert!(!Path::new("/sys/class/net").join(&name).exists());
+        let file = attach(&name).unwrap();
+        set(&file, &name, TUNSETOWNER, 123_456, "own").unwrap();
+        set(&file, &name, TUNSETPERSIST, 1, "persist").unwrap();
+        drop(file);
+        let owner = std::fs::read_to_string(format!("/sys/class/net/{name}/owner")).unwrap();
+        assert_eq!(owner.trim(), "123456");
+        remove(&name);
+        assert!(!Path::new("/sys/class/net").join(&name).exists());
+    }
+
+    fn euid() -> u32 {
+        // SAFETY: geteuid has no preconditions.
+        unsafe { libc::geteuid() }
+    }
+}
