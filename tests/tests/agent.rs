@@ -244,7 +244,8 @@ fn manager_adopts_the_host_and_runs_a_vm_that_survives_an_agent_restart() -> Res
         "--disk",
         "data.img",
         "--nic",
-        "52:54:00:12:34:56",
+        // Not QEMU's 52:54:00:12:34:56: that is the Keel host's own NIC on the same LAN.
+        "52:54:00:ab:cd:01",
         "--start",
     ]);
     k.wait_console("g1", MARKER, 1);

@@ -328,7 +328,8 @@ fn make_taps(run: &VmRun) -> Result<Vec<String>, VmError> {
     taps::load_tun()?;
     let names = tap_names(run.uid, run.nics.len());
     for (i, (nic, name)) in run.nics.iter().zip(&names).enumerate() {
-        if let Err(e) = taps::create(name, run.uid, run.uid, &nic.bridge) {
+        let mac = taps::tap_mac(run.uid.saturating_sub(VM_UID_BASE), i);
+        if let Err(e) = taps::create(name, mac, run.uid, run.uid, &nic.bridge) {
             names[..i].iter().for_each(|t| taps::remove(t));
             return Err(e.into());
         }

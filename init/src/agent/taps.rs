@@ -10,7 +10,7 @@ use crate::net::plan::Op;
 use crate::pid1::modules::{Loader, ModuleIndex};
 use std::fs::OpenOptions;
 use std::io;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, FromRawFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
@@ -24,6 +24,9 @@ const TUNSETGROUP: u64 = 0x4004_54ce;
 const IFF_TAP: i16 = 0x0002;
 const IFF_NO_PI: i16 = 0x1000;
 const IFF_VNET_HDR: i16 = 0x4000;
+/// `SIOCSIFHWADDR` (include/uapi/linux/sockios.h) and `ARPHRD_ETHER`.
+const SIOCSIFHWADDR: u64 = 0x8924;
+const ARPHRD_ETHER: u16 = 1;
 
 /// Why a tap could not be made.
 #[derive(Debug, thiserror::Error)]
@@ -43,6 +46,15 @@ pub enum TapError {
 /// among running VMs and within IFNAMSIZ (at most `kv65535n63`).
 pub fn tap_name(slot: u32, index: usize) -> String {
     format!("kv{slot}n{index}")
+}
+
+/// The tap's own MAC address: `fe:6b:65:<slot>:<index>`. A Linux bridge without a MAC of its
+/// own takes the lowest of its ports'; a tap with a random MAC could become the bridge's address
+/// and take it away again when it goes, leaving neighbours (the management LAN's router) with a
+/// stale entry for the host. 0xfe sorts above every vendor MAC, as libvirt does for its taps.
+pub fn tap_mac(slot: u32, index: usize) -> [u8; 6] {
+    let [_, _, hi, lo] = slot.to_be_bytes();
+    [0xfe, 0x6b, 0x65, hi, lo, index as u8]
 }
 
 /// Loads `tun` (and what it needs) unless /dev/net/tun is there already; Keel has no modprobe
@@ -117,14 +129,38 @@ fn set(
     Ok(())
 }
 
-/// Makes persistent tap `name` owned by `uid`:`gid`, up, and in `bridge`. A tap of that name left
-/// by a lost run is taken over.
-pub fn create(name: &str, uid: u32, gid: u32, bridge: &str) -> Result<(), TapError> {
+/// Sets the MAC address of interface `name`.
+fn set_mac(name: &str, mac: [u8; 6]) -> Result<(), TapError> {
+    let err = |e| TapError::Io("set the MAC address of", name.into(), e);
+    // SAFETY: plain socket(2); the result is checked and then owned.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(err(io::Error::last_os_error()));
+    }
+    // SAFETY: a fresh descriptor nobody else owns.
+    let sock = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+    let mut req = ifreq(name, 0)?;
+    req[16..18].copy_from_slice(&ARPHRD_ETHER.to_ne_bytes());
+    req[18..24].copy_from_slice(&mac);
+    // SAFETY: SIOCSIFHWADDR reads a 40-byte struct ifreq, which `req` is.
+    if unsafe { libc::ioctl(sock.as_raw_fd(), SIOCSIFHWADDR as _, req.as_mut_ptr()) } < 0 {
+        return Err(err(io::Error::last_os_error()));
+    }
+    Ok(())
+}
+
+/// Makes persistent tap `name` with MAC `mac`, owned by `uid`:`gid`, up, and in `bridge`. A tap
+/// of that name left by a lost run is taken over.
+pub fn create(name: &str, mac: [u8; 6], uid: u32, gid: u32, bridge: &str) -> Result<(), TapError> {
     let file = attach(name)?;
     set(&file, name, TUNSETOWNER, u64::from(uid), "set the owner of")?;
     set(&file, name, TUNSETGROUP, u64::from(gid), "set the group of")?;
     set(&file, name, TUNSETPERSIST, 1, "make persistent")?;
     drop(file);
+    if let Err(e) = set_mac(name, mac) {
+        remove(name);
+        return Err(e);
+    }
     let result = Netlink::open()
         .map_err(|e| e.to_string())
         .and_then(|mut nl| {
@@ -163,6 +199,8 @@ mod tests {
         assert!(tap_name(65_535, 63).len() <= 15);
         assert!(ifreq(&tap_name(65_535, 63), 0).is_ok());
         assert!(ifreq("a-name-longer-than-15", 0).is_err());
+        assert_eq!(tap_mac(0, 0), [0xfe, 0x6b, 0x65, 0, 0, 0]);
+        assert_eq!(tap_mac(65_535, 7), [0xfe, 0x6b, 0x65, 0xff, 0xff, 7]);
     }
 
     /// Needs root and /dev/net/tun (a build machine with tun loaded); says so and passes
@@ -175,15 +213,18 @@ mod tests {
         }
         let name = format!("kvt{}", std::process::id() % 100_000);
         // No such bridge: the tap is made, then removed again, and the error names the bridge.
-        let err = create(&name, 123_456, 123_457, "no-such-br0").unwrap_err();
+        let err = create(&name, tap_mac(1, 0), 123_456, 123_457, "no-such-br0").unwrap_err();
         assert!(err.to_string().contains("no-such-br0"), "{err}");
         assert!(!Path::new("/sys/class/net").join(&name).exists());
         let file = attach(&name).unwrap();
         set(&file, &name, TUNSETOWNER, 123_456, "own").unwrap();
         set(&file, &name, TUNSETPERSIST, 1, "persist").unwrap();
         drop(file);
+        set_mac(&name, tap_mac(1, 2)).unwrap();
         let owner = std::fs::read_to_string(format!("/sys/class/net/{name}/owner")).unwrap();
         assert_eq!(owner.trim(), "123456");
+        let mac = std::fs::read_to_string(format!("/sys/class/net/{name}/address")).unwrap();
+        assert_eq!(mac.trim(), "fe:6b:65:00:01:02");
         remove(&name);
         assert!(!Path::new("/sys/class/net").join(&name).exists());
     }

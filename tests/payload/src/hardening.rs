@@ -476,12 +476,18 @@ pub fn agent_vm_jailed() -> Result<(), String> {
     let sys = Path::new("/sys/class/net").join(tap);
     let tap_owner = fs::read_to_string(sys.join("owner")).unwrap_or_default();
     let master = fs::read_link(sys.join("master")).unwrap_or_default();
+    let mac = fs::read_to_string(sys.join("address")).unwrap_or_default();
     println!(
-        "agent-jail| tap {tap}: owner {} master {}",
+        "agent-jail| tap {tap}: owner {} master {} address {}",
         tap_owner.trim(),
-        master.display()
+        master.display(),
+        mac.trim()
     );
-    if tap_owner.trim() != uid.to_string() || !master.ends_with("keelbr0") {
+    // A fe: address never becomes the bridge's own.
+    if tap_owner.trim() != uid.to_string()
+        || !master.ends_with("keelbr0")
+        || !mac.starts_with("fe:6b:65:")
+    {
         return Err(format!("tap {tap} is owned by {tap_owner:?} in {master:?}"));
     }
     let limits = expected_limits(&vm.dir)?;
