@@ -178,6 +178,28 @@ pub fn create(name: &str, mac: [u8; 6], uid: u32, gid: u32, bridge: &str) -> Res
     Ok(())
 }
 
+/// Whether `name` is one of the agent's taps (`kv<digits>n<digits>`).
+pub fn is_vm_tap(name: &str) -> bool {
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    name.strip_prefix("kv")
+        .and_then(|rest| rest.split_once('n'))
+        .is_some_and(|(slot, index)| digits(slot) && digits(index))
+}
+
+/// Deletes every agent tap but `keep`: those of runs that ended while no agent watched them.
+pub fn sweep(keep: &[String]) -> Vec<String> {
+    let Ok(links) = std::fs::read_dir("/sys/class/net") else {
+        return Vec::new();
+    };
+    let stale: Vec<String> = links
+        .flatten()
+        .map(|l| l.file_name().to_string_lossy().into_owned())
+        .filter(|n| is_vm_tap(n) && !keep.contains(n))
+        .collect();
+    stale.iter().for_each(|t| remove(t));
+    stale
+}
+
 /// Deletes tap `name` if it exists (the run that used it is over).
 pub fn remove(name: &str) {
     if !Path::new("/sys/class/net").join(name).exists() {
@@ -200,6 +222,17 @@ mod tests {
         assert!(ifreq(&tap_name(65_535, 63), 0).is_ok());
         assert!(ifreq("a-name-longer-than-15", 0).is_err());
         assert_eq!(tap_mac(0, 0), [0xfe, 0x6b, 0x65, 0, 0, 0]);
+        for (name, want) in [
+            ("kv0n0", true),
+            ("kv12n3", true),
+            ("kv12n", false),
+            ("kvn0", false),
+            ("kv1x2", false),
+            ("keelbr0", false),
+            ("kv1n2a", false),
+        ] {
+            assert_eq!(is_vm_tap(name), want, "{name}");
+        }
         assert_eq!(tap_mac(65_535, 7), [0xfe, 0x6b, 0x65, 0xff, 0xff, 7]);
     }
 

@@ -321,6 +321,17 @@ impl Vms {
                 )),
             }
         }
+        if vms.paths.jail.is_some() {
+            let keep: Vec<String> = vms
+                .lock()
+                .values()
+                .filter_map(|e| Some(launch::tap_names(e.uid()?, e.spec.nics.len())))
+                .flatten()
+                .collect();
+            for tap in super::taps::sweep(&keep) {
+                log(&format!("keel-agent: removed tap {tap} of a VM that ended"));
+            }
+        }
         Ok(vms)
     }
 
@@ -366,6 +377,11 @@ impl Vms {
             (self.log)(&format!(
                 "keel-agent: took back VM {name} (keel-vmm pid {pid}, {state:?})"
             ));
+        } else if let Some(jailer) = &self.paths.jail {
+            // A jail whose VMM ended (or stopped answering) while no agent watched it.
+            if let Err(e) = jailer.cleanup(&name) {
+                (self.log)(&format!("keel-agent: VM {name}: {e}"));
+            }
         }
         self.lock().insert(name, entry);
     }
