@@ -152,8 +152,16 @@ pub fn validate(spec: &VmSpec) -> Result<(), VmError> {
             return bad(format!("disk {:?} is listed twice", disk.image));
         }
     }
-    // The MAC itself is keel-vmm's to check: a bad one fails the start, naming it.
-    for nic in &spec.nics {
+    for (i, nic) in spec.nics.iter().enumerate() {
+        if let Err(why) = check_mac(&nic.mac) {
+            return bad(format!("mac {:?} {why}", nic.mac));
+        }
+        if spec.nics[..i]
+            .iter()
+            .any(|n| n.mac.eq_ignore_ascii_case(&nic.mac))
+        {
+            return bad(format!("mac {:?} is listed twice", nic.mac));
+        }
         let bridge_ok = (1..=15).contains(&nic.bridge.len())
             && nic
                 .bridge
@@ -165,6 +173,27 @@ pub fn validate(spec: &VmSpec) -> Result<(), VmError> {
                 nic.bridge
             ));
         }
+    }
+    Ok(())
+}
+
+/// A guest MAC address: six colon-separated hex bytes, unicast, not all zeros (what keel-vmm
+/// accepts; checked here so a bad one is refused when defined, not when started).
+fn check_mac(mac: &str) -> Result<(), &'static str> {
+    let bytes: Vec<u8> = mac
+        .split(':')
+        .map(|b| match b.len() {
+            2 => u8::from_str_radix(b, 16).ok(),
+            _ => None,
+        })
+        .collect::<Option<_>>()
+        .filter(|b: &Vec<u8>| b.len() == 6)
+        .ok_or("must be six colon-separated hex bytes")?;
+    if bytes[0] & 1 != 0 {
+        return Err("is a multicast address");
+    }
+    if bytes.iter().all(|b| *b == 0) {
+        return Err("is all zeros");
     }
     Ok(())
 }
@@ -909,6 +938,28 @@ mod tests {
     }
 
     #[test]
+    fn macs_are_checked() {
+        let cases = [
+            ("52:54:00:ab:cd:01", Ok(())),
+            ("52:54:00:AB:CD:01", Ok(())),
+            ("", Err("six")),
+            ("52:54:00:ab:cd", Err("six")),
+            ("52:54:00:ab:cd:01:02", Err("six")),
+            ("52:54:00:ab:cd:1", Err("six")),
+            ("52:54:00:ab:cd:zz", Err("six")),
+            ("01:00:5e:00:00:01", Err("multicast")),
+            ("00:00:00:00:00:00", Err("zeros")),
+        ];
+        for (mac, want) in cases {
+            let got = check_mac(mac);
+            match want {
+                Ok(()) => assert_eq!(got, Ok(()), "{mac}"),
+                Err(w) => assert!(got.is_err_and(|e| e.contains(w)), "{mac}: {got:?}"),
+            }
+        }
+    }
+
+    #[test]
     fn a_writable_disk_belongs_to_one_running_vm() {
         let running = |name: &str, disks: Vec<super::super::api::VmDisk>| {
             let mut e = Vms::new_entry(VmSpec {
@@ -1023,6 +1074,13 @@ mod tests {
                     ..spec("a")
                 },
                 "bridge \"br/0\"",
+            ),
+            (
+                VmSpec {
+                    nics: vec![nic("br0"), nic("br1")],
+                    ..spec("a")
+                },
+                "listed twice",
             ),
             (
                 VmSpec {
