@@ -70,7 +70,7 @@ unit:
 
 e2e: test-image
 	@echo "==> end-to-end tests in QEMU against $(OUT)"
-	KEEL_OUT=$(OUT) $(CARGO) test -p keel-tests -- --test-threads=2
+	KEEL_OUT=$(OUT) CARGO=$(CARGO) ./tests/run-e2e.py
 
 test: deps check unit e2e
 
