@@ -635,10 +635,37 @@ fn kill_agent_when_a_vm_pauses() -> Result<(), String> {
     Err("no VM was paused".into())
 }
 
+/// Prints each link with what the host networking made of it: `E2E LINK <name> master=<bridge
+/// or bond> vlan=<id>@<parent>` (from /sys/class/net and /proc/net/vlan/config).
+fn print_links() -> Result<(), String> {
+    let vlans = fs::read_to_string("/proc/net/vlan/config").unwrap_or_default();
+    let mut names: Vec<String> = fs::read_dir("/sys/class/net")
+        .map_err(|e| format!("/sys/class/net: {e}"))?
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    for name in names {
+        let master = fs::read_link(format!("/sys/class/net/{name}/master"))
+            .ok()
+            .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+            .unwrap_or_else(|| "-".into());
+        // Lines of /proc/net/vlan/config: `eth0.42 | 42 | eth0`.
+        let vlan = vlans
+            .lines()
+            .map(|l| l.split('|').map(str::trim).collect::<Vec<_>>())
+            .find(|f| f.len() == 3 && f[0] == name)
+            .map_or_else(|| "-".into(), |f| format!("{}@{}", f[1], f[2]));
+        println!("E2E LINK {name} master={master} vlan={vlan}");
+    }
+    Ok(())
+}
+
 type Scenario = fn() -> Result<(), String>;
 
 const SCENARIOS: &[(&str, Scenario)] = &[
     ("vmm-boot", boot_and_power_off),
+    ("net-links", print_links),
     ("vmm-shutdown", api_and_graceful_shutdown),
     ("vmm-bench", benchmark),
     ("hardening-sysctl", hardening::sysctls),
