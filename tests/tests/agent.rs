@@ -1,15 +1,17 @@
 //! The host agent end to end, in one boot of the test image with port 8443 forwarded: read the
 //! ready line, adopt the host with keelctl (after the refusals: wrong token, wrong fingerprint;
-//! and without or with a foreign client certificate), upload Debian's cloud kernel and the guest
-//! initramfs, run a VM, read its console through keelctl, shut it down, run it again, and kill
-//! the agent while the VM runs (the scenario runner does it when the VM is paused): PID 1
-//! restarts the agent, which takes the VM back. The VM's keel-vmm is jailed: the scenario runner
-//! checks from the host that it runs as a VM uid with no capabilities, alone in its PID namespace,
-//! with only its own files in its root (a read-only and a writable disk, /dev/net/tun for its NIC,
-//! whose tap the agent made for its uid and bridged) and its cgroup limits set, and, after the agent restart,
-//! squeezes its cgroup's memory.max so the kernel OOM-kills it: the agent reports that through the
-//! API and its log. The firewall is read through the API. Last, the host's ACPI power-off makes
-//! the agent shut the running guest down before the host goes.
+//! and without or with a foreign client certificate), change the host network through the API,
+//! upload Debian's cloud kernel, the guest initramfs and a disk image, run a VM with a private
+//! copy of the disk, the image shared read-only and a NIC (its guest finds them on PCI), read its
+//! console through keelctl, shut it down, run it again, and kill the agent while the VM runs (the
+//! scenario runner does it when the VM is paused): PID 1 restarts the agent, which takes the VM
+//! back. The VM's keel-vmm is jailed: the scenario runner checks from the host that it runs as a
+//! VM uid with no capabilities, alone in its PID namespace, with only its own files in its root
+//! (its disks, read-only where asked, and /dev/net/tun for its NIC, whose tap the agent made for
+//! its uid and bridged) and its cgroup limits set, and, after the agent restart, squeezes its
+//! cgroup's memory.max so the kernel OOM-kills it: the agent reports that through the API and
+//! its log. The firewall is read through the API. Last, the host's ACPI power-off makes the
+//! agent shut the running guest down before the host goes.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -217,14 +219,12 @@ fn manager_adopts_the_host_and_runs_a_vm_that_survives_an_agent_restart() -> Res
     let info = k.json(&["host", "info"]);
     assert_eq!(info["fingerprint"], fingerprint.as_str());
     assert_eq!(info["capabilities"]["kvm"], true);
+    network_changes(&k, &config);
     upload(&k, "kernel", &payload.join("vmlinuz"));
     upload(&k, "initrd", &payload.join("initrd.img"));
-    // A read-only and a writable disk for the jail to hold (the guest does not use them).
-    for disk in ["seed.img", "data.img"] {
-        let path = config.join(disk);
-        std::fs::write(&path, vec![0u8; 1 << 20]).unwrap_or_else(|e| panic!("{disk}: {e}"));
-        upload(&k, "disk", &path);
-    }
+    let image = config.join("data.img");
+    std::fs::write(&image, vec![0x6bu8; 1 << 20]).unwrap_or_else(|e| panic!("{e}"));
+    upload(&k, "disk", &image);
     assert_eq!(k.json(&["image", "list"])["store"], "ram");
 
     k.ok(&[
@@ -239,16 +239,25 @@ fn manager_adopts_the_host_and_runs_a_vm_that_survives_an_agent_restart() -> Res
         "256",
         "--cmdline",
         "console=ttyS0 quiet panic=-1 keel_guest.mode=wait-button",
+        // A private copy of the disk image, the image itself shared read-only, a NIC on the
+        // management bridge (not QEMU's 52:54:00:12:34:56: that is the Keel host's own NIC).
         "--disk",
-        "seed.img:ro",
+        "data.img,serial=private",
         "--disk",
-        "data.img",
+        "data.img,shared,ro",
         "--nic",
-        // Not QEMU's 52:54:00:12:34:56: that is the Keel host's own NIC on the same LAN.
-        "52:54:00:ab:cd:01",
+        "keelbr0,mac=52:54:00:ab:cd:01",
         "--start",
     ]);
     k.wait_console("g1", MARKER, 1);
+    // The guest finds them all (and the entropy device) on PCI.
+    let console = k.ok(&["vm", "console", "g1"]);
+    assert!(
+        console.contains("KEEL-GUEST: pci virtio blk=2 net=1 rng=1"),
+        "{console}"
+    );
+    // The shared image is in use; the private copy is not the image.
+    k.fails(&["image", "delete", "disk", "data.img"], "g1");
     expect_pass(&mut host, "agent-jail")?;
     let vm = k.json(&["vm", "get", "g1"]);
     let jail = &vm["jail"];
@@ -323,6 +332,68 @@ fn expect_pass(host: &mut Qemu, scenario: &str) -> Result<(), Error> {
     )?;
     assert!(line.text.contains(&pass), "{}", line.text);
     Ok(())
+}
+
+/// A change to the management bridge keelbr0 over eth0: QEMU's address, static, via `gateway`.
+fn static_change(dir: &Path, gateway: &str) -> String {
+    let change = serde_json::json!({"interfaces": [
+        {"name": "eth0", "kind": {"type": "ethernet"}},
+        {"name": "keelbr0", "kind": {"type": "bridge", "ports": ["eth0"]},
+         "ipv4": {"mode": "static", "address": "10.0.2.15/24", "gateway": gateway}}
+    ]});
+    let path = dir.join(format!("net-{gateway}.json"));
+    std::fs::write(&path, change.to_string()).unwrap_or_else(|e| panic!("{e}"));
+    path.to_string_lossy().into_owned()
+}
+
+/// Host networking through the API: the DHCP lease shows; a change whose gateway does not answer
+/// rolls back by itself when nobody confirms it; a good one, confirmed, is saved.
+fn network_changes(k: &Keelctl, dir: &Path) {
+    let status = k.json(&["host", "network", "show"]);
+    assert!(
+        status["leases"]["keelbr0"].is_object(),
+        "no DHCP lease: {status}"
+    );
+    let cut = static_change(dir, "10.0.2.99");
+    let preview = k.json(&["host", "network", "preview", &cut]);
+    assert!(
+        preview["operations"]
+            .as_array()
+            .is_some_and(|o| !o.is_empty()),
+        "{preview}"
+    );
+    k.ok(&["host", "network", "apply", &cut, "--confirm-within", "5"]);
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let status = loop {
+        let status = k.json(&["host", "network", "show"]);
+        if status["pending"].is_null() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "never decided: {status}");
+        std::thread::sleep(Duration::from_secs(1));
+    };
+    assert!(
+        status["last_rollback"]
+            .as_str()
+            .is_some_and(|r| r.contains("rolled back")),
+        "{status}"
+    );
+    assert!(
+        !status["saved"].to_string().contains("10.0.2.99"),
+        "{status}"
+    );
+    k.fails(&["host", "network", "confirm"], "409");
+
+    let good = static_change(dir, "10.0.2.2");
+    k.ok(&["host", "network", "apply", &good, "--confirm-within", "60"]);
+    k.ok(&["host", "network", "confirm"]);
+    let status = k.json(&["host", "network", "show"]);
+    assert!(status["pending"].is_null(), "{status}");
+    assert!(
+        status["saved"].to_string().contains("10.0.2.15/24"),
+        "{status}"
+    );
+    assert_eq!(status["gateways"][0], "10.0.2.2 dev keelbr0", "{status}");
 }
 
 fn upload(k: &Keelctl, kind: &str, file: &Path) {

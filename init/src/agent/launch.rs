@@ -8,8 +8,9 @@
 //! write, so a compromised VMM cannot plant a symlink for the agent to follow; the sockets are
 //! opened with [`connect`], which refuses anything but a socket.
 
-use super::api::{VmJail, VmNic};
+use super::api::VmJail;
 use super::taps;
+use super::vm_devices;
 use super::vms::VmError;
 use crate::jail::{CgroupEvents, CgroupLimits, Disk, Expose, JailSpec, JailStdio, Jailed, Jailer};
 use std::fs::{self, File, OpenOptions};
@@ -67,9 +68,8 @@ pub struct VmRun<'a> {
     pub kernel: &'a Path,
     pub initrd: Option<&'a Path>,
     pub cmdline: &'a str,
-    /// Disk images (host paths).
-    pub disks: &'a [Disk],
-    pub nics: &'a [VmNic],
+    /// keel-vmm's `disks`, `nics` and `rng`, with host paths (`vm_devices::vmm_config`).
+    pub devices: &'a serde_json::Value,
     /// The VM's run directory, `<run_dir>/<name>`.
     pub dir: &'a Path,
     /// The jail's uid and gid.
@@ -139,6 +139,44 @@ pub fn jail_info(jailer: &Jailer, name: &str, uid: u32, limits: &CgroupLimits) -
     }
 }
 
+/// The disks of `devices` (`vm_devices::vmm_config`), as the jail binds them.
+fn disks_of(devices: &serde_json::Value) -> Vec<Disk> {
+    devices["disks"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|d| {
+            Some(Disk {
+                path: PathBuf::from(d["path"].as_str()?),
+                read_only: d["read_only"].as_bool().unwrap_or(false),
+            })
+        })
+        .collect()
+}
+
+/// A NIC of `devices`: its tap, the guest's MAC, the bridge.
+struct Nic {
+    tap: String,
+    mac: String,
+    bridge: String,
+}
+
+fn nics_of(devices: &serde_json::Value) -> Vec<Nic> {
+    let text = |v: &serde_json::Value| v.as_str().map(String::from);
+    devices["nics"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|n| {
+            Some(Nic {
+                tap: text(&n["tap"])?,
+                mac: text(&n["mac"])?,
+                bridge: text(&n["bridge"])?,
+            })
+        })
+        .collect()
+}
+
 /// The jail of a VM run: only its kernel, initrd, disks, configuration and sockets; /dev/kvm, a
 /// random source, and /dev/net/tun when it has NICs.
 pub fn jail_spec(vmm: &Path, run: &VmRun) -> JailSpec {
@@ -149,22 +187,20 @@ pub fn jail_spec(vmm: &Path, run: &VmRun) -> JailSpec {
         vmm,
         run.kernel,
         run.initrd,
-        run.disks,
+        &disks_of(run.devices),
         &run.dir.join(SOCK_DIR),
         run.memory_mib,
         run.vcpus,
     );
-    if run.nics.is_empty() {
+    if nics_of(run.devices).is_empty() {
         spec.devices.retain(|d| d != Path::new("/dev/net/tun"));
     }
     spec
 }
 
-/// The taps of the NICs of the VM running as jail uid `uid`, in order.
-pub fn tap_names(uid: u32, nics: usize) -> Vec<String> {
-    (0..nics)
-        .map(|i| taps::tap_name(uid.saturating_sub(VM_UID_BASE), i))
-        .collect()
+/// The taps of VM `name`'s `nics` NICs, in order.
+pub fn tap_names(name: &str, nics: usize) -> Vec<String> {
+    (0..nics).map(|i| vm_devices::tap_name(name, i)).collect()
 }
 
 fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> VmError + 'a {
@@ -185,26 +221,23 @@ fn config(run: &VmRun, map: &dyn Fn(&Path) -> PathBuf, jailed: bool) -> serde_js
     if let Some(initrd) = run.initrd {
         config["initrd"] = serde_json::json!(map(initrd));
     }
-    if !run.disks.is_empty() {
-        let disks: Vec<_> = run
-            .disks
-            .iter()
-            .map(|d| serde_json::json!({"path": map(&d.path), "read_only": d.read_only}))
-            .collect();
-        config["disks"] = serde_json::json!(disks);
+    for key in ["disks", "nics", "rng"] {
+        if !run.devices[key].is_null() {
+            config[key] = run.devices[key].clone();
+        }
     }
-    if !run.nics.is_empty() {
-        let nics: Vec<_> = run
-            .nics
-            .iter()
-            .zip(tap_names(run.uid, run.nics.len()))
-            .map(|(nic, tap)| match jailed {
-                // The agent made the tap and put it in its bridge.
-                true => serde_json::json!({"tap": tap, "mac": nic.mac}),
-                false => serde_json::json!({"tap": tap, "mac": nic.mac, "bridge": nic.bridge}),
-            })
-            .collect();
-        config["nics"] = serde_json::json!(nics);
+    for disk in config["disks"].as_array_mut().into_iter().flatten() {
+        if let Some(path) = disk["path"].as_str().map(PathBuf::from) {
+            disk["path"] = serde_json::json!(map(&path));
+        }
+    }
+    if jailed {
+        // The agent made the taps and put them in their bridges.
+        for nic in config["nics"].as_array_mut().into_iter().flatten() {
+            if let Some(nic) = nic.as_object_mut() {
+                nic.remove("bridge");
+            }
+        }
     }
     config
 }
@@ -308,7 +341,7 @@ fn give_files(run: &VmRun) -> Result<(), VmError> {
     if let Some(initrd) = run.initrd {
         readable_by_all(initrd)?;
     }
-    for disk in run.disks {
+    for disk in &disks_of(run.devices) {
         if disk.read_only {
             readable_by_all(&disk.path)?;
         } else {
@@ -322,19 +355,23 @@ fn give_files(run: &VmRun) -> Result<(), VmError> {
 
 /// Loads tun and makes the VM's taps (none without NICs); on failure none is left.
 fn make_taps(run: &VmRun) -> Result<Vec<String>, VmError> {
-    if run.nics.is_empty() {
+    let nics = nics_of(run.devices);
+    if nics.is_empty() {
         return Ok(Vec::new());
     }
-    taps::load_tun()?;
-    let names = tap_names(run.uid, run.nics.len());
-    for (i, (nic, name)) in run.nics.iter().zip(&names).enumerate() {
-        let mac = taps::tap_mac(run.uid.saturating_sub(VM_UID_BASE), i);
-        if let Err(e) = taps::create(name, mac, run.uid, run.uid, &nic.bridge) {
-            names[..i].iter().for_each(|t| taps::remove(t));
+    vm_devices::ensure_tun().map_err(taps::TapError::Module)?;
+    let mut made: Vec<String> = Vec::new();
+    for nic in &nics {
+        let created = taps::host_side_mac(&nic.mac)
+            .ok_or_else(|| taps::TapError::Mac(nic.mac.clone()))
+            .and_then(|mac| taps::create(&nic.tap, mac, run.uid, run.uid, &nic.bridge));
+        if let Err(e) = created {
+            made.iter().for_each(|t| taps::remove(t));
             return Err(e.into());
         }
+        made.push(nic.tap.clone());
     }
-    Ok(names)
+    Ok(made)
 }
 
 /// Store images are 0600; the jailed VMM reads kernel and initrd through a bind mount, so they
@@ -455,6 +492,14 @@ mod tests {
 
     #[test]
     fn the_jail_holds_the_vm_files_and_the_config_names_them_inside() {
+        let devices = serde_json::json!({
+            "disks": [
+                {"path": "/data/copies/g1/disk0.img", "read_only": false},
+                {"path": "/data/disk/seed", "read_only": true, "serial": "seed"}
+            ],
+            "nics": [{"tap": "kt01234567n0", "mac": "52:54:00:12:34:56", "bridge": "keelbr0"}],
+            "rng": true
+        });
         let run = VmRun {
             name: "g1",
             vcpus: 2,
@@ -462,20 +507,7 @@ mod tests {
             kernel: Path::new("/data/kernel/vmlinuz"),
             initrd: Some(Path::new("/data/initrd/initrd.img")),
             cmdline: "console=ttyS0",
-            disks: &[
-                Disk {
-                    path: "/data/disk/root".into(),
-                    read_only: false,
-                },
-                Disk {
-                    path: "/data/disk/seed".into(),
-                    read_only: true,
-                },
-            ],
-            nics: &[VmNic {
-                mac: "52:54:00:12:34:56".into(),
-                bridge: "keelbr0".into(),
-            }],
+            devices: &devices,
             dir: Path::new("/run/keel/vms/g1"),
             uid: VM_UID_BASE + 3,
         };
@@ -491,8 +523,9 @@ mod tests {
                 "/dev/urandom".into()
             ]
         );
+        let without = serde_json::json!({"disks": [], "nics": [], "rng": true});
         let no_nics = VmRun {
-            nics: &[],
+            devices: &without,
             ..run.clone()
         };
         assert!(!jail_spec(Path::new("/usr/bin/keel-vmm"), &no_nics)
@@ -505,13 +538,14 @@ mod tests {
             config["disks"],
             serde_json::json!([
                 {"path": "/vm/disk0", "read_only": false},
-                {"path": "/vm/disk1", "read_only": true}
+                {"path": "/vm/disk1", "read_only": true, "serial": "seed"}
             ])
         );
         assert_eq!(
             config["nics"],
-            serde_json::json!([{"tap": "kv3n0", "mac": "52:54:00:12:34:56"}])
+            serde_json::json!([{"tap": "kt01234567n0", "mac": "52:54:00:12:34:56"}])
         );
+        assert_eq!(config["rng"], true);
         assert_eq!(config["kernel"], "/vm/kernel");
         assert_eq!(config["initrd"], "/vm/initrd");
         assert_eq!(config["serial"]["path"], "/run/vm/console.sock");
@@ -521,6 +555,8 @@ mod tests {
             direct["serial"]["path"],
             "/run/keel/vms/g1/sock/console.sock"
         );
+        assert_eq!(direct["disks"][0]["path"], "/data/copies/g1/disk0.img");
+        assert_eq!(direct["nics"][0]["bridge"], "keelbr0");
     }
 
     fn config_of_direct(run: &VmRun) -> serde_json::Value {

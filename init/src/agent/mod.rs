@@ -29,6 +29,7 @@ pub mod service;
 pub mod taps;
 pub mod tls;
 pub mod token;
+pub mod vm_devices;
 pub mod vms;
 
 #[cfg(test)]

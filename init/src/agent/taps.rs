@@ -7,7 +7,6 @@
 
 use crate::net::netlink::Netlink;
 use crate::net::plan::Op;
-use crate::pid1::modules::{Loader, ModuleIndex};
 use std::fs::OpenOptions;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd};
@@ -34,6 +33,9 @@ pub enum TapError {
     /// Cannot load the tun module: {0}
     #[error("Cannot load the tun module: {0}")]
     Module(String),
+    /// MAC address {0:?} is not six colon-separated hex bytes
+    #[error("MAC address {0:?} is not six colon-separated hex bytes")]
+    Mac(String),
     /// Cannot {0} tap {1}: {2}
     #[error("Cannot {0} tap {1}: {2}")]
     Io(&'static str, String, io::Error),
@@ -42,42 +44,23 @@ pub enum TapError {
     Bridge(String, String, String),
 }
 
-/// The name of NIC `index` of the VM running as jail uid number `slot` (uid − base): unique
-/// among running VMs and within IFNAMSIZ (at most `kv65535n63`).
-pub fn tap_name(slot: u32, index: usize) -> String {
-    format!("kv{slot}n{index}")
-}
-
-/// The tap's own MAC address: `fe:6b:65:<slot>:<index>`. A Linux bridge without a MAC of its
-/// own takes the lowest of its ports'; a tap with a random MAC could become the bridge's address
-/// and take it away again when it goes, leaving neighbours (the management LAN's router) with a
-/// stale entry for the host. 0xfe sorts above every vendor MAC, as libvirt does for its taps.
-pub fn tap_mac(slot: u32, index: usize) -> [u8; 6] {
-    let [_, _, hi, lo] = slot.to_be_bytes();
-    [0xfe, 0x6b, 0x65, hi, lo, index as u8]
-}
-
-/// Loads `tun` (and what it needs) unless /dev/net/tun is there already; Keel has no modprobe
-/// for the kernel to call.
-pub fn load_tun() -> Result<(), TapError> {
-    if Path::new("/dev/net/tun").exists() {
-        return Ok(());
-    }
-    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease")
-        .map_err(|e| TapError::Module(e.to_string()))?;
-    let dir = Path::new("/lib/modules").join(release.trim());
-    let index = ModuleIndex::read(&dir).map_err(|e| TapError::Module(e.to_string()))?;
-    Loader::new(dir, index)
-        .load("tun")
-        .map_err(|e| TapError::Module(e.to_string()))?;
-    // devtmpfs makes the node as the module registers its misc device.
-    for _ in 0..50 {
-        if Path::new("/dev/net/tun").exists() {
-            return Ok(());
-        }
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
-    Err(TapError::Module("/dev/net/tun did not appear".into()))
+/// The tap's own MAC address: the guest's with 0xfe as its first byte. A Linux bridge without a
+/// MAC of its own takes the lowest of its ports'; a tap with a random MAC could become the
+/// bridge's address and take it away again when it goes, leaving neighbours (the management
+/// LAN's router) with a stale entry for the host. 0xfe sorts above every vendor MAC (libvirt
+/// does the same). `None` unless `guest` is six colon-separated hex bytes.
+pub fn host_side_mac(guest: &str) -> Option<[u8; 6]> {
+    let bytes: Vec<u8> = guest
+        .split(':')
+        .map(|b| {
+            (b.len() == 2)
+                .then(|| u8::from_str_radix(b, 16).ok())
+                .flatten()
+        })
+        .collect::<Option<_>>()?;
+    let mut mac: [u8; 6] = bytes.try_into().ok()?;
+    mac[0] = 0xfe;
+    Some(mac)
 }
 
 /// `struct ifreq` with a name and the flags short.
@@ -178,12 +161,15 @@ pub fn create(name: &str, mac: [u8; 6], uid: u32, gid: u32, bridge: &str) -> Res
     Ok(())
 }
 
-/// Whether `name` is one of the agent's taps (`kv<digits>n<digits>`).
+/// Whether `name` is one of the agent's taps (`kt<8 hex digits>n<digits>`,
+/// `vm_devices::tap_name`).
 pub fn is_vm_tap(name: &str) -> bool {
     let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
-    name.strip_prefix("kv")
+    name.strip_prefix("kt")
         .and_then(|rest| rest.split_once('n'))
-        .is_some_and(|(slot, index)| digits(slot) && digits(index))
+        .is_some_and(|(hash, index)| {
+            hash.len() == 8 && hash.bytes().all(|b| b.is_ascii_hexdigit()) && digits(index)
+        })
 }
 
 /// Deletes every agent tap but `keep`: those of runs that ended while no agent watched them.
@@ -216,24 +202,26 @@ mod tests {
     use super::*;
 
     #[test]
-    fn names_fit_ifnamsiz() {
-        assert_eq!(tap_name(0, 0), "kv0n0");
-        assert!(tap_name(65_535, 63).len() <= 15);
-        assert!(ifreq(&tap_name(65_535, 63), 0).is_ok());
+    fn tap_names_and_addresses() {
+        assert!(ifreq(&super::super::vm_devices::tap_name("a-long-vm-name", 7), 0).is_ok());
         assert!(ifreq("a-name-longer-than-15", 0).is_err());
-        assert_eq!(tap_mac(0, 0), [0xfe, 0x6b, 0x65, 0, 0, 0]);
         for (name, want) in [
-            ("kv0n0", true),
-            ("kv12n3", true),
-            ("kv12n", false),
-            ("kvn0", false),
-            ("kv1x2", false),
+            ("kt0123abcdn0", true),
+            ("kt0123ABCDn12", true),
+            ("kt0123abcn0", false),
+            ("kt0123abcdn", false),
+            ("kt0123abcgn0", false),
             ("keelbr0", false),
-            ("kv1n2a", false),
+            ("kv1n2", false),
         ] {
             assert_eq!(is_vm_tap(name), want, "{name}");
         }
-        assert_eq!(tap_mac(65_535, 7), [0xfe, 0x6b, 0x65, 0xff, 0xff, 7]);
+        assert_eq!(
+            host_side_mac("52:54:00:ab:cd:01"),
+            Some([0xfe, 0x54, 0x00, 0xab, 0xcd, 0x01])
+        );
+        assert_eq!(host_side_mac("52:54:00:ab:cd"), None);
+        assert_eq!(host_side_mac("52:54:00:ab:cd:zz"), None);
     }
 
     /// Needs root and /dev/net/tun (a build machine with tun loaded); says so and passes
@@ -246,18 +234,19 @@ mod tests {
         }
         let name = format!("kvt{}", std::process::id() % 100_000);
         // No such bridge: the tap is made, then removed again, and the error names the bridge.
-        let err = create(&name, tap_mac(1, 0), 123_456, 123_457, "no-such-br0").unwrap_err();
+        let mac = host_side_mac("52:54:00:00:01:02").unwrap();
+        let err = create(&name, mac, 123_456, 123_457, "no-such-br0").unwrap_err();
         assert!(err.to_string().contains("no-such-br0"), "{err}");
         assert!(!Path::new("/sys/class/net").join(&name).exists());
         let file = attach(&name).unwrap();
         set(&file, &name, TUNSETOWNER, 123_456, "own").unwrap();
         set(&file, &name, TUNSETPERSIST, 1, "persist").unwrap();
         drop(file);
-        set_mac(&name, tap_mac(1, 2)).unwrap();
+        set_mac(&name, mac).unwrap();
         let owner = std::fs::read_to_string(format!("/sys/class/net/{name}/owner")).unwrap();
         assert_eq!(owner.trim(), "123456");
         let mac = std::fs::read_to_string(format!("/sys/class/net/{name}/address")).unwrap();
-        assert_eq!(mac.trim(), "fe:6b:65:00:01:02");
+        assert_eq!(mac.trim(), "fe:54:00:00:01:02");
         remove(&name);
         assert!(!Path::new("/sys/class/net").join(&name).exists());
     }

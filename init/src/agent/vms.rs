@@ -9,13 +9,14 @@
 //! control socket that answers (VDSM's recovery). A monitor reads each jail's cgroup events and
 //! logs the limits a VM hits; the VM's status shows them.
 
-use super::api::{ImageKind, OnCrash, VmExit, VmJail, VmSpec, VmState, VmStatus};
+use super::api::{DiskCopy, ImageKind, OnCrash, VmExit, VmJail, VmSpec, VmState, VmStatus};
 use super::atomic::{remove_durable, write_atomic};
 use super::console::Console;
 use super::http::{self, Limits, Response};
 use super::images::Store;
 use super::launch::{self, Launched, VmRun};
-use crate::jail::{CgroupLimits, Disk, JailError, Jailer};
+use super::vm_devices::{self, DeviceError};
+use crate::jail::{CgroupLimits, JailError, Jailer};
 use std::collections::BTreeMap;
 use std::fs;
 use std::io;
@@ -85,6 +86,8 @@ pub enum VmError {
     /// {0}
     #[error("{0}")]
     Tap(#[from] super::taps::TapError),
+    #[error(transparent)]
+    Devices(#[from] DeviceError),
 }
 
 impl VmError {
@@ -99,6 +102,10 @@ impl VmError {
             Self::NoUid | Self::DiskInUse { .. } => 409,
             Self::Tap(_) => 422,
             Self::Io(..) | Self::Jail(_) => 500,
+            Self::Devices(DeviceError::Invalid(_)) => 400,
+            Self::Devices(DeviceError::Store(e)) if e.status() == 404 => 400,
+            Self::Devices(DeviceError::Store(e)) => e.status(),
+            Self::Devices(DeviceError::Copy { .. }) => 500,
         }
     }
 
@@ -139,71 +146,11 @@ pub fn validate(spec: &VmSpec) -> Result<(), VmError> {
     if let Some(initrd) = &spec.initrd {
         super::images::check_name(initrd)?;
     }
-    if spec.disks.len() > MAX_DISKS || spec.nics.len() > MAX_NICS {
-        return bad(format!(
-            "{} disks and {} nics: at most {MAX_DISKS} and {MAX_NICS}",
-            spec.disks.len(),
-            spec.nics.len()
-        ));
-    }
-    for (i, disk) in spec.disks.iter().enumerate() {
-        super::images::check_name(&disk.image)?;
-        if spec.disks[..i].iter().any(|d| d.image == disk.image) {
-            return bad(format!("disk {:?} is listed twice", disk.image));
-        }
-    }
-    for (i, nic) in spec.nics.iter().enumerate() {
-        if let Err(why) = check_mac(&nic.mac) {
-            return bad(format!("mac {:?} {why}", nic.mac));
-        }
-        if spec.nics[..i]
-            .iter()
-            .any(|n| n.mac.eq_ignore_ascii_case(&nic.mac))
-        {
-            return bad(format!("mac {:?} is listed twice", nic.mac));
-        }
-        let bridge_ok = (1..=15).contains(&nic.bridge.len())
-            && nic
-                .bridge
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
-        if !bridge_ok {
-            return bad(format!(
-                "bridge {:?} must be 1 to 15 letters, digits, '-', '_' or '.'",
-                nic.bridge
-            ));
-        }
-    }
-    Ok(())
+    vm_devices::validate(spec).map_err(|e| VmError::Invalid(e.to_string()))
 }
 
-/// A guest MAC address: six colon-separated hex bytes, unicast, not all zeros (what keel-vmm
-/// accepts; checked here so a bad one is refused when defined, not when started).
-fn check_mac(mac: &str) -> Result<(), &'static str> {
-    let bytes: Vec<u8> = mac
-        .split(':')
-        .map(|b| match b.len() {
-            2 => u8::from_str_radix(b, 16).ok(),
-            _ => None,
-        })
-        .collect::<Option<_>>()
-        .filter(|b: &Vec<u8>| b.len() == 6)
-        .ok_or("must be six colon-separated hex bytes")?;
-    if bytes[0] & 1 != 0 {
-        return Err("is a multicast address");
-    }
-    if bytes.iter().all(|b| *b == 0) {
-        return Err("is all zeros");
-    }
-    Ok(())
-}
-
-/// Disks and NICs a VM may have (virtio devices share 31 PCI slots).
-const MAX_DISKS: usize = 16;
-const MAX_NICS: usize = 8;
-
-/// A running VM other than `spec`'s that shares a disk with it where either writes: a writable
-/// disk belongs to one running VM at a time.
+/// A running VM other than `spec`'s that shares a disk image with it (`shared`, not a private
+/// copy) where either writes: a writable shared disk belongs to one running VM at a time.
 fn disk_conflict(entries: &BTreeMap<String, Entry>, spec: &VmSpec) -> Option<VmError> {
     entries
         .values()
@@ -215,7 +162,10 @@ fn disk_conflict(entries: &BTreeMap<String, Entry>, spec: &VmSpec) -> Option<VmE
                     .disks
                     .iter()
                     .find(|theirs| {
-                        theirs.image == mine.image && !(theirs.read_only && mine.read_only)
+                        theirs.image == mine.image
+                            && theirs.copy == DiskCopy::Shared
+                            && mine.copy == DiskCopy::Shared
+                            && !(theirs.read_only && mine.read_only)
                     })
                     .map(|_| VmError::DiskInUse {
                         disk: mine.image.clone(),
@@ -354,8 +304,8 @@ impl Vms {
             let keep: Vec<String> = vms
                 .lock()
                 .values()
-                .filter_map(|e| Some(launch::tap_names(e.uid()?, e.spec.nics.len())))
-                .flatten()
+                .filter(|e| e.run.is_some())
+                .flat_map(|e| launch::tap_names(&e.spec.name, e.spec.nics.len()))
                 .collect();
             for tap in super::taps::sweep(&keep) {
                 log(&format!("keel-agent: removed tap {tap} of a VM that ended"));
@@ -475,7 +425,11 @@ impl Vms {
             .find(|e| match kind {
                 ImageKind::Kernel => e.spec.kernel == name,
                 ImageKind::Initrd => e.spec.initrd.as_deref() == Some(name),
-                ImageKind::Disk => e.spec.disks.iter().any(|d| d.image == name),
+                ImageKind::Disk => e
+                    .spec
+                    .disks
+                    .iter()
+                    .any(|d| d.copy == DiskCopy::Shared && d.image == name),
             })
             .map(|e| e.spec.name.clone())
     }
@@ -497,8 +451,11 @@ impl Vms {
         let path = self.paths.defs.join(format!("{}.json", spec.name));
         let json = serde_json::to_vec_pretty(&spec)
             .map_err(|e| VmError::Io("encode", path.clone(), io::Error::other(e)))?;
-        write_atomic(&path, &json, 0o600)
-            .map_err(|e| VmError::Io("write", path.clone(), e.source))?;
+        vm_devices::make_copies(&self.store, &self.store.vm_copies(), &spec)?;
+        if let Err(e) = write_atomic(&path, &json, 0o600) {
+            vm_devices::remove_copies(&self.store.vm_copies(), &spec.name);
+            return Err(VmError::Io("write", path.clone(), e.source));
+        }
         let entry = Self::new_entry(spec);
         let status = entry.status();
         entries.insert(status.spec.name.clone(), entry);
@@ -520,6 +477,7 @@ impl Vms {
         let path = self.paths.defs.join(format!("{name}.json"));
         remove_durable(&path).map_err(|e| VmError::Io("remove", path, e.source))?;
         let _ = fs::remove_dir_all(self.dir(name));
+        vm_devices::remove_copies(&self.store.vm_copies(), name);
         let status = entry.status();
         entries.remove(name);
         Ok(status)
@@ -581,16 +539,7 @@ impl Vms {
             Some(name) => Some(self.store.path(ImageKind::Initrd, name)?),
             None => None,
         };
-        let disks = spec
-            .disks
-            .iter()
-            .map(|d| {
-                Ok(Disk {
-                    path: self.store.path(ImageKind::Disk, &d.image)?,
-                    read_only: d.read_only,
-                })
-            })
-            .collect::<Result<Vec<_>, VmError>>()?;
+        let devices = vm_devices::vmm_config(&self.store, &self.store.vm_copies(), spec)?;
         let dir = self.dir(&spec.name);
         let run = VmRun {
             name: &spec.name,
@@ -599,8 +548,7 @@ impl Vms {
             kernel: &kernel,
             initrd: initrd.as_deref(),
             cmdline: &spec.cmdline,
-            disks: &disks,
-            nics: &spec.nics,
+            devices: &devices,
             dir: &dir,
             uid,
         };
@@ -615,7 +563,7 @@ impl Vms {
         if let Err(e) = fs::write(&pid_path, format!("{pid}\n")) {
             process.kill();
             if let Some(jailer) = &self.paths.jail {
-                let taps = launch::tap_names(uid, spec.nics.len());
+                let taps = launch::tap_names(&spec.name, spec.nics.len());
                 launch::finish(jailer, &spec.name, &taps, self.log);
             }
             return Err(VmError::Io("write", pid_path, e));
@@ -665,8 +613,7 @@ impl Vms {
         let (code, mut reason, crash) = exit;
         // Only the current run's jail (and taps) are this run's to remove.
         let taps = self.lock().get(name).and_then(|e| {
-            let uid = e.jail.as_ref().map(|j| j.uid)?;
-            (e.generation == generation).then(|| launch::tap_names(uid, e.spec.nics.len()))
+            (e.generation == generation).then(|| launch::tap_names(name, e.spec.nics.len()))
         });
         let events = self
             .paths
@@ -923,39 +870,13 @@ mod tests {
         Vms::open(paths, store, |_| {}).unwrap()
     }
 
+    /// A shared (not copied) disk.
     fn disk(image: &str, read_only: bool) -> super::super::api::VmDisk {
         super::super::api::VmDisk {
             image: image.into(),
+            copy: DiskCopy::Shared,
             read_only,
-        }
-    }
-
-    fn nic(bridge: &str) -> super::super::api::VmNic {
-        super::super::api::VmNic {
-            mac: "52:54:00:00:00:01".into(),
-            bridge: bridge.into(),
-        }
-    }
-
-    #[test]
-    fn macs_are_checked() {
-        let cases = [
-            ("52:54:00:ab:cd:01", Ok(())),
-            ("52:54:00:AB:CD:01", Ok(())),
-            ("", Err("six")),
-            ("52:54:00:ab:cd", Err("six")),
-            ("52:54:00:ab:cd:01:02", Err("six")),
-            ("52:54:00:ab:cd:1", Err("six")),
-            ("52:54:00:ab:cd:zz", Err("six")),
-            ("01:00:5e:00:00:01", Err("multicast")),
-            ("00:00:00:00:00:00", Err("zeros")),
-        ];
-        for (mac, want) in cases {
-            let got = check_mac(mac);
-            match want {
-                Ok(()) => assert_eq!(got, Ok(()), "{mac}"),
-                Err(w) => assert!(got.is_err_and(|e| e.contains(w)), "{mac}: {got:?}"),
-            }
+            serial: None,
         }
     }
 
@@ -993,6 +914,14 @@ mod tests {
                 Some("\"base\" is in use by running VM \"b\""),
             ),
             (vec![disk("other", false)], None),
+            // A private copy of an image another VM writes is the VM's own.
+            (
+                vec![super::super::api::VmDisk {
+                    copy: DiskCopy::Copy,
+                    ..disk("own", false)
+                }],
+                None,
+            ),
         ];
         for (disks, want) in cases {
             let mine = VmSpec {
@@ -1053,41 +982,6 @@ mod tests {
                     ..spec("a")
                 },
                 "\"../k\"",
-            ),
-            (
-                VmSpec {
-                    disks: vec![disk("d", false), disk("d", true)],
-                    ..spec("a")
-                },
-                "disk \"d\" is listed twice",
-            ),
-            (
-                VmSpec {
-                    disks: vec![disk("../d", false)],
-                    ..spec("a")
-                },
-                "\"../d\"",
-            ),
-            (
-                VmSpec {
-                    nics: vec![nic("br/0")],
-                    ..spec("a")
-                },
-                "bridge \"br/0\"",
-            ),
-            (
-                VmSpec {
-                    nics: vec![nic("br0"), nic("br1")],
-                    ..spec("a")
-                },
-                "listed twice",
-            ),
-            (
-                VmSpec {
-                    nics: vec![nic("br0"); 9],
-                    ..spec("a")
-                },
-                "9 nics",
             ),
         ];
         for (s, want) in cases {

@@ -438,7 +438,8 @@ pub fn agent_vm_jailed() -> Result<(), String> {
         .iter()
         .map(|p| p.strip_prefix(&prefix).unwrap_or(p).to_string())
         .collect();
-    // tests/tests/agent.rs gives the VM a read-only disk, a writable one and a NIC.
+    // tests/tests/agent.rs gives the VM a writable private disk copy, a shared read-only disk
+    // and a NIC.
     let want = "/bin,/bin/keel-vmm,/dev,/dev/kvm,/dev/net,/dev/net/tun,/dev/urandom,/run,/run/vm,\
                 /run/vm/api.sock,/run/vm/console.sock,/vm,/vm/disk0,/vm/disk1,/vm/initrd,\
                 /vm/kernel,/vm/vm.json";
@@ -452,7 +453,7 @@ pub fn agent_vm_jailed() -> Result<(), String> {
     }
     let mountinfo =
         fs::read_to_string(format!("/proc/{pid}/mountinfo")).map_err(|e| e.to_string())?;
-    for (disk, want) in [("/vm/disk0", "ro"), ("/vm/disk1", "rw")] {
+    for (disk, want) in [("/vm/disk0", "rw"), ("/vm/disk1", "ro")] {
         let options = mountinfo.lines().find_map(|l| {
             let fields: Vec<&str> = l.split(' ').collect();
             (fields.get(4) == Some(&disk)).then(|| fields.get(5).copied().unwrap_or_default())
@@ -462,7 +463,7 @@ pub fn agent_vm_jailed() -> Result<(), String> {
         }
     }
     use std::os::unix::fs::MetadataExt;
-    let owner = fs::metadata(root.join("vm/disk1")).map(|m| m.uid());
+    let owner = fs::metadata(root.join("vm/disk0")).map(|m| m.uid());
     if owner.as_ref().ok() != Some(&uid) {
         return Err(format!(
             "the writable disk is owned by {owner:?}, not {uid}"
@@ -486,7 +487,7 @@ pub fn agent_vm_jailed() -> Result<(), String> {
     // A fe: address never becomes the bridge's own.
     if tap_owner.trim() != uid.to_string()
         || !master.ends_with("keelbr0")
-        || !mac.starts_with("fe:6b:65:")
+        || !mac.starts_with("fe:")
     {
         return Err(format!("tap {tap} is owned by {tap_owner:?} in {master:?}"));
     }
