@@ -88,6 +88,19 @@ enum HostCmd {
     Info,
     /// CPU, memory, load, NIC and VM statistics
     Stats,
+    /// The host's state partition: mounted (settings survive a reboot), none or damaged
+    State,
+    /// Create a state partition on a local disk of the host, erasing the whole disk
+    CreateState {
+        /// The disk, as the host names it (/dev/vdb)
+        disk: String,
+        /// The same disk again, to confirm that it may be erased
+        #[arg(long)]
+        confirm: String,
+        /// Size in MiB (default 1024, or the whole disk if smaller)
+        #[arg(long)]
+        size_mib: Option<u64>,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -324,6 +337,25 @@ fn host_cmd(config: &Config, host: Option<&str>, fmt: Format, cmd: HostCmd) -> R
         HostCmd::Stats => {
             let stats: api::HostStats = Target::open(config, host)?.get(api::HOST_STATS)?;
             output::print(fmt, &stats, output::host_stats)
+        }
+        HostCmd::State => {
+            let state: keel_init::state::Status =
+                Target::open(config, host)?.get(api::HOST_STATE)?;
+            output::print(fmt, &state, |s| format!("{}\n", s.console_line()))
+        }
+        HostCmd::CreateState {
+            disk,
+            confirm,
+            size_mib,
+        } => {
+            let request = api::CreateStateRequest {
+                disk,
+                confirm,
+                size_mib,
+            };
+            let state: keel_init::state::Status =
+                Target::open(config, host)?.send("POST", api::HOST_STATE, Some(&request))?;
+            output::print(fmt, &state, |s| format!("{}\n", s.console_line()))
         }
     }
 }

@@ -181,6 +181,22 @@ pub const HOST_STATS: &str = "/v1/host/stats";
 pub const HOST_REBOOT: &str = "/v1/host/reboot";
 /// `POST` → [`HostAction`]: power the host off.
 pub const HOST_POWEROFF: &str = "/v1/host/poweroff";
+/// `GET` → [`crate::state::Status`]: the state partition (mounted, none, damaged).
+/// `POST` [`CreateStateRequest`] → `Status`: create one on a local disk, erasing it.
+pub const HOST_STATE: &str = "/v1/host/state";
+
+/// Body of `POST` [`HOST_STATE`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateStateRequest {
+    /// The whole disk to erase, `/dev/vdb`.
+    pub disk: String,
+    /// Must name the same disk: the operator's confirmation that it may be erased.
+    pub confirm: String,
+    /// Size of the partition in MiB (default 1024, or the whole disk if smaller; minimum 16).
+    #[serde(default)]
+    pub size_mib: Option<u64>,
+}
 /// `GET`: Prometheus text format.
 pub const METRICS: &str = "/v1/metrics";
 /// `GET`: this API's OpenAPI document (JSON).

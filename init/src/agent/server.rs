@@ -197,6 +197,13 @@ const ROUTES: &[Route<(Access, Handler)>] = &[
         Access::Manager,
         Agent::host_poweroff,
     ),
+    endpoint("GET", api::HOST_STATE, Access::Manager, Agent::host_state),
+    endpoint(
+        "POST",
+        api::HOST_STATE,
+        Access::Manager,
+        Agent::host_state_create,
+    ),
     endpoint("GET", api::METRICS, Access::Manager, Agent::metrics),
     endpoint("GET", api::OPENAPI, Access::Manager, Agent::openapi),
     endpoint("GET", api::VMS, Access::Manager, Agent::vm_list),
