@@ -1,12 +1,15 @@
 //! Boot media end to end (docs/boot-media.md): the hybrid ISO under SeaBIOS and OVMF, PXE through
 //! QEMU's TFTP server and the NIC's iPXE ROM with a build-time kernel parameter in effect, the USB
-//! disk image under UEFI with its state partition surviving a reboot, and a burst of atomic writes
-//! to the state partition that QEMU kills never leave it unreadable.
+//! disk image under UEFI with its state partition surviving a reboot, a burst of atomic writes
+//! to the state partition that QEMU kills never leave it unreadable, adoption and network settings
+//! kept on the state partition across a reboot, and a state partition created through the agent's
+//! API on a blank disk found at the next boot.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use keel_tests::keelctl::{ready_fields, Keelctl};
 use keel_tests::{paths, Boot, Error, Firmware, Image, Qemu, QemuBuilder};
 
 /// Firmware plus GRUB plus a TCG boot; OVMF alone takes a few seconds.
@@ -220,5 +223,168 @@ fn killing_a_burst_of_atomic_writes_never_corrupts_state() -> Result<(), Error> 
         std::thread::sleep(Duration::from_millis(150 * round as u64));
         drop(vm);
     }
+    Ok(())
+}
+
+/// Boots the test image (direct kernel boot) with `disk` as its virtio disk and the agent's port
+/// forwarded, running the scenarios `scenarios`.
+fn boot_with_agent(name: &str, disk: &Path, scenarios: &str) -> Result<Qemu, Error> {
+    let test_image = Image::locate_in(&paths::out_dir().join("test"))?;
+    let boot = Boot::image(&test_image).with_params(&format!("keel_e2e={scenarios}"));
+    QemuBuilder::new(name, boot)
+        .forward(8443)
+        .args([
+            "-drive",
+            &format!("file={},format=raw,if=virtio", disk.display()),
+        ])
+        .spawn()
+}
+
+/// The agent's ready line: its fingerprint, adoption token and the local address it is reached at.
+fn agent_ready(vm: &mut Qemu) -> Result<(String, String, String), Error> {
+    let ready = vm.wait_for_line("keel ready: api=https://", BOOT)?;
+    let (fingerprint, token) = ready_fields(&ready.text);
+    let addr = format!("127.0.0.1:{}", vm.host_port(8443).unwrap_or_default());
+    Ok((fingerprint, token, addr))
+}
+
+/// Waits for a console line containing `needle`, whether it came before or after the lines
+/// waited for so far (the scenario runner and the agent print independently).
+fn wait_anywhere(vm: &Qemu, needle: &str) {
+    let deadline = Instant::now() + BOOT;
+    while !vm.lines().iter().any(|l| l.text.contains(needle)) {
+        assert!(
+            Instant::now() < deadline,
+            "no line containing {needle:?}; see {}",
+            vm.log_path().display()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+fn clean_power_off(vm: &mut Qemu) -> Result<(), Error> {
+    vm.power_off()?;
+    let status = vm.wait_exit(Duration::from_secs(60))?;
+    assert!(status.success(), "QEMU exited with {status}");
+    Ok(())
+}
+
+/// The USB image's state partition (the test image boots with a copy of the USB image as its
+/// disk): the manager adopts the host and the scenario runner changes the host name through the
+/// agent's local network API; after a reboot the host is still adopted by the same manager (same
+/// key, keelctl works without adopting again) and the host name is still the one set.
+#[test]
+fn usb_state_keeps_adoption_and_network_settings_across_a_reboot() -> Result<(), Error> {
+    let disk = usb_copy(&Image::locate()?, "adopt");
+    let k = Keelctl::with_new_ca("media-adopt");
+    let mut pinned = String::new();
+    for boot in 1..=2u64 {
+        let mut vm = boot_with_agent(&format!("media-adopt-{boot}"), &disk, "net-persist")?;
+        vm.wait_for_line(
+            &format!("keel: state: /dev/vda3 mounted at /var/lib/keel/state (boot {boot})"),
+            BOOT,
+        )?;
+        let (fingerprint, token, addr) = agent_ready(&mut vm)?;
+        // The network change comes first: applying it may renew the DHCP lease.
+        let network = if boot == 1 { "set" } else { "kept" };
+        wait_anywhere(&vm, &format!("E2E net-persist: {network} keel-persisted"));
+        wait_anywhere(&vm, "E2E PASS net-persist");
+        if boot == 1 {
+            let adopt = [
+                "host",
+                "adopt",
+                &addr,
+                "--token",
+                &token,
+                "--fingerprint",
+                &fingerprint,
+                "--name",
+                "usb",
+            ];
+            k.ok(&adopt);
+            pinned = fingerprint;
+            // A second state partition is refused while this one is mounted.
+            k.fails(
+                &["host", "create-state", "/dev/vda", "--confirm", "/dev/vda"],
+                "already mounted",
+            );
+        } else {
+            assert_eq!(fingerprint, pinned, "the host key changed");
+            assert_eq!(token, "-", "the host is no longer adopted");
+            k.moved("usb", &addr);
+        }
+        assert_eq!(k.json(&["host", "info"])["fingerprint"], pinned.as_str());
+        let state = k.json(&["host", "state"]);
+        assert_eq!(state["state"], "mounted", "{state}");
+        assert_eq!(state["boot_count"], boot, "{state}");
+        clean_power_off(&mut vm)?;
+    }
+    Ok(())
+}
+
+/// A blank second disk: the host runs from RAM, the manager adopts it and creates a state
+/// partition on the disk through the API (a confirmation naming another disk is refused); it is
+/// mounted at once, and the next boot finds it, with the host still adopted by the same manager.
+#[test]
+fn state_partition_created_through_the_api_is_found_at_boot() -> Result<(), Error> {
+    let disk = scratch("create").join("blank.img");
+    let file = std::fs::File::create(&disk).map_err(|source| Error::Create {
+        path: disk.clone(),
+        source,
+    })?;
+    file.set_len(256 << 20).map_err(|source| Error::Create {
+        path: disk.clone(),
+        source,
+    })?;
+    let k = Keelctl::with_new_ca("media-create");
+
+    let mut vm = boot_with_agent("media-create-1", &disk, "")?;
+    vm.wait_for_line(
+        "keel: state: none, running from RAM only (settings will not survive a reboot)",
+        BOOT,
+    )?;
+    let (pinned, token, addr) = agent_ready(&mut vm)?;
+    let adopt = [
+        "host",
+        "adopt",
+        &addr,
+        "--token",
+        &token,
+        "--fingerprint",
+        &pinned,
+        "--name",
+        "blank",
+    ];
+    k.ok(&adopt);
+    assert_eq!(k.json(&["host", "state"])["state"], "none");
+    k.fails(
+        &["host", "create-state", "/dev/vda", "--confirm", "/dev/vdb"],
+        "does not name the disk /dev/vda",
+    );
+    let created = k.json(&[
+        "host",
+        "create-state",
+        "/dev/vda",
+        "--confirm",
+        "/dev/vda",
+        "--size-mib",
+        "64",
+    ]);
+    assert_eq!(created["state"], "mounted", "{created}");
+    assert_eq!(created["device"], "/dev/vda1", "{created}");
+    assert_eq!(created["boot_count"], 1, "{created}");
+    assert_eq!(k.json(&["host", "state"]), created);
+    clean_power_off(&mut vm)?;
+
+    let mut vm = boot_with_agent("media-create-2", &disk, "")?;
+    vm.wait_for_line(
+        "keel: state: /dev/vda1 mounted at /var/lib/keel/state (boot 2)",
+        BOOT,
+    )?;
+    let (fingerprint, token, addr) = agent_ready(&mut vm)?;
+    assert_eq!(fingerprint, pinned, "the host key was not kept");
+    assert_eq!(token, "-", "the adoption was not kept");
+    k.moved("blank", &addr);
+    assert_eq!(k.json(&["host", "info"])["fingerprint"], pinned.as_str());
     Ok(())
 }

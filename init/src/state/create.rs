@@ -33,7 +33,7 @@ pub struct Disk {
     pub size_bytes: u64,
     /// Its partitions' kernel names.
     pub partitions: Vec<String>,
-    /// Mount points on the disk or its partitions.
+    /// What uses the disk or its partitions: `mounted at /mnt`, `held by dm-0`.
     pub mounted: Vec<String>,
     /// Logical sector size.
     pub sector_bytes: u64,
@@ -58,8 +58,8 @@ pub struct Plan {
 /// Why the plan is refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CreateError {
-    /// {0} is in use (mounted at {1}); choose another disk
-    #[error("{0} is in use (mounted at {1}); choose another disk")]
+    /// {0} is in use ({1}); choose another disk
+    #[error("{0} is in use ({1}); choose another disk")]
     InUse(String, String),
     /// {0} has {1} MiB; a state partition needs at least {2} MiB
     #[error("{0} has {1} MiB; a state partition needs at least {2} MiB")]
@@ -230,7 +230,7 @@ pub fn read_disk(
             let mut f = l.split_whitespace();
             let source = f.next()?;
             let target = f.next()?;
-            ours(source).then(|| target.to_string())
+            ours(source).then(|| format!("mounted at {target}"))
         })
         .collect();
     // Device mapper, MD RAID or swap-like holders use the disk without a mount.
@@ -327,7 +327,10 @@ pub fn carry_out(plan: &Plan, dev: &Path, now: u32) -> Result<PathBuf, CreateErr
             .write(true)
             .custom_flags(libc::O_EXCL)
             .open(device)
-            .map_err(open_err)?;
+            .map_err(|e| match e.raw_os_error() {
+                Some(libc::EBUSY) => CreateError::InUse(device.clone(), "busy".into()),
+                _ => open_err(e),
+            })?;
         write(plan, &disk, now).map_err(|e| CreateError::Write(device.clone(), e))?;
     }
     // A plain descriptor: the exclusive one would make the kernel's rescan refuse as busy.
@@ -388,11 +391,11 @@ mod tests {
                 Err(CreateError::SizeTooSmall(8, 16)),
             ),
             (
-                disk(8192, &["sdb1"], &["/var/lib/keel/state"]),
+                disk(8192, &["sdb1"], &["mounted at /var/lib/keel/state"]),
                 Some(64),
                 Err(CreateError::InUse(
                     "/dev/sdb".into(),
-                    "/var/lib/keel/state".into(),
+                    "mounted at /var/lib/keel/state".into(),
                 )),
             ),
         ];
@@ -451,7 +454,7 @@ mod tests {
         assert_eq!(d.size_bytes, 8 << 30);
         assert_eq!(d.sector_bytes, 4096);
         assert_eq!(d.partitions, ["sdb1"]);
-        assert_eq!(d.mounted, ["/mnt"]);
+        assert_eq!(d.mounted, ["mounted at /mnt"]);
         assert_eq!(d.boot_medium, None);
         std::fs::create_dir_all(sys.join("sdb1/holders/dm-0")).unwrap();
         let d = read_disk(&sys, &dev, "sdb", "").unwrap();

@@ -377,6 +377,39 @@ fn state_burst() -> Result<(), String> {
     Ok(())
 }
 
+/// The host name `net-persist` sets through the console's local API.
+const PERSISTED_HOSTNAME: &str = "keel-persisted";
+
+/// Network settings on the state partition: sets the host name through the network API the agent
+/// and the console use (apply, confirm) unless a previous boot did, which the host side tells
+/// from the line printed.
+fn net_persist() -> Result<(), String> {
+    use keel_init::net::{self, ApplyOptions, NetConfig};
+    let status = net::status().map_err(|e| format!("network status: {e}"))?;
+    if !status.persistent {
+        return Err(format!(
+            "network settings are not persistent: {:?}",
+            status.note
+        ));
+    }
+    if status.saved.hostname.as_deref() == Some(PERSISTED_HOSTNAME) {
+        let running = fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+        if running.trim() != PERSISTED_HOSTNAME {
+            return Err(format!("saved host name not in force: {running:?}"));
+        }
+        println!("E2E net-persist: kept {PERSISTED_HOSTNAME}");
+        return Ok(());
+    }
+    let change = NetConfig {
+        hostname: Some(PERSISTED_HOSTNAME.into()),
+        ..NetConfig::default()
+    };
+    net::apply(&change, &ApplyOptions::default()).map_err(|e| format!("apply: {e}"))?;
+    net::confirm().map_err(|e| format!("confirm: {e}"))?;
+    println!("E2E net-persist: set {PERSISTED_HOSTNAME}");
+    Ok(())
+}
+
 /// Bytes the host sends the guest over TCP.
 const NET_BYTES: usize = 4 << 20;
 
@@ -650,6 +683,7 @@ const SCENARIOS: &[(&str, Scenario)] = &[
     ("firewall-listen", hardening::firewall_listen),
     ("state-check", state_check),
     ("state-burst", state_burst),
+    ("net-persist", net_persist),
     ("vmm-virtio", virtio_devices),
     ("vmm-virtio-bench", virtio_benchmark),
     ("agent-kill-on-pause", kill_agent_when_a_vm_pauses),
