@@ -97,7 +97,7 @@ enum HostCmd {
         /// The same disk again, to confirm that it may be erased
         #[arg(long)]
         confirm: String,
-        /// Size in MiB (default 1024, or the whole disk if smaller)
+        /// Size in MiB (default 1024, or the whole disk if smaller; at most 65536)
         #[arg(long)]
         size_mib: Option<u64>,
     },

@@ -169,23 +169,26 @@ fn pxe_boots_with_the_build_time_command_line() -> Result<(), Error> {
 
 /// The USB image as a USB stick under UEFI: the state partition is found (after usb-storage's
 /// settle delay) and mounted; its boot counter, a file written there at every boot, goes from 1
-/// to 2 across a clean power-off.
+/// to 2 across a clean power-off; the manager that adopted the host in the first boot still
+/// manages it in the second, without adopting it again.
 #[test]
 fn usb_image_state_survives_a_reboot() -> Result<(), Error> {
     let image = Image::locate()?;
     let disk = usb_copy(&image, "usb");
+    let k = Keelctl::with_new_ca("media-usb");
+    let mut pinned = String::new();
     for boot in 1..=2 {
         let mut vm = QemuBuilder::new(&format!("media-usb-{boot}"), Boot::UsbStick(disk.clone()))
             .firmware(Firmware::Ovmf)
+            .forward(8443)
             .spawn()?;
         vm.wait_for_line(
             &format!("keel: state: /dev/sda3 mounted at /var/lib/keel/state (boot {boot})"),
             BOOT,
         )?;
         ready(&mut vm)?;
-        vm.power_off()?;
-        let status = vm.wait_exit(Duration::from_secs(60))?;
-        assert!(status.success(), "QEMU exited with {status}");
+        adopted_across_boots(&k, &mut vm, boot, "stick", &mut pinned)?;
+        clean_power_off(&mut vm)?;
     }
     Ok(())
 }
@@ -262,6 +265,39 @@ fn wait_anywhere(vm: &Qemu, needle: &str) {
     }
 }
 
+/// Boot 1: the manager adopts the host, calling it `name`. Later boots: the ready line shows the
+/// same host key and no adoption token, and keelctl reaches the host without adopting it again.
+fn adopted_across_boots(
+    k: &Keelctl,
+    vm: &mut Qemu,
+    boot: u64,
+    name: &str,
+    pinned: &mut String,
+) -> Result<(), Error> {
+    let (fingerprint, token, addr) = agent_ready(vm)?;
+    if boot == 1 {
+        let adopt = [
+            "host",
+            "adopt",
+            &addr,
+            "--token",
+            &token,
+            "--fingerprint",
+            &fingerprint,
+            "--name",
+            name,
+        ];
+        k.ok(&adopt);
+        *pinned = fingerprint;
+    } else {
+        assert_eq!(&fingerprint, pinned, "the host key changed");
+        assert_eq!(token, "-", "the host is no longer adopted");
+        k.moved(name, &addr);
+    }
+    assert_eq!(k.json(&["host", "info"])["fingerprint"], pinned.as_str());
+    Ok(())
+}
+
 fn clean_power_off(vm: &mut Qemu) -> Result<(), Error> {
     vm.power_off()?;
     let status = vm.wait_exit(Duration::from_secs(60))?;
@@ -284,36 +320,18 @@ fn usb_state_keeps_adoption_and_network_settings_across_a_reboot() -> Result<(),
             &format!("keel: state: /dev/vda3 mounted at /var/lib/keel/state (boot {boot})"),
             BOOT,
         )?;
-        let (fingerprint, token, addr) = agent_ready(&mut vm)?;
         // The network change comes first: applying it may renew the DHCP lease.
         let network = if boot == 1 { "set" } else { "kept" };
         wait_anywhere(&vm, &format!("E2E net-persist: {network} keel-persisted"));
         wait_anywhere(&vm, "E2E PASS net-persist");
+        adopted_across_boots(&k, &mut vm, boot, "usb", &mut pinned)?;
         if boot == 1 {
-            let adopt = [
-                "host",
-                "adopt",
-                &addr,
-                "--token",
-                &token,
-                "--fingerprint",
-                &fingerprint,
-                "--name",
-                "usb",
-            ];
-            k.ok(&adopt);
-            pinned = fingerprint;
             // A second state partition is refused while this one is mounted.
             k.fails(
                 &["host", "create-state", "/dev/vda", "--confirm", "/dev/vda"],
                 "already mounted",
             );
-        } else {
-            assert_eq!(fingerprint, pinned, "the host key changed");
-            assert_eq!(token, "-", "the host is no longer adopted");
-            k.moved("usb", &addr);
         }
-        assert_eq!(k.json(&["host", "info"])["fingerprint"], pinned.as_str());
         let state = k.json(&["host", "state"]);
         assert_eq!(state["state"], "mounted", "{state}");
         assert_eq!(state["boot_count"], boot, "{state}");
@@ -343,19 +361,8 @@ fn state_partition_created_through_the_api_is_found_at_boot() -> Result<(), Erro
         "keel: state: none, running from RAM only (settings will not survive a reboot)",
         BOOT,
     )?;
-    let (pinned, token, addr) = agent_ready(&mut vm)?;
-    let adopt = [
-        "host",
-        "adopt",
-        &addr,
-        "--token",
-        &token,
-        "--fingerprint",
-        &pinned,
-        "--name",
-        "blank",
-    ];
-    k.ok(&adopt);
+    let mut pinned = String::new();
+    adopted_across_boots(&k, &mut vm, 1, "blank", &mut pinned)?;
     assert_eq!(k.json(&["host", "state"])["state"], "none");
     k.fails(
         &["host", "create-state", "/dev/vda", "--confirm", "/dev/vdb"],
@@ -381,10 +388,5 @@ fn state_partition_created_through_the_api_is_found_at_boot() -> Result<(), Erro
         "keel: state: /dev/vda1 mounted at /var/lib/keel/state (boot 2)",
         BOOT,
     )?;
-    let (fingerprint, token, addr) = agent_ready(&mut vm)?;
-    assert_eq!(fingerprint, pinned, "the host key was not kept");
-    assert_eq!(token, "-", "the adoption was not kept");
-    k.moved("blank", &addr);
-    assert_eq!(k.json(&["host", "info"])["fingerprint"], pinned.as_str());
-    Ok(())
+    adopted_across_boots(&k, &mut vm, 2, "blank", &mut pinned)
 }

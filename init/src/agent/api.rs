@@ -193,7 +193,7 @@ pub struct CreateStateRequest {
     pub disk: String,
     /// Must name the same disk: the operator's confirmation that it may be erased.
     pub confirm: String,
-    /// Size of the partition in MiB (default 1024, or the whole disk if smaller; minimum 16).
+    /// Size of the partition in MiB (default 1024, or the whole disk if smaller; 16 to 65536).
     #[serde(default)]
     pub size_mib: Option<u64>,
 }

@@ -16,6 +16,8 @@ pub const MIN_MIB: u64 = 16;
 /// Without a size, the partition takes this much (or the whole disk if smaller): the state is a
 /// few files, and a smaller file system formats faster.
 pub const DEFAULT_MIB: u64 = 1024;
+/// Largest state partition: formatting writes every inode table, and the state is a few files.
+pub const MAX_MIB: u64 = 64 << 10;
 /// The partition starts 1 MiB in; the last MiB is left for the backup GPT (33 sectors of 512
 /// bytes, or 5 of 4096).
 const START_BYTES: u64 = 1 << 20;
@@ -67,6 +69,9 @@ pub enum CreateError {
     /// Requested size {0} MiB is below the minimum of {1} MiB
     #[error("Requested size {0} MiB is below the minimum of {1} MiB")]
     SizeTooSmall(u64, u64),
+    /// Requested size {0} MiB is above the maximum of {1} MiB
+    #[error("Requested size {0} MiB is above the maximum of {1} MiB")]
+    SizeTooLarge(u64, u64),
     /// Confirmation {0:?} does not name the disk {1}; nothing was changed
     #[error("Confirmation {0:?} does not name the disk {1}; nothing was changed")]
     NotConfirmed(String, String),
@@ -111,6 +116,7 @@ impl CreateError {
             | CreateError::AlreadyMounted(_) => 409,
             CreateError::TooSmall(..)
             | CreateError::SizeTooSmall(..)
+            | CreateError::SizeTooLarge(..)
             | CreateError::NotConfirmed(..)
             | CreateError::IsPartition(_)
             | CreateError::NotADisk(_) => 400,
@@ -135,6 +141,9 @@ pub fn plan(disk: &Disk, size_mib: Option<u64>) -> Result<Plan, CreateError> {
     if let Some(mib) = size_mib.filter(|&m| m < MIN_MIB) {
         return Err(CreateError::SizeTooSmall(mib, MIN_MIB));
     }
+    if let Some(mib) = size_mib.filter(|&m| m > MAX_MIB) {
+        return Err(CreateError::SizeTooLarge(mib, MAX_MIB));
+    }
     let room = disk.size_bytes.saturating_sub(START_BYTES + GPT_TAIL_BYTES) / (1 << 20) * (1 << 20);
     if room < MIN_MIB << 20 {
         return Err(CreateError::TooSmall(
@@ -143,7 +152,7 @@ pub fn plan(disk: &Disk, size_mib: Option<u64>) -> Result<Plan, CreateError> {
             MIN_MIB,
         ));
     }
-    let size_bytes = (size_mib.unwrap_or(DEFAULT_MIB).saturating_mul(1 << 20)).min(room);
+    let size_bytes = (size_mib.unwrap_or(DEFAULT_MIB) << 20).min(room);
     Ok(Plan {
         device,
         disk_bytes: disk.size_bytes,
@@ -377,7 +386,12 @@ mod tests {
             (disk(8192, &[], &[]), Some(64), Ok(64)),
             (disk(8192, &["sdb1"], &[]), None, Ok(DEFAULT_MIB)),
             (disk(8192, &[], &[]), Some(8190), Ok(8190)),
-            (disk(8192, &[], &[]), Some(u64::MAX), Ok(8190)),
+            (disk(8192, &[], &[]), Some(MAX_MIB), Ok(8190)),
+            (
+                disk(8192, &[], &[]),
+                Some(u64::MAX),
+                Err(CreateError::SizeTooLarge(u64::MAX, MAX_MIB)),
+            ),
             (disk(100, &[], &[]), Some(1000), Ok(98)),
             (disk(18, &[], &[]), None, Ok(16)),
             (
