@@ -9,11 +9,12 @@ use config::{Config, HostEntry};
 use keel_init::agent::api::{self, ImageKind, OnCrash, VmSpec};
 use keel_init::agent::client::{ClientError, HostClient};
 use keel_init::agent::fingerprint::Fingerprint;
+use keel_init::net::{NetConfig, Status as NetStatus};
 use output::Format;
 use sha2::{Digest, Sha256};
 use std::fs::File;
 use std::io::{self, Read, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 #[derive(Parser)]
@@ -101,6 +102,129 @@ enum HostCmd {
         #[arg(long)]
         size_mib: Option<u64>,
     },
+    /// The host's network: show, preview, apply with automatic rollback, confirm
+    Network {
+        #[command(subcommand)]
+        cmd: NetworkCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum NetworkCmd {
+    /// Running and saved configuration, links and addresses, gateways, a pending change
+    Show,
+    /// What applying the change in FILE (JSON, docs/network.md; - for stdin) would do
+    Preview { file: PathBuf },
+    /// Apply the change in FILE; unless confirmed in time, it is rolled back when the host can
+    /// no longer reach its gateway (or --manager)
+    Apply {
+        file: PathBuf,
+        /// Seconds to confirm in (5..=3600)
+        #[arg(long)]
+        confirm_within: Option<u64>,
+        /// host:port that must stay reachable
+        #[arg(long)]
+        manager: Option<String>,
+    },
+    /// Keep the pending change
+    Confirm,
+}
+
+/// A network change from `file` (`-`: standard input).
+fn read_net_config(file: &Path) -> Result<NetConfig, Error> {
+    let text = if file == Path::new("-") {
+        io::read_to_string(io::stdin()).map_err(|e| Error::File(file.to_path_buf(), e))?
+    } else {
+        std::fs::read_to_string(file).map_err(|e| Error::File(file.to_path_buf(), e))?
+    };
+    serde_json::from_str(&text).map_err(|e| {
+        Error::File(
+            file.to_path_buf(),
+            io::Error::new(io::ErrorKind::InvalidData, e),
+        )
+    })
+}
+
+fn network_cmd(t: &Target, fmt: Format, cmd: NetworkCmd) -> Result<(), Error> {
+    match cmd {
+        NetworkCmd::Show => {
+            let status: NetStatus = t.get(api::HOST_NETWORK)?;
+            output::print(fmt, &status, output::network_status)
+        }
+        NetworkCmd::Preview { file } => {
+            let change = read_net_config(&file)?;
+            let preview: api::NetworkPreview =
+                t.send("POST", api::HOST_NETWORK_PREVIEW, Some(&change))?;
+            output::print(fmt, &preview, |p| output::lines(&p.operations))
+        }
+        NetworkCmd::Apply {
+            file,
+            confirm_within,
+            manager,
+        } => {
+            let body = api::NetworkChange {
+                change: read_net_config(&file)?,
+                confirm_within_secs: confirm_within,
+                manager,
+            };
+            let applied: api::NetworkApplied = t.send("POST", api::HOST_NETWORK, Some(&body))?;
+            output::print(fmt, &applied, |a| {
+                format!(
+                    "{}confirm within {} s (keelctl host network confirm) or it may roll back\n",
+                    output::lines(&a.operations),
+                    a.confirm_within_secs
+                )
+            })
+        }
+        NetworkCmd::Confirm => {
+            let _: serde_json::Value = t.send::<(), _>("POST", api::HOST_NETWORK_CONFIRM, None)?;
+            output::message(fmt, &format!("{}: network change confirmed", t.name))
+        }
+    }
+}
+
+/// `--disk IMAGE[,shared][,ro][,serial=S]`.
+fn parse_disk(text: &str) -> Result<api::VmDisk, String> {
+    let mut parts = text.split(',');
+    let image = parts
+        .next()
+        .filter(|i| !i.is_empty())
+        .ok_or("needs an image name")?;
+    let mut disk = api::VmDisk {
+        image: image.into(),
+        copy: api::DiskCopy::Copy,
+        read_only: false,
+        serial: None,
+    };
+    for part in parts {
+        match part.split_once('=') {
+            None if part == "shared" => disk.copy = api::DiskCopy::Shared,
+            None if part == "ro" => disk.read_only = true,
+            Some(("serial", serial)) => disk.serial = Some(serial.into()),
+            _ => return Err(format!("unknown option {part:?} (shared, ro, serial=S)")),
+        }
+    }
+    Ok(disk)
+}
+
+/// `--nic BRIDGE[,mac=MAC]`.
+fn parse_nic(text: &str) -> Result<api::VmNic, String> {
+    let mut parts = text.split(',');
+    let bridge = parts
+        .next()
+        .filter(|b| !b.is_empty())
+        .ok_or("needs a bridge name")?;
+    let mut nic = api::VmNic {
+        bridge: bridge.into(),
+        mac: None,
+    };
+    for part in parts {
+        match part.split_once('=') {
+            Some(("mac", mac)) => nic.mac = Some(mac.into()),
+            _ => return Err(format!("unknown option {part:?} (mac=MAC)")),
+        }
+    }
+    Ok(nic)
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -147,6 +271,13 @@ enum VmCmd {
         /// What to do when the guest or its VMM crashes
         #[arg(long, value_enum, default_value_t = Crash::Stop)]
         on_crash: Crash,
+        /// A disk: IMAGE[,shared][,ro][,serial=S] (repeatable; vda, vdb, … in order). The VM
+        /// gets a private copy of the disk image unless `shared`
+        #[arg(long = "disk", value_parser = parse_disk)]
+        disks: Vec<api::VmDisk>,
+        /// A NIC on a host bridge: BRIDGE[,mac=MAC] (repeatable), e.g. keelbr0
+        #[arg(long = "nic", value_parser = parse_nic)]
+        nics: Vec<api::VmNic>,
         /// Start it right away
         #[arg(long)]
         start: bool,
@@ -357,6 +488,7 @@ fn host_cmd(config: &Config, host: Option<&str>, fmt: Format, cmd: HostCmd) -> R
                 Target::open(config, host)?.send("POST", api::HOST_STATE, Some(&request))?;
             output::print(fmt, &state, |s| format!("{}\n", s.console_line()))
         }
+        HostCmd::Network { cmd } => network_cmd(&Target::open(config, host)?, fmt, cmd),
     }
 }
 
@@ -374,6 +506,8 @@ fn vm_cmd(t: &Target, fmt: Format, cmd: VmCmd) -> Result<(), Error> {
             memory,
             cmdline,
             on_crash,
+            disks,
+            nics,
             start,
         } => {
             let spec = VmSpec {
@@ -387,6 +521,8 @@ fn vm_cmd(t: &Target, fmt: Format, cmd: VmCmd) -> Result<(), Error> {
                     Crash::Stop => OnCrash::Stop,
                     Crash::Restart => OnCrash::Restart,
                 },
+                disks,
+                nics,
             };
             let mut status: api::VmStatus = t.send("POST", api::VMS, Some(&spec))?;
             if start {
@@ -488,6 +624,7 @@ fn main() -> ExitCode {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use clap::CommandFactory;
@@ -495,6 +632,28 @@ mod tests {
     #[test]
     fn the_command_line_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn disk_and_nic_options() {
+        let d = parse_disk("base,shared,ro,serial=abc").unwrap();
+        assert_eq!(
+            (d.image.as_str(), d.copy, d.read_only, d.serial.as_deref()),
+            ("base", api::DiskCopy::Shared, true, Some("abc"))
+        );
+        let d = parse_disk("base").unwrap();
+        assert_eq!((d.copy, d.read_only), (api::DiskCopy::Copy, false));
+        for bad in ["", ",ro", "base,rw", "base,size=1"] {
+            assert!(parse_disk(bad).is_err(), "{bad}");
+        }
+        let n = parse_nic("keelbr0,mac=52:54:00:00:00:01").unwrap();
+        assert_eq!(
+            (n.bridge.as_str(), n.mac.as_deref()),
+            ("keelbr0", Some("52:54:00:00:00:01"))
+        );
+        for bad in ["", "br0,vlan=3"] {
+            assert!(parse_nic(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -197,12 +197,58 @@ pub struct CreateStateRequest {
     #[serde(default)]
     pub size_mib: Option<u64>,
 }
+
+/// `GET` → the host network's status (`crate::net::Status`: running and saved configuration,
+/// links, leases, gateways, resolver, a pending change); `POST` [`NetworkChange`] →
+/// [`NetworkApplied`]: apply a change, rolled back unless confirmed in time when it cuts the host
+/// off (docs/network.md).
+pub const HOST_NETWORK: &str = "/v1/host/network";
+/// `POST` (body: a `crate::net::NetConfig` change) → [`NetworkPreview`]; changes nothing.
+pub const HOST_NETWORK_PREVIEW: &str = "/v1/host/network/preview";
+/// `POST` → `{}`: keep the pending change; 409 when none is pending.
+pub const HOST_NETWORK_CONFIRM: &str = "/v1/host/network/confirm";
 /// `GET`: Prometheus text format.
 pub const METRICS: &str = "/v1/metrics";
 /// `GET`: this API's OpenAPI document (JSON).
 pub const OPENAPI: &str = "/v1/openapi";
 /// The header carrying an upload's expected SHA-256 (hex).
 pub const SHA256_HEADER: &str = "X-Content-Sha256";
+
+/// Bounds of [`NetworkChange::confirm_within_secs`].
+pub const NETWORK_CONFIRM_MIN_SECS: u64 = 5;
+pub const NETWORK_CONFIRM_MAX_SECS: u64 = 3600;
+
+/// Body of `POST` [`HOST_NETWORK`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkChange {
+    /// The sections to change (the same model as the kernel command line and the saved layer).
+    pub change: crate::net::NetConfig,
+    /// Seconds to confirm in (5..=3600; 60 when absent) before the host checks it can still
+    /// reach its gateway (and `manager`) and rolls back if not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub confirm_within_secs: Option<u64>,
+    /// `host:port` that must stay reachable for the change to stand unconfirmed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub manager: Option<String>,
+}
+
+/// Answer to `POST` [`HOST_NETWORK`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkApplied {
+    /// What was done, one operation a line.
+    pub operations: Vec<String>,
+    pub confirm_within_secs: u64,
+}
+
+/// Answer to [`HOST_NETWORK_PREVIEW`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkPreview {
+    /// What applying would do, one operation a line.
+    pub operations: Vec<String>,
+}
 
 /// What a VM does when its guest or its VMM crashes.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -232,6 +278,55 @@ pub struct VmSpec {
     pub cmdline: String,
     #[serde(default)]
     pub on_crash: OnCrash,
+    /// virtio-blk disks, in order (the guest sees vda, vdb, …).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub disks: Vec<VmDisk>,
+    /// virtio-net NICs, each on a tap device the VMM attaches to a host bridge.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nics: Vec<VmNic>,
+}
+
+/// Whether a VM uses a disk image itself or a copy of its own.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DiskCopy {
+    /// A private copy made when the VM is defined: copy-on-write (a reflink) where the data
+    /// store's file system can, a full sparse copy otherwise. The image can then change or go.
+    #[default]
+    Copy,
+    /// The image itself: read-only ones can be shared; a writable one belongs to this VM.
+    Shared,
+}
+
+/// One disk of a VM.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VmDisk {
+    /// Name of a `disk` image.
+    pub image: String,
+    #[serde(default)]
+    pub copy: DiskCopy,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub read_only: bool,
+    /// What the guest reads as the disk's serial (at most 20 ASCII characters).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub serial: Option<String>,
+}
+
+/// One NIC of a VM.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VmNic {
+    /// The host bridge to join (the management bridge `keelbr0` by default).
+    #[serde(default = "default_bridge")]
+    pub bridge: String,
+    /// `52:54:00:xx:xx:xx`; derived from the VM's name and the NIC's index when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac: Option<String>,
+}
+
+fn default_bridge() -> String {
+    "keelbr0".into()
 }
 
 fn default_cmdline() -> String {

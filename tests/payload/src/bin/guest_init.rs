@@ -167,6 +167,27 @@ fn wait_for(path: &str) -> io::Result<()> {
     Err(io::Error::other(format!("{path} did not appear")))
 }
 
+/// `pci virtio blk=N net=N rng=N`: the modern virtio functions on the PCI bus (device IDs
+/// 0x1042, 0x1041, 0x1044), as the guest kernel enumerated them.
+fn virtio_functions() -> String {
+    let ids: Vec<String> = fs::read_dir("/sys/bus/pci/devices")
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter_map(|e| fs::read_to_string(e.path().join("device")).ok())
+                .map(|d| d.trim().to_string())
+                .collect()
+        })
+        .unwrap_or_default();
+    let count = |id: &str| ids.iter().filter(|d| *d == id).count();
+    format!(
+        "pci virtio blk={} net={} rng={}",
+        count("0x1042"),
+        count("0x1041"),
+        count("0x1044")
+    )
+}
+
 /// Whether a virtio-net function (modern device ID 0x1041) sits on the PCI bus.
 fn has_virtio_net() -> bool {
     fs::read_dir("/sys/bus/pci/devices").is_ok_and(|entries| {
@@ -315,10 +336,19 @@ fn virtio(write: bool) -> io::Result<()> {
     Ok(())
 }
 
-/// On the ext4 disk /dev/vdc: writes `/keel.bin` (then syncs and unmounts), or reads it back,
-/// and reports its checksum.
+/// On /dev/vdc: formats it as ext4 and writes `/keel.bin` (then syncs and unmounts), or reads
+/// the file back; reports its checksum.
 fn ext4_file(write: bool, pattern: &[u8]) -> io::Result<()> {
     use keel_test_payload::checksum;
+    if write {
+        let status = std::process::Command::new("/sbin/mke2fs")
+            .args(["-q", "-F", "-t", "ext4", "/dev/vdc"])
+            .status()?;
+        if !status.success() {
+            return Err(io::Error::other(format!("mke2fs /dev/vdc: {status}")));
+        }
+        say("ext4 formatted /dev/vdc");
+    }
     mount("/dev/vdc", "/mnt", "ext4")?;
     let path = Path::new("/mnt/keel.bin");
     let result = if write {
@@ -375,6 +405,7 @@ fn main() {
         online_cpus(),
         mem_total_kib().unwrap_or(0)
     ));
+    say(&virtio_functions());
     match mode_from_cmdline(&cmdline) {
         "wait-button" => {
             if let Err(e) = wait_button() {
