@@ -91,6 +91,19 @@ enum HostCmd {
     Stats,
     /// The host's ingress firewall, in nft syntax
     Firewall,
+    /// The host's state partition: mounted (settings survive a reboot), none or damaged
+    State,
+    /// Create a state partition on a local disk of the host, erasing the whole disk
+    CreateState {
+        /// The disk, as the host names it (/dev/vdb)
+        disk: String,
+        /// The same disk again, to confirm that it may be erased
+        #[arg(long)]
+        confirm: String,
+        /// Size in MiB (default 1024, or the whole disk if smaller; at most 65536)
+        #[arg(long)]
+        size_mib: Option<u64>,
+    },
     /// The host's network: show, preview, apply with automatic rollback, confirm
     Network {
         #[command(subcommand)]
@@ -461,6 +474,25 @@ fn host_cmd(config: &Config, host: Option<&str>, fmt: Format, cmd: HostCmd) -> R
         HostCmd::Firewall => {
             let rules: serde_json::Value = Target::open(config, host)?.get(api::HOST_FIREWALL)?;
             output::print(fmt, &rules, output::firewall)
+        }
+        HostCmd::State => {
+            let state: keel_init::state::Status =
+                Target::open(config, host)?.get(api::HOST_STATE)?;
+            output::print(fmt, &state, |s| format!("{}\n", s.console_line()))
+        }
+        HostCmd::CreateState {
+            disk,
+            confirm,
+            size_mib,
+        } => {
+            let request = api::CreateStateRequest {
+                disk,
+                confirm,
+                size_mib,
+            };
+            let state: keel_init::state::Status =
+                Target::open(config, host)?.send("POST", api::HOST_STATE, Some(&request))?;
+            output::print(fmt, &state, |s| format!("{}\n", s.console_line()))
         }
         HostCmd::Network { cmd } => network_cmd(&Target::open(config, host)?, fmt, cmd),
     }

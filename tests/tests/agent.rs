@@ -13,13 +13,13 @@
 //! its log. The firewall is read through the API. Last, the host's ACPI power-off makes the
 //! agent shut the running guest down before the host goes.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use keel_init::agent::ca::{ManagerCa, Validity};
 use keel_init::agent::client::{ClientError, HostClient};
 use keel_init::agent::fingerprint::Fingerprint;
+use keel_tests::keelctl::{ready_fields, Keelctl};
 use keel_tests::{paths, Boot, Error, Image, Qemu, QemuBuilder};
 use serde_json::Value;
 
@@ -28,60 +28,14 @@ const BOOT: Duration = Duration::from_secs(300);
 const GUEST: Duration = Duration::from_secs(300);
 const MARKER: &str = "KEEL-GUEST: waiting for power button";
 
-/// Builds keelctl (a no-op when it is up to date) and returns its path.
-fn keelctl_binary() -> PathBuf {
-    let root = paths::workspace_root();
-    let status = Command::new(env!("CARGO"))
-        .args(["build", "-q", "-p", "keelctl"])
-        .current_dir(&root)
-        .status();
-    assert!(status.is_ok_and(|s| s.success()), "cannot build keelctl");
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .filter(|d| !d.is_empty())
-        .map_or_else(|| root.join("target"), PathBuf::from);
-    target.join("debug").join("keelctl")
+/// Waiting for VMs through keelctl.
+trait VmWaits {
+    fn wait_vm(&self, name: &str, what: &str, done: impl Fn(&Value) -> bool) -> Value;
+    fn console_count(&self, name: &str, marker: &str) -> usize;
+    fn wait_console(&self, name: &str, marker: &str, count: usize);
 }
 
-struct Keelctl {
-    bin: PathBuf,
-    config: PathBuf,
-}
-
-impl Keelctl {
-    fn run(&self, args: &[&str]) -> (bool, String, String) {
-        let out = Command::new(&self.bin)
-            .arg("--config-dir")
-            .arg(&self.config)
-            .args(args)
-            .env_remove("KEELCTL_HOST")
-            .output()
-            .unwrap_or_else(|e| panic!("cannot run {}: {e}", self.bin.display()));
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        let (ok, stdout, stderr) = self.run(args);
-        assert!(ok, "keelctl {args:?} failed: {stderr}");
-        stdout
-    }
-
-    fn fails(&self, args: &[&str], want: &str) {
-        let (ok, _, stderr) = self.run(args);
-        assert!(!ok, "keelctl {args:?} succeeded");
-        assert!(stderr.contains(want), "keelctl {args:?}: {stderr}");
-    }
-
-    fn json(&self, args: &[&str]) -> Value {
-        let mut all = args.to_vec();
-        all.extend(["-o", "json"]);
-        let text = self.ok(&all);
-        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{args:?}: {e}: {text}"))
-    }
-
+impl VmWaits for Keelctl {
     /// Polls `vm get` until `done` holds.
     fn wait_vm(&self, name: &str, what: &str, done: impl Fn(&Value) -> bool) -> Value {
         let deadline = Instant::now() + GUEST;
@@ -125,24 +79,12 @@ impl Keelctl {
     }
 }
 
-/// `keel ready: api=https://<ip>:8443 fingerprint=sha256:<hex> adopt-token=<token>`.
-fn ready_fields(line: &str) -> (String, String) {
-    let field = |key: &str| {
-        line.split_whitespace()
-            .find_map(|w| w.strip_prefix(key))
-            .unwrap_or_default()
-            .to_string()
-    };
-    (field("fingerprint="), field("adopt-token="))
-}
-
 fn state(vm: &Value) -> &str {
     vm["state"].as_str().unwrap_or_default()
 }
 
 #[test]
 fn manager_adopts_the_host_and_runs_a_vm_that_survives_an_agent_restart() -> Result<(), Error> {
-    let keelctl_bin = keelctl_binary();
     let image = Image::locate_in(&paths::out_dir().join("test"))?;
     let payload = image.dir.join("overlay/usr/lib/keel-tests");
     let boot =
@@ -157,13 +99,7 @@ fn manager_adopts_the_host_and_runs_a_vm_that_survives_an_agent_restart() -> Res
     let port = host.host_port(8443).unwrap_or_default();
     let addr = format!("127.0.0.1:{port}");
 
-    let config = std::env::temp_dir().join(format!("keel-e2e-agent-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&config);
-    let k = Keelctl {
-        bin: keelctl_bin,
-        config: config.clone(),
-    };
-    k.ok(&["ca", "init"]);
+    let k = Keelctl::with_new_ca("agent");
     let adopt = |token: &str, fp: &str| -> Vec<String> {
         [
             "host",
@@ -219,10 +155,10 @@ fn manager_adopts_the_host_and_runs_a_vm_that_survives_an_agent_restart() -> Res
     let info = k.json(&["host", "info"]);
     assert_eq!(info["fingerprint"], fingerprint.as_str());
     assert_eq!(info["capabilities"]["kvm"], true);
-    network_changes(&k, &config);
+    network_changes(&k, &k.config);
     upload(&k, "kernel", &payload.join("vmlinuz"));
     upload(&k, "initrd", &payload.join("initrd.img"));
-    let image = config.join("data.img");
+    let image = k.config.join("data.img");
     std::fs::write(&image, vec![0x6bu8; 1 << 20]).unwrap_or_else(|e| panic!("{e}"));
     upload(&k, "disk", &image);
     assert_eq!(k.json(&["image", "list"])["store"], "ram");
@@ -310,7 +246,6 @@ fn manager_adopts_the_host_and_runs_a_vm_that_survives_an_agent_restart() -> Res
     k.ok(&["vm", "start", "g1"]);
     k.wait_console("g1", MARKER, seen + 1);
     k.fails(&["vm", "delete", "g1"], "power it off first");
-    let _ = std::fs::remove_dir_all(&config);
     host.power_off()?;
     host.wait_for_line("keel-agent: stopping", BOOT)?;
     // The guest powers off by itself unless it is too slow for the grace period (TCG).

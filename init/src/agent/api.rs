@@ -183,6 +183,23 @@ pub const HOST_REBOOT: &str = "/v1/host/reboot";
 pub const HOST_POWEROFF: &str = "/v1/host/poweroff";
 /// `GET` → [`crate::firewall::Description`]: the host's ingress firewall, as loaded at boot.
 pub const HOST_FIREWALL: &str = "/v1/host/firewall";
+/// `GET` → [`crate::state::Status`]: the state partition (mounted, none, damaged).
+/// `POST` [`CreateStateRequest`] → `Status`: create one on a local disk, erasing it.
+pub const HOST_STATE: &str = "/v1/host/state";
+
+/// Body of `POST` [`HOST_STATE`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateStateRequest {
+    /// The whole disk to erase, `/dev/vdb`.
+    pub disk: String,
+    /// Must name the same disk: the operator's confirmation that it may be erased.
+    pub confirm: String,
+    /// Size of the partition in MiB (default 1024, or the whole disk if smaller; 16 to 65536).
+    #[serde(default)]
+    pub size_mib: Option<u64>,
+}
+
 /// `GET` → the host network's status (`crate::net::Status`: running and saved configuration,
 /// links, leases, gateways, resolver, a pending change); `POST` [`NetworkChange`] →
 /// [`NetworkApplied`]: apply a change, rolled back unless confirmed in time when it cuts the host

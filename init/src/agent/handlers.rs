@@ -4,6 +4,7 @@
 use super::super::api::{self, ImageKind, VmState};
 use super::super::hostinfo;
 use super::super::http::{self, HttpError, RequestHead, Response};
+use super::super::identity::{CERT_FILE, KEY_FILE};
 use super::super::images::parse_kind;
 use super::super::vms::Op;
 use super::{Access, Agent, Peer, Request, ROUTES};
@@ -307,6 +308,53 @@ impl Agent {
                 action: action.into(),
             },
         )
+    }
+
+    pub(super) fn host_state(&self, _: &Request) -> Response {
+        Response::json(200, &crate::state::status())
+    }
+
+    /// Creates the state partition, then copies what the host kept in RAM so far (identity,
+    /// adoption, VM definitions, saved network settings) onto it, so a reboot keeps them.
+    pub(super) fn host_state_create(&self, request: &Request) -> Response {
+        let body: api::CreateStateRequest = match request.json() {
+            Ok(body) => body,
+            Err(response) => return response,
+        };
+        let status = match crate::state::create_on(&body.disk, body.size_mib, &body.confirm) {
+            Ok(status) => status,
+            Err(e) => return Response::error(e.status(), &e.to_string()),
+        };
+        if let Some(dir) = status.dir() {
+            let from = &self.config.state_dir;
+            let mut problems = crate::state::copy_into(
+                from,
+                &dir.join("agent"),
+                &[KEY_FILE, CERT_FILE, super::ADOPTION_FILE],
+            );
+            if let (Some(parent), Some(name)) = (
+                self.config.vm_defs.parent(),
+                self.config.vm_defs.file_name().and_then(|n| n.to_str()),
+            ) {
+                problems.extend(crate::state::copy_into(parent, &dir.join("agent"), &[name]));
+            }
+            problems.extend(crate::state::copy_into(
+                std::path::Path::new(crate::state::RAM_DIR),
+                dir,
+                &[crate::net::store::CONFIG_FILE],
+            ));
+            let log = self.config.log;
+            log(&format!(
+                "keel-agent: state partition created: {}",
+                status.console_line()
+            ));
+            for problem in problems {
+                log(&format!(
+                    "keel-agent: cannot copy to the state partition: {problem}"
+                ));
+            }
+        }
+        Response::json(200, &status)
     }
 
     /// PID 1 reboots on SIGTERM (see pid1::shutdown).

@@ -203,6 +203,13 @@ const ROUTES: &[Route<(Access, Handler)>] = &[
         Access::Manager,
         Agent::host_poweroff,
     ),
+    endpoint("GET", api::HOST_STATE, Access::Manager, Agent::host_state),
+    endpoint(
+        "POST",
+        api::HOST_STATE,
+        Access::Manager,
+        Agent::host_state_create,
+    ),
     endpoint(
         "GET",
         api::HOST_FIREWALL,

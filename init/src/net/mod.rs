@@ -52,7 +52,7 @@ pub fn boot(
     log: Log,
     modules: Option<crate::pid1::modules::Loader>,
 ) -> Result<(), NetError> {
-    let store = store::Store::new(Path::new(store::STATE_DIR));
+    let store = store::Store::following_state();
     let loader = modules.map(|l| {
         let loader = std::sync::Mutex::new(l);
         let load: manager::KindLoader = std::sync::Arc::new(move |kind: &str| {

@@ -1,8 +1,9 @@
 //! Where the saved network configuration lives, and the resolver configuration Keel writes.
 //!
-//! The saved configuration is `<state dir>/network.json`. The state directory is persistent only
-//! when a real file system is mounted there (the boot-media issue provides the state partition);
-//! on the tmpfs Keel boots with, settings do not survive a reboot and the status says so.
+//! The saved configuration is `network.json` on the state partition (`state::STATE_DIR`) when
+//! one is mounted, else in `/var/lib/keel`, a tmpfs: then settings do not survive a reboot and
+//! the status says so. PID 1's store follows the state record, so a state partition created
+//! while the host runs (`state::create_on`) is used from then on.
 //! `/etc` is part of the read-only root image: its `resolv.conf` is a symlink to
 //! `/run/keel/resolv.conf`, which is written here.
 
@@ -11,9 +12,8 @@ use std::path::{Path, PathBuf};
 use super::model::NetConfig;
 use crate::agent::atomic::{write_atomic, AtomicError};
 
-/// The state directory (a mount point of the state partition once there is one).
-pub const STATE_DIR: &str = "/var/lib/keel";
-const CONFIG_FILE: &str = "network.json";
+/// The saved configuration's file name.
+pub const CONFIG_FILE: &str = "network.json";
 /// The resolver configuration `/etc/resolv.conf` points to.
 pub const RESOLV_CONF: &str = "/run/keel/resolv.conf";
 /// The resolver reads at most three name servers.
@@ -44,23 +44,33 @@ pub enum StoreError {
 /// The saved configuration's home.
 #[derive(Debug, Clone)]
 pub struct Store {
-    dir: PathBuf,
+    /// None: wherever `state::dir_or_ram` says, at each use.
+    dir: Option<PathBuf>,
 }
 
 impl Store {
     pub fn new(dir: &Path) -> Store {
         Store {
-            dir: dir.to_path_buf(),
+            dir: Some(dir.to_path_buf()),
         }
     }
 
+    /// The store on the state partition, or in RAM while there is none.
+    pub fn following_state() -> Store {
+        Store { dir: None }
+    }
+
+    fn dir(&self) -> PathBuf {
+        self.dir.clone().unwrap_or_else(crate::state::dir_or_ram)
+    }
+
     pub fn path(&self) -> PathBuf {
-        self.dir.join(CONFIG_FILE)
+        self.dir().join(CONFIG_FILE)
     }
 
     /// True if the state directory is on a file system that survives a reboot.
     pub fn persistent(&self) -> bool {
-        let Ok(path) = crate::pid1::sys::cpath(&self.dir) else {
+        let Ok(path) = crate::pid1::sys::cpath(&self.dir()) else {
             return false;
         };
         // SAFETY: statfs is plain old data, filled by the call.
@@ -86,7 +96,8 @@ impl Store {
     }
 
     pub fn save(&self, config: &NetConfig) -> Result<(), StoreError> {
-        std::fs::create_dir_all(&self.dir).map_err(|e| StoreError::Dir(self.dir.clone(), e))?;
+        let dir = self.dir();
+        std::fs::create_dir_all(&dir).map_err(|e| StoreError::Dir(dir.clone(), e))?;
         let mut text = serde_json::to_vec_pretty(config).map_err(StoreError::Encode)?;
         text.push(b'\n');
         write_atomic(&self.path(), &text, 0o600)?;

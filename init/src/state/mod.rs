@@ -7,6 +7,8 @@
 //! A host without a state partition, or with a damaged one, still boots, from RAM only.
 
 pub mod create;
+pub mod ext4;
+pub mod gpt;
 pub mod label;
 
 use std::fs::File;
@@ -272,6 +274,89 @@ pub fn init(release: &str) -> (Status, Vec<String>) {
     (status, lines)
 }
 
+/// Where PID 1 keeps settings when there is no state partition (a tmpfs: lost at reboot).
+pub const RAM_DIR: &str = "/var/lib/keel";
+
+/// The directory settings go to now: the state partition's, or `RAM_DIR`.
+pub fn dir_or_ram() -> PathBuf {
+    status()
+        .dir()
+        .map_or_else(|| PathBuf::from(RAM_DIR), Path::to_path_buf)
+}
+
+/// Creates a state partition on `disk` (`/dev/vdb` or `vdb`) once `confirm` names it, mounts it
+/// at `STATE_DIR` and records it, so that services writing after this keep their settings (see
+/// `copy_into` for what they wrote before). Refused while a state partition is mounted.
+pub fn create_on(
+    disk: &str,
+    size_mib: Option<u64>,
+    confirm: &str,
+) -> Result<Status, create::CreateError> {
+    if let Status::Mounted { device, .. } = status() {
+        return Err(create::CreateError::AlreadyMounted(device));
+    }
+    let name = disk.strip_prefix("/dev/").unwrap_or(disk);
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+    let found = create::read_disk(
+        Path::new("/sys/class/block"),
+        Path::new("/dev"),
+        name,
+        &mounts,
+    )?;
+    let plan = create::plan(&found, size_mib)?;
+    plan.confirm(confirm)?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u32::try_from(d.as_secs()).unwrap_or(u32::MAX));
+    let partition = create::carry_out(&plan, Path::new("/dev"), now)?;
+    let candidate = Candidate {
+        device: partition.clone(),
+        fstype: FsType::Ext4,
+    };
+    let mut loader = loader(&crate::pid1::sys::kernel_release());
+    let unusable =
+        |why: String| create::CreateError::Unusable(partition.display().to_string(), why);
+    let status = mount(&mut loader, &candidate, Path::new(STATE_DIR));
+    if let Status::Damaged { reason, .. } = &status {
+        return Err(unusable(reason.clone()));
+    }
+    record(&status, Path::new(STATUS_FILE)).map_err(unusable)?;
+    Ok(status)
+}
+
+/// Copies `names` (files, or directories of files) from `from` into `to` durably, skipping the
+/// missing ones: what a service wrote to RAM before the state partition existed. Returns what
+/// could not be copied.
+pub fn copy_into(from: &Path, to: &Path, names: &[&str]) -> Vec<String> {
+    let mut problems = Vec::new();
+    let mut copy = |src: &Path, dst: &Path| {
+        let done = std::fs::read(src).and_then(|bytes| {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(src)?.permissions().mode() & 0o777;
+            if let Some(dir) = dst.parent() {
+                std::fs::create_dir_all(dir)?;
+            }
+            write_atomic(dst, &bytes, mode).map_err(std::io::Error::other)
+        });
+        if let Err(e) = done {
+            problems.push(format!("{}: {e}", src.display()));
+        }
+    };
+    for name in names {
+        let src = from.join(name);
+        match std::fs::read_dir(&src) {
+            Ok(entries) => {
+                for entry in entries.flatten().filter(|e| e.path().is_file()) {
+                    copy(&entry.path(), &to.join(name).join(entry.file_name()));
+                }
+            }
+            Err(_) if src.is_file() => copy(&src, &to.join(name)),
+            Err(_) => {}
+        }
+    }
+    problems
+}
+
 fn record(status: &Status, path: &Path) -> Result<(), String> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
@@ -369,6 +454,26 @@ mod tests {
         std::fs::write(dir.path().join(BOOT_COUNT_FILE), "x").unwrap();
         assert_eq!(count_boot(dir.path()).unwrap(), 1);
         assert!(count_boot(&dir.path().join("missing")).is_err());
+    }
+
+    #[test]
+    fn copies_what_services_wrote_to_ram() {
+        let dir = TestDir::new("state-copy");
+        let from = dir.path().join("ram");
+        let to = dir.path().join("state/agent");
+        std::fs::create_dir_all(from.join("vms")).unwrap();
+        std::fs::write(from.join("host.key"), "key").unwrap();
+        std::fs::write(from.join("vms/g1.json"), "{}").unwrap();
+        std::fs::write(from.join("unrelated"), "x").unwrap();
+        let problems = copy_into(&from, &to, &["host.key", "adoption.json", "vms"]);
+        assert!(problems.is_empty(), "{problems:?}");
+        assert_eq!(std::fs::read_to_string(to.join("host.key")).unwrap(), "key");
+        assert_eq!(
+            std::fs::read_to_string(to.join("vms/g1.json")).unwrap(),
+            "{}"
+        );
+        assert!(!to.join("adoption.json").exists());
+        assert!(!to.join("unrelated").exists());
     }
 
     #[test]

@@ -1,0 +1,127 @@
+//! Driving `keelctl`, the manager's command line, from end-to-end tests: build it, run it with a
+//! private configuration directory, and read the agent's ready line.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use serde_json::Value;
+
+use crate::paths;
+
+/// Builds keelctl (a no-op when it is up to date) and returns its path.
+pub fn binary() -> PathBuf {
+    let root = paths::workspace_root();
+    let status = Command::new(env!("CARGO"))
+        .args(["build", "-q", "-p", "keelctl"])
+        .current_dir(&root)
+        .status();
+    assert!(status.is_ok_and(|s| s.success()), "cannot build keelctl");
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .filter(|d| !d.is_empty())
+        .map_or_else(|| root.join("target"), PathBuf::from);
+    target.join("debug").join("keelctl")
+}
+
+/// keelctl with its own configuration directory (manager CA, adopted hosts).
+pub struct Keelctl {
+    pub bin: PathBuf,
+    pub config: PathBuf,
+}
+
+impl Keelctl {
+    /// A keelctl with an empty configuration directory named after `tag`, and a manager CA.
+    pub fn with_new_ca(tag: &str) -> Keelctl {
+        let config = std::env::temp_dir().join(format!("keel-e2e-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&config);
+        let k = Keelctl {
+            bin: binary(),
+            config,
+        };
+        k.ok(&["ca", "init"]);
+        k
+    }
+
+    /// Runs keelctl: (success, stdout, stderr).
+    pub fn run(&self, args: &[&str]) -> (bool, String, String) {
+        let out = Command::new(&self.bin)
+            .arg("--config-dir")
+            .arg(&self.config)
+            .args(args)
+            .env_remove("KEELCTL_HOST")
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run {}: {e}", self.bin.display()));
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    /// Runs keelctl, which must succeed; its stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let (ok, stdout, stderr) = self.run(args);
+        assert!(ok, "keelctl {args:?} failed: {stderr}");
+        stdout
+    }
+
+    /// Runs keelctl, which must fail saying `want`.
+    pub fn fails(&self, args: &[&str], want: &str) {
+        let (ok, _, stderr) = self.run(args);
+        assert!(!ok, "keelctl {args:?} succeeded");
+        assert!(stderr.contains(want), "keelctl {args:?}: {stderr}");
+    }
+
+    /// Runs keelctl with `-o json`.
+    pub fn json(&self, args: &[&str]) -> Value {
+        let mut all = args.to_vec();
+        all.extend(["-o", "json"]);
+        let text = self.ok(&all);
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{args:?}: {e}: {text}"))
+    }
+
+    /// Points the adopted host `name` at a new address, keeping its pinned fingerprint: after a
+    /// reboot QEMU forwards another local port to it.
+    pub fn moved(&self, name: &str, addr: &str) {
+        let path = self.config.join("hosts").join(format!("{name}.json"));
+        let text = std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+        let mut entry: Value = serde_json::from_str(&text)
+            .unwrap_or_else(|e| panic!("{}: {e}: {text}", path.display()));
+        entry["addr"] = Value::from(addr);
+        std::fs::write(&path, entry.to_string())
+            .unwrap_or_else(|e| panic!("cannot write {}: {e}", path.display()));
+    }
+}
+
+impl Drop for Keelctl {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.config);
+    }
+}
+
+/// The fingerprint and adoption token of the agent's ready line,
+/// `keel ready: api=https://<ip>:8443 fingerprint=sha256:<hex> adopt-token=<token>`.
+pub fn ready_fields(line: &str) -> (String, String) {
+    let field = |key: &str| {
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix(key))
+            .unwrap_or_default()
+            .to_string()
+    };
+    (field("fingerprint="), field("adopt-token="))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_the_ready_line() {
+        let line = "keel ready: api=https://10.0.2.15:8443 fingerprint=sha256:ab adopt-token=-x";
+        assert_eq!(
+            ready_fields(line),
+            ("sha256:ab".to_string(), "-x".to_string())
+        );
+        assert_eq!(ready_fields("keel ready:"), (String::new(), String::new()));
+    }
+}
