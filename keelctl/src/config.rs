@@ -9,6 +9,7 @@
 
 use keel_init::agent::ca::{CaError, ClientCert, ManagerCa, Validity};
 use keel_init::agent::fingerprint::Fingerprint;
+use keel_init::agent::tls::parse_cert_pem;
 use serde::{Deserialize, Serialize};
 use std::fs;
 use std::io;
@@ -151,6 +152,12 @@ impl Config {
             &read_file(&cert)?,
             &read_file(&self.dir.join("ca-key.pem"))?,
         )?)
+    }
+
+    /// SHA-256 of the CA certificate, as hosts pin it (`keel.manager_ca=`).
+    pub fn ca_fingerprint(&self) -> Result<Fingerprint, ConfigError> {
+        let cert = parse_cert_pem("ca.pem", &self.ca()?.cert_pem()).map_err(CaError::from)?;
+        Ok(Fingerprint::of_certificate(&cert))
     }
 
     pub fn client_cert(&self) -> Result<ClientCert, ConfigError> {
