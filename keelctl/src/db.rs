@@ -105,6 +105,9 @@ impl Db {
     /// Opens (or creates) the database at `path`.
     pub fn open(path: &Path) -> Result<Self, DbError> {
         let fail = |e: String| DbError::Open(path.to_path_buf(), e);
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| fail(e.to_string()))?;
+        }
         if !path.exists() {
             use std::os::unix::fs::OpenOptionsExt;
             std::fs::OpenOptions::new()

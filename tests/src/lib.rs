@@ -3,6 +3,7 @@
 
 pub mod console;
 pub mod error;
+pub mod keelctl;
 pub mod machine;
 pub mod paths;
 pub mod ports;

@@ -6,13 +6,13 @@
 //! restarts the agent, which takes the VM back. Last, the host's ACPI power-off makes the agent
 //! shut the running guest down before the host goes.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use keel_init::agent::ca::{ManagerCa, Validity};
 use keel_init::agent::client::{ClientError, HostClient};
 use keel_init::agent::fingerprint::Fingerprint;
+use keel_tests::keelctl::{self, Keelctl};
 use keel_tests::{paths, Boot, Error, Image, Qemu, QemuBuilder};
 use serde_json::Value;
 
@@ -21,60 +21,14 @@ const BOOT: Duration = Duration::from_secs(300);
 const GUEST: Duration = Duration::from_secs(300);
 const MARKER: &str = "KEEL-GUEST: waiting for power button";
 
-/// Builds keelctl (a no-op when it is up to date) and returns its path.
-fn keelctl_binary() -> PathBuf {
-    let root = paths::workspace_root();
-    let status = Command::new(env!("CARGO"))
-        .args(["build", "-q", "-p", "keelctl"])
-        .current_dir(&root)
-        .status();
-    assert!(status.is_ok_and(|s| s.success()), "cannot build keelctl");
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .filter(|d| !d.is_empty())
-        .map_or_else(|| root.join("target"), PathBuf::from);
-    target.join("debug").join("keelctl")
+/// Waits on VMs through keelctl.
+trait VmWaits {
+    fn wait_vm(&self, name: &str, what: &str, done: impl Fn(&Value) -> bool) -> Value;
+    fn console_count(&self, name: &str, marker: &str) -> usize;
+    fn wait_console(&self, name: &str, marker: &str, count: usize);
 }
 
-struct Keelctl {
-    bin: PathBuf,
-    config: PathBuf,
-}
-
-impl Keelctl {
-    fn run(&self, args: &[&str]) -> (bool, String, String) {
-        let out = Command::new(&self.bin)
-            .arg("--config-dir")
-            .arg(&self.config)
-            .args(args)
-            .env_remove("KEELCTL_HOST")
-            .output()
-            .unwrap_or_else(|e| panic!("cannot run {}: {e}", self.bin.display()));
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        let (ok, stdout, stderr) = self.run(args);
-        assert!(ok, "keelctl {args:?} failed: {stderr}");
-        stdout
-    }
-
-    fn fails(&self, args: &[&str], want: &str) {
-        let (ok, _, stderr) = self.run(args);
-        assert!(!ok, "keelctl {args:?} succeeded");
-        assert!(stderr.contains(want), "keelctl {args:?}: {stderr}");
-    }
-
-    fn json(&self, args: &[&str]) -> Value {
-        let mut all = args.to_vec();
-        all.extend(["-o", "json"]);
-        let text = self.ok(&all);
-        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{args:?}: {e}: {text}"))
-    }
-
+impl VmWaits for Keelctl {
     /// Polls `vm get` until `done` holds.
     fn wait_vm(&self, name: &str, what: &str, done: impl Fn(&Value) -> bool) -> Value {
         let deadline = Instant::now() + GUEST;
@@ -135,7 +89,7 @@ fn state(vm: &Value) -> &str {
 
 #[test]
 fn manager_adopts_the_host_and_runs_a_vm_that_survives_an_agent_restart() -> Result<(), Error> {
-    let keelctl_bin = keelctl_binary();
+    let keelctl_bin = keelctl::binary();
     let image = Image::locate_in(&paths::out_dir().join("test"))?;
     let payload = image.dir.join("overlay/usr/lib/keel-tests");
     let boot = Boot::image(&image).with_params("keel_e2e=agent-kill-on-pause");
