@@ -179,11 +179,16 @@ impl Config {
 
     /// Records an adopted host and makes it the current one.
     pub fn save_host(&self, name: &str, entry: &HostEntry) -> Result<(), ConfigError> {
+        self.update_host(name, entry)?;
+        write_file(&self.dir.join("current"), name, 0o644)
+    }
+
+    /// Records where a host is, leaving the current host as it is.
+    pub fn update_host(&self, name: &str, entry: &HostEntry) -> Result<(), ConfigError> {
         self.ensure_dir(&self.dir.join("hosts"))?;
         let json = serde_json::to_string_pretty(entry)
             .map_err(|e| ConfigError::Bad(self.host_file(name), e.to_string()))?;
-        write_file(&self.host_file(name), &json, 0o644)?;
-        write_file(&self.dir.join("current"), name, 0o644)
+        write_file(&self.host_file(name), &json, 0o644)
     }
 
     pub fn forget_host(&self, name: &str) {

@@ -8,7 +8,7 @@
 //! on a thread of its own, exactly as `keelctl host adopt` does (`crate::adopt_host`); the others
 //! wait for `keelctl host approve`.
 
-use crate::config::Config;
+use crate::config::{Config, HostEntry};
 use crate::db::{Db, HostState, Registration, DB_FILE};
 use crate::Error;
 use keel_init::agent::api::{self, ManagerVerdict, RegistrationRequest, RegistrationResponse};
@@ -127,6 +127,14 @@ fn log(line: &str) {
     let _ = writeln!(std::io::stdout().lock(), "{line}");
 }
 
+/// What the manager does after answering a registration.
+enum Then {
+    Nothing,
+    Adopt(Registration),
+    /// An adopted host moved: find its API again.
+    Relocate(Registration),
+}
+
 /// The manager service.
 pub struct Manager {
     pub config: Config,
@@ -212,7 +220,7 @@ impl Manager {
 
     fn register(self: &Arc<Self>, doc: &RegistrationRequest, peer: IpAddr) -> Response {
         match self.decide(doc, peer) {
-            Ok((answer, adopt)) => {
+            Ok((answer, then)) => {
                 log(&format!(
                     "keelctl manager: {} ({}, {}) from {peer}: {}",
                     doc.host_id,
@@ -220,9 +228,15 @@ impl Manager {
                     doc.fingerprint,
                     answer.message
                 ));
-                if let Some(reg) = adopt {
-                    let manager = Arc::clone(self);
-                    std::thread::spawn(move || manager.adopt_in_background(&reg));
+                let manager = Arc::clone(self);
+                match then {
+                    Then::Nothing => {}
+                    Then::Adopt(reg) => {
+                        std::thread::spawn(move || manager.adopt_in_background(&reg));
+                    }
+                    Then::Relocate(reg) => {
+                        std::thread::spawn(move || manager.relocate(&reg));
+                    }
                 }
                 Response::json(200, &answer)
             }
@@ -240,50 +254,57 @@ impl Manager {
         }
     }
 
-    /// Records the registration and decides what happens to the host; returns the answer and,
-    /// when the manager adopts it now, the registration to adopt.
+    /// Records the registration and decides what happens to the host: the answer, and what the
+    /// manager does next.
     fn decide(
         &self,
         doc: &RegistrationRequest,
         peer: IpAddr,
-    ) -> Result<(RegistrationResponse, Option<Registration>), Error> {
+    ) -> Result<(RegistrationResponse, Then), Error> {
         let db = self.db()?;
         let now = SystemTime::now();
+        let before = db.get(&doc.host_id)?;
         let reg = db.record(doc, &peer.to_string(), now)?;
+        let moved =
+            before.is_some_and(|b| b.document.addresses != doc.addresses || b.peer != reg.peer);
         let joined = match &doc.join_token {
             Some(token) => db.join_token_valid(token, now)?,
             None => false,
         };
-        let answer = |state, message: String| RegistrationResponse { state, message };
+        let answer = |state, message: &str| RegistrationResponse {
+            state,
+            message: message.to_string(),
+        };
         let adoptable = doc.adopt_token.is_some();
         Ok(match reg.state {
+            HostState::Adopted if !adoptable && moved => (
+                answer(
+                    ManagerVerdict::Adopted,
+                    "adopted by this manager; new address noted",
+                ),
+                Then::Relocate(reg),
+            ),
             HostState::Adopted | HostState::Adopting if !adoptable => (
-                answer(ManagerVerdict::Adopted, "adopted by this manager".into()),
-                None,
+                answer(ManagerVerdict::Adopted, "adopted by this manager"),
+                Then::Nothing,
             ),
             HostState::Adopting => (
-                answer(ManagerVerdict::Adopting, "adoption in progress".into()),
-                None,
+                answer(ManagerVerdict::Adopting, "adoption in progress"),
+                Then::Nothing,
             ),
             // New, pending, failed, or adopted before and released since (it has a token again).
             _ if joined && adoptable => {
                 db.set_state(&reg.id, HostState::Adopting, None)?;
                 let reg = db.require(&reg.id)?;
                 (
-                    answer(
-                        ManagerVerdict::Adopting,
-                        "join token accepted: adopting".into(),
-                    ),
-                    Some(reg),
+                    answer(ManagerVerdict::Adopting, "join token accepted: adopting"),
+                    Then::Adopt(reg),
                 )
             }
             _ => {
                 if reg.state == HostState::Adopted {
-                    db.set_state(
-                        &reg.id,
-                        HostState::Pending,
-                        Some("released; announced again"),
-                    )?;
+                    let why = Some("released; announced again");
+                    db.set_state(&reg.id, HostState::Pending, why)?;
                 }
                 let why = match (&doc.join_token, adoptable) {
                     (Some(_), true) => "join token unknown or expired; ",
@@ -291,9 +312,30 @@ impl Manager {
                     _ => "",
                 };
                 let message = format!("{why}waiting for approval: keelctl host approve {}", reg.id);
-                (answer(ManagerVerdict::Pending, message), None)
+                (answer(ManagerVerdict::Pending, &message), Then::Nothing)
             }
         })
+    }
+
+    /// An adopted host announced new addresses: remember where its API answers now.
+    fn relocate(&self, reg: &Registration) {
+        let pin = reg.document.fingerprint;
+        let reach = candidates(reg, &self.map);
+        let Some(addr) = reach.iter().copied().find(|a| answers(*a, pin)) else {
+            log(&format!(
+                "keelctl manager: {} moved, but does not answer at any of {reach:?}",
+                reg.id
+            ));
+            return;
+        };
+        let entry = HostEntry {
+            addr: addr.to_string(),
+            fingerprint: pin,
+        };
+        match self.config.update_host(&reg.id, &entry) {
+            Ok(()) => log(&format!("keelctl manager: {} is now at {addr}", reg.id)),
+            Err(e) => log(&format!("keelctl manager: {}: {e}", reg.id)),
+        }
     }
 
     fn adopt_in_background(&self, reg: &Registration) {
@@ -340,6 +382,129 @@ mod tests {
                 adopt_token: None,
             },
         }
+    }
+
+    fn then_kind(t: &Then) -> &'static str {
+        match t {
+            Then::Nothing => "nothing",
+            Then::Adopt(_) => "adopt",
+            Then::Relocate(_) => "relocate",
+        }
+    }
+
+    #[test]
+    fn what_the_manager_does_with_each_registration() {
+        let dir = std::env::temp_dir().join(format!("keelctl-decide-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let manager = Manager {
+            config: Config::locate(Some(dir.clone())).unwrap(),
+            map: vec![],
+            days: 1,
+        };
+        let join = manager
+            .db()
+            .unwrap()
+            .create_join_token(SystemTime::now(), None)
+            .unwrap();
+        let peer: IpAddr = "192.0.2.1".parse().unwrap();
+        let base = reg(&["10.0.0.5"], "192.0.2.1").document;
+        let with = |join_token: Option<&str>, adopt_token: Option<&str>, addr: &str| {
+            let mut doc = base.clone();
+            doc.join_token = join_token.map(String::from);
+            doc.adopt_token = adopt_token.map(String::from);
+            doc.addresses = vec![addr.parse().unwrap()];
+            doc
+        };
+        let j = Some(join.as_str());
+        let t = Some("adopt-token");
+        // In order: each row starts from the state the previous ones left. `Some(state)` first
+        // sets the host's state, as an adoption thread would. The last row: the token is spent,
+        // so the adoption went through even if the thread has not recorded it yet.
+        let cases = [
+            (
+                None,
+                with(None, t, "10.0.0.5"),
+                ManagerVerdict::Pending,
+                "nothing",
+                "waiting for approval",
+            ),
+            (
+                None,
+                with(Some("wrong"), t, "10.0.0.5"),
+                ManagerVerdict::Pending,
+                "nothing",
+                "unknown or expired",
+            ),
+            (
+                None,
+                with(j, t, "10.0.0.5"),
+                ManagerVerdict::Adopting,
+                "adopt",
+                "join token accepted",
+            ),
+            (
+                None,
+                with(j, t, "10.0.0.5"),
+                ManagerVerdict::Adopting,
+                "nothing",
+                "in progress",
+            ),
+            (
+                Some(HostState::Adopted),
+                with(j, None, "10.0.0.5"),
+                ManagerVerdict::Adopted,
+                "nothing",
+                "adopted by this manager",
+            ),
+            (
+                None,
+                with(j, None, "10.0.0.6"),
+                ManagerVerdict::Adopted,
+                "relocate",
+                "new address",
+            ),
+            (
+                None,
+                with(None, t, "10.0.0.6"),
+                ManagerVerdict::Pending,
+                "nothing",
+                "waiting for approval",
+            ),
+            (
+                Some(HostState::Failed),
+                with(j, t, "10.0.0.6"),
+                ManagerVerdict::Adopting,
+                "adopt",
+                "join token accepted",
+            ),
+            (
+                None,
+                with(None, None, "10.0.0.6"),
+                ManagerVerdict::Adopted,
+                "nothing",
+                "adopted by this manager",
+            ),
+        ];
+        for (i, (state, doc, verdict, then, message)) in cases.into_iter().enumerate() {
+            if let Some(state) = state {
+                manager
+                    .db()
+                    .unwrap()
+                    .set_state(&doc.host_id, state, None)
+                    .unwrap();
+            }
+            let (answer, next) = manager.decide(&doc, peer).unwrap();
+            assert_eq!(answer.state, verdict, "row {i}: {answer:?}");
+            assert_eq!(then_kind(&next), then, "row {i}");
+            assert!(answer.message.contains(message), "row {i}: {answer:?}");
+        }
+        let released = manager.db().unwrap().require("h").unwrap();
+        assert_eq!(released.state, HostState::Adopting);
+        let mut stranger = base.clone();
+        stranger.fingerprint = Fingerprint::of_spki(b"another key");
+        let err = manager.decide(&stranger, peer).err().unwrap();
+        assert!(err.to_string().contains("refused"), "{err}");
+        let _ = std::fs::remove_dir_all(dir);
     }
 
     #[test]
