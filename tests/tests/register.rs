@@ -79,11 +79,15 @@ impl Drop for Manager {
     }
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
+/// A free port, held until the listener is dropped (so that QEMU's forwards do not take it).
+fn free_port() -> (TcpListener, u16) {
+    let listener =
+        TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap_or_else(|e| panic!("no free port: {e}"));
+    let port = listener
+        .local_addr()
         .unwrap_or_else(|e| panic!("no free port: {e}"))
+        .port();
+    (listener, port)
 }
 
 fn keelctl_in(bin: &std::path::Path, tag: &str) -> Keelctl {
@@ -104,13 +108,15 @@ fn the_host_registers_with_its_pinned_manager_and_is_adopted() -> Result<(), Err
     let impostor = keelctl_in(&bin, "register-impostor");
     let pin = k.ok(&["ca", "fingerprint"]).trim().to_string();
     let token = k.ok(&["manager", "token", "create"]).trim().to_string();
-    let port = free_port();
+    let (held, port) = free_port();
     let url = format!("https://10.0.2.2:{port}");
 
     let image = Image::locate_in(&paths::out_dir().join("test"))?;
     let params = format!("keel.manager={url} keel.manager_ca={pin} keel.join_token={token}");
     let boot = Boot::image(&image).with_params(&params);
     let mut host: Qemu = QemuBuilder::new("register", boot).forward(8443).spawn()?;
+    // Closed long before the host's first attempt, which comes after its ready line.
+    drop(held);
     let ready = host.wait_for_line("keel ready: api=https://", BOOT)?;
     let fingerprint = ready
         .text
