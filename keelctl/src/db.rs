@@ -38,6 +38,9 @@ pub enum DbError {
     /// No registered host {0} (see `keelctl host pending`)
     #[error("No registered host {0} (see `keelctl host pending`)")]
     Unknown(String),
+    /// No such join token
+    #[error("No such join token")]
+    UnknownToken,
     /// Cannot make a join token: {0}
     #[error("Cannot make a join token: {0}")]
     Token(String),
@@ -155,6 +158,18 @@ impl Db {
             params![hash(&token), unix(now), expires],
         )?;
         Ok(token)
+    }
+
+    /// Revokes a join token: hosts presenting it from now on wait for approval.
+    pub fn revoke_join_token(&self, token: &str) -> Result<(), DbError> {
+        let removed = self.conn.execute(
+            "DELETE FROM join_tokens WHERE hash = ?1",
+            params![hash(token)],
+        )?;
+        if removed == 0 {
+            return Err(DbError::UnknownToken);
+        }
+        Ok(())
     }
 
     /// Whether `token` is a join token that has not expired at `now`.
@@ -340,6 +355,12 @@ mod tests {
         for (token, at, want) in cases {
             assert_eq!(db.join_token_valid(token, at).unwrap(), want, "{token}");
         }
+        db.revoke_join_token(&forever).unwrap();
+        assert!(!db.join_token_valid(&forever, t0).unwrap());
+        assert!(matches!(
+            db.revoke_join_token(&forever),
+            Err(DbError::UnknownToken)
+        ));
         drop(db);
         let raw = std::fs::read(&path).unwrap();
         let leaked = raw.windows(day.len()).any(|w| w == day.as_bytes());

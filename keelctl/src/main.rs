@@ -105,6 +105,12 @@ enum TokenCmd {
         #[arg(long, default_value_t = 24)]
         hours: u64,
     },
+    /// Revoke a join token: hosts presenting it wait for approval from now on
+    Revoke {
+        /// The token (it may start with '-')
+        #[arg(allow_hyphen_values = true)]
+        token: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -451,6 +457,10 @@ fn manager_cmd(config: Config, fmt: Format, cmd: ManagerCmd) -> Result<(), Error
             let ttl = (hours > 0).then(|| Duration::from_secs(hours.saturating_mul(3600)));
             let token = db.create_join_token(SystemTime::now(), ttl)?;
             output::message(fmt, &token)
+        }
+        ManagerCmd::Token(TokenCmd::Revoke { token }) => {
+            db::Db::open(&config.dir().join(db::DB_FILE))?.revoke_join_token(&token)?;
+            output::message(fmt, "join token revoked")
         }
         ManagerCmd::Serve {
             listen,

@@ -3,8 +3,10 @@
 //! `keel.manager=https://10.0.2.2:<port> keel.manager_ca=<fingerprint> keel.join_token=<token>`
 //! while nothing listens there; it retries. Then an impostor (a manager with another CA) takes
 //! the port: the host refuses it, says why on the console, and the impostor receives nothing.
-//! Last the real manager starts on the port: the host registers and is adopted with nobody
-//! typing anything, and keelctl drives it.
+//! Then the real manager starts on the port: the host registers and is adopted with nobody
+//! typing anything, and keelctl drives it. Last, with the join token revoked, the manager
+//! releases the host: it announces its new adoption token, waits in `host pending`, and is
+//! adopted again by `host approve`.
 
 use std::io::{BufRead, BufReader};
 use std::net::{Ipv4Addr, TcpListener};
@@ -180,6 +182,26 @@ fn the_host_registers_with_its_pinned_manager_and_is_adopted() -> Result<(), Err
         .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(status.state, RegistrationState::Adopted, "{status:?}");
     assert_eq!(status.host_id.as_deref(), Some(id.as_str()));
+
+    // Without a valid join token the host waits for approval.
+    k.ok(&["manager", "token", "revoke", &token]);
+    k.ok(&["host", "release"]);
+    let waiting = host.wait_for_line("waiting for approval", RETRY)?;
+    assert!(
+        waiting.text.contains("join token unknown or expired"),
+        "{waiting:?}"
+    );
+    let pending = k.json(&["host", "pending"]);
+    assert_eq!(pending[0]["id"], id.as_str(), "{pending}");
+    assert_eq!(pending[0]["state"], "pending", "{pending}");
+    k.fails(&["host", "info"], "No host given");
+    let api = format!("127.0.0.1:{api_port}");
+    k.ok(&["host", "approve", &id, "--address", &api]);
+    assert_eq!(
+        k.json(&["host", "info"])["fingerprint"],
+        fingerprint.as_str()
+    );
+    assert_eq!(k.json(&["host", "pending"]), serde_json::json!([]));
     let _ = std::fs::remove_dir_all(&k.config);
     let _ = std::fs::remove_dir_all(&impostor.config);
     Ok(())
