@@ -73,6 +73,10 @@ enum Command {
         /// Where to write the zstd-compressed cpio.
         #[arg(long)]
         out: PathBuf,
+        /// Host directories copied over the initramfs root (later ones win), e.g. a tool and
+        /// the shared libraries it needs.
+        #[arg(long = "overlay", value_name = "DIR")]
+        overlays: Vec<PathBuf>,
     },
     /// Build the boot media from a finished out/: keel.iso, pxe/, keel-usb.img (added to the
     /// manifest).
@@ -183,7 +187,10 @@ fn main() -> ExitCode {
             init,
             modules,
             out,
-        } => guest_initramfs(&cli.lock, &cli.cache, which, &init, &modules, &out),
+            overlays,
+        } => guest_initramfs(
+            &cli.lock, &cli.cache, which, &init, &modules, &overlays, &out,
+        ),
         Command::Media {
             out,
             state_mib,
@@ -438,10 +445,14 @@ fn guest_initramfs(
     which: Which,
     init: &Path,
     modules: &str,
+    overlays: &[PathBuf],
     out: &Path,
 ) -> Result<(), BuildError> {
     let mut tree = Tree::new();
     add_init(&mut tree, init)?;
+    for overlay in overlays {
+        tree.add_host_dir("", overlay)?;
+    }
     let kernel = fetch_kernel(lock, cache, which)?;
     let modules_dir = kernel.modules_dir();
     let index = ModuleIndex::load(&modules_dir, kernel.release())?;

@@ -11,13 +11,14 @@ use config::{Config, HostEntry};
 use keel_init::agent::api::{self, ImageKind, OnCrash, VmSpec};
 use keel_init::agent::client::{ClientError, HostClient};
 use keel_init::agent::fingerprint::Fingerprint;
+use keel_init::net::{NetConfig, Status as NetStatus};
 use manager::{AddressMap, Manager};
 use output::Format;
 use sha2::{Digest, Sha256};
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -155,6 +156,85 @@ enum HostCmd {
     Info,
     /// CPU, memory, load, NIC and VM statistics
     Stats,
+    /// The host's network: show, preview, apply with automatic rollback, confirm
+    Network {
+        #[command(subcommand)]
+        cmd: NetworkCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum NetworkCmd {
+    /// Running and saved configuration, links and addresses, gateways, a pending change
+    Show,
+    /// What applying the change in FILE (JSON, docs/network.md; - for stdin) would do
+    Preview { file: PathBuf },
+    /// Apply the change in FILE; unless confirmed in time, it is rolled back when the host can
+    /// no longer reach its gateway (or --manager)
+    Apply {
+        file: PathBuf,
+        /// Seconds to confirm in (5..=3600)
+        #[arg(long)]
+        confirm_within: Option<u64>,
+        /// host:port that must stay reachable
+        #[arg(long)]
+        manager: Option<String>,
+    },
+    /// Keep the pending change
+    Confirm,
+}
+
+/// A network change from `file` (`-`: standard input).
+fn read_net_config(file: &Path) -> Result<NetConfig, Error> {
+    let text = if file == Path::new("-") {
+        io::read_to_string(io::stdin()).map_err(|e| Error::File(file.to_path_buf(), e))?
+    } else {
+        std::fs::read_to_string(file).map_err(|e| Error::File(file.to_path_buf(), e))?
+    };
+    serde_json::from_str(&text).map_err(|e| {
+        Error::File(
+            file.to_path_buf(),
+            io::Error::new(io::ErrorKind::InvalidData, e),
+        )
+    })
+}
+
+fn network_cmd(t: &Target, fmt: Format, cmd: NetworkCmd) -> Result<(), Error> {
+    match cmd {
+        NetworkCmd::Show => {
+            let status: NetStatus = t.get(api::HOST_NETWORK)?;
+            output::print(fmt, &status, output::network_status)
+        }
+        NetworkCmd::Preview { file } => {
+            let change = read_net_config(&file)?;
+            let preview: api::NetworkPreview =
+                t.send("POST", api::HOST_NETWORK_PREVIEW, Some(&change))?;
+            output::print(fmt, &preview, |p| output::lines(&p.operations))
+        }
+        NetworkCmd::Apply {
+            file,
+            confirm_within,
+            manager,
+        } => {
+            let body = api::NetworkChange {
+                change: read_net_config(&file)?,
+                confirm_within_secs: confirm_within,
+                manager,
+            };
+            let applied: api::NetworkApplied = t.send("POST", api::HOST_NETWORK, Some(&body))?;
+            output::print(fmt, &applied, |a| {
+                format!(
+                    "{}confirm within {} s (keelctl host network confirm) or it may roll back\n",
+                    output::lines(&a.operations),
+                    a.confirm_within_secs
+                )
+            })
+        }
+        NetworkCmd::Confirm => {
+            let _: serde_json::Value = t.send::<(), _>("POST", api::HOST_NETWORK_CONFIRM, None)?;
+            output::message(fmt, &format!("{}: network change confirmed", t.name))
+        }
+    }
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -447,6 +527,7 @@ fn host_cmd(config: &Config, host: Option<&str>, fmt: Format, cmd: HostCmd) -> R
             let stats: api::HostStats = Target::open(config, host)?.get(api::HOST_STATS)?;
             output::print(fmt, &stats, output::host_stats)
         }
+        HostCmd::Network { cmd } => network_cmd(&Target::open(config, host)?, fmt, cmd),
     }
 }
 

@@ -2,6 +2,7 @@
 
 use clap::ValueEnum;
 use keel_init::agent::api::{HostInfo, HostStats, Image, ImageList, VmStatus};
+use keel_init::net::Status as NetStatus;
 use serde::Serialize;
 use std::io::{self, Write};
 
@@ -294,6 +295,49 @@ pub fn registered_table(hosts: &[RegisteredHost]) -> String {
         ],
         &rows,
     )
+}
+
+/// One line each.
+pub fn lines(items: &[String]) -> String {
+    items.iter().map(|l| format!("{l}\n")).collect()
+}
+
+/// The host network: links with their addresses, then gateways, resolver and any pending change.
+pub fn network_status(s: &NetStatus) -> String {
+    let rows: Vec<Vec<String>> = s
+        .links
+        .iter()
+        .map(|l| {
+            vec![
+                l.name.clone(),
+                l.kind.clone(),
+                l.mac.clone(),
+                if l.carrier { "up" } else { "down" }.into(),
+                l.master.clone().unwrap_or_default(),
+                l.addresses.join(" "),
+            ]
+        })
+        .collect();
+    let mut out = table(
+        &["LINK", "KIND", "MAC", "CARRIER", "MASTER", "ADDRESSES"],
+        &rows,
+    );
+    out.push_str(&format!("management: {}\n", s.management));
+    out.push_str(&format!("gateways: {}\n", s.gateways.join(", ")));
+    out.push_str(&format!("dns: {}\n", s.dns_servers.join(", ")));
+    if let Some(p) = &s.pending {
+        out.push_str(&format!(
+            "pending change: confirm within {} s\n",
+            p.seconds_left
+        ));
+    }
+    if let Some(r) = &s.last_rollback {
+        out.push_str(&format!("last rollback: {r}\n"));
+    }
+    if let Some(note) = &s.note {
+        out.push_str(&format!("note: {note}\n"));
+    }
+    out
 }
 
 #[cfg(test)]

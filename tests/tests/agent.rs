@@ -165,6 +165,7 @@ fn manager_adopts_the_host_and_runs_a_vm_that_survives_an_agent_restart() -> Res
     let info = k.json(&["host", "info"]);
     assert_eq!(info["fingerprint"], fingerprint.as_str());
     assert_eq!(info["capabilities"]["kvm"], true);
+    network_changes(&k, &config);
     upload(&k, "kernel", &payload.join("vmlinuz"));
     upload(&k, "initrd", &payload.join("initrd.img"));
     assert_eq!(k.json(&["image", "list"])["store"], "ram");
@@ -217,6 +218,68 @@ fn manager_adopts_the_host_and_runs_a_vm_that_survives_an_agent_restart() -> Res
     host.wait_for_line("keel-agent: VM g1 stopped:", BOOT)?;
     host.wait_exit(Duration::from_secs(60))?;
     Ok(())
+}
+
+/// A change to the management bridge keelbr0 over eth0: QEMU's address, static, via `gateway`.
+fn static_change(dir: &Path, gateway: &str) -> String {
+    let change = serde_json::json!({"interfaces": [
+        {"name": "eth0", "kind": {"type": "ethernet"}},
+        {"name": "keelbr0", "kind": {"type": "bridge", "ports": ["eth0"]},
+         "ipv4": {"mode": "static", "address": "10.0.2.15/24", "gateway": gateway}}
+    ]});
+    let path = dir.join(format!("net-{gateway}.json"));
+    std::fs::write(&path, change.to_string()).unwrap_or_else(|e| panic!("{e}"));
+    path.to_string_lossy().into_owned()
+}
+
+/// Host networking through the API: the DHCP lease shows; a change whose gateway does not answer
+/// rolls back by itself when nobody confirms it; a good one, confirmed, is saved.
+fn network_changes(k: &Keelctl, dir: &Path) {
+    let status = k.json(&["host", "network", "show"]);
+    assert!(
+        status["leases"]["keelbr0"].is_object(),
+        "no DHCP lease: {status}"
+    );
+    let cut = static_change(dir, "10.0.2.99");
+    let preview = k.json(&["host", "network", "preview", &cut]);
+    assert!(
+        preview["operations"]
+            .as_array()
+            .is_some_and(|o| !o.is_empty()),
+        "{preview}"
+    );
+    k.ok(&["host", "network", "apply", &cut, "--confirm-within", "5"]);
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let status = loop {
+        let status = k.json(&["host", "network", "show"]);
+        if status["pending"].is_null() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "never decided: {status}");
+        std::thread::sleep(Duration::from_secs(1));
+    };
+    assert!(
+        status["last_rollback"]
+            .as_str()
+            .is_some_and(|r| r.contains("rolled back")),
+        "{status}"
+    );
+    assert!(
+        !status["saved"].to_string().contains("10.0.2.99"),
+        "{status}"
+    );
+    k.fails(&["host", "network", "confirm"], "409");
+
+    let good = static_change(dir, "10.0.2.2");
+    k.ok(&["host", "network", "apply", &good, "--confirm-within", "60"]);
+    k.ok(&["host", "network", "confirm"]);
+    let status = k.json(&["host", "network", "show"]);
+    assert!(status["pending"].is_null(), "{status}");
+    assert!(
+        status["saved"].to_string().contains("10.0.2.15/24"),
+        "{status}"
+    );
+    assert_eq!(status["gateways"][0], "10.0.2.2 dev keelbr0", "{status}");
 }
 
 fn upload(k: &Keelctl, kind: &str, file: &Path) {

@@ -3,7 +3,8 @@
 //! - the defaults: the management bridge keelbr0 over the NIC with link gets its DHCP lease;
 //! - a static `ip=` in dracut syntax on a bridge over an active-backup bond of two NICs (the
 //!   bridge, bonding drivers loaded on demand), with the gateway answering through it, and the
-//!   bond failing over to the second NIC when the first one's link is cut.
+//!   bond failing over to the second NIC when the first one's link is cut;
+//! - `keel.vlan=` puts the management bridge on a VLAN interface of the NIC.
 
 use std::time::Duration;
 
@@ -74,5 +75,37 @@ fn static_ip_on_a_bonded_bridge() -> Result<(), Error> {
         "DHCP ran on a static configuration; see {}",
         vm.log_path().display()
     );
+    shut_down(vm)
+}
+
+#[test]
+fn management_bridge_on_a_vlan() -> Result<(), Error> {
+    let image = Image::locate_in(&keel_tests::paths::out_dir().join("test"))?;
+    let boot = Boot::image(&image).with_params(
+        "ip=10.0.2.15::10.0.2.2:255.255.255.0:keelhost:eth0:none keel.vlan=42 keel_e2e=net-links",
+    );
+    let mut vm = QemuBuilder::new("net-vlan", boot).spawn()?;
+    vm.wait_for_line(
+        "keel: network: keelbr0 10.0.2.15/24 static, gateway 10.0.2.2",
+        TIMEOUT,
+    )?;
+    vm.wait_for_line("E2E DONE", TIMEOUT)?;
+    let links: Vec<String> = vm
+        .lines()
+        .iter()
+        .filter(|l| l.text.contains("E2E LINK "))
+        .map(|l| l.text.clone())
+        .collect();
+    for want in [
+        "E2E LINK eth0 master=- vlan=-",
+        "E2E LINK eth0.42 master=keelbr0 vlan=42@eth0",
+        "E2E LINK keelbr0 master=- vlan=-",
+    ] {
+        assert!(
+            links.iter().any(|l| l.ends_with(want)),
+            "{want:?} not among {links:#?}; see {}",
+            vm.log_path().display()
+        );
+    }
     shut_down(vm)
 }

@@ -181,12 +181,57 @@ pub const HOST_STATS: &str = "/v1/host/stats";
 pub const HOST_REBOOT: &str = "/v1/host/reboot";
 /// `POST` → [`HostAction`]: power the host off.
 pub const HOST_POWEROFF: &str = "/v1/host/poweroff";
+/// `GET` → the host network's status (`crate::net::Status`: running and saved configuration,
+/// links, leases, gateways, resolver, a pending change); `POST` [`NetworkChange`] →
+/// [`NetworkApplied`]: apply a change, rolled back unless confirmed in time when it cuts the host
+/// off (docs/network.md).
+pub const HOST_NETWORK: &str = "/v1/host/network";
+/// `POST` (body: a `crate::net::NetConfig` change) → [`NetworkPreview`]; changes nothing.
+pub const HOST_NETWORK_PREVIEW: &str = "/v1/host/network/preview";
+/// `POST` → `{}`: keep the pending change; 409 when none is pending.
+pub const HOST_NETWORK_CONFIRM: &str = "/v1/host/network/confirm";
 /// `GET`: Prometheus text format.
 pub const METRICS: &str = "/v1/metrics";
 /// `GET`: this API's OpenAPI document (JSON).
 pub const OPENAPI: &str = "/v1/openapi";
 /// The header carrying an upload's expected SHA-256 (hex).
 pub const SHA256_HEADER: &str = "X-Content-Sha256";
+
+/// Bounds of [`NetworkChange::confirm_within_secs`].
+pub const NETWORK_CONFIRM_MIN_SECS: u64 = 5;
+pub const NETWORK_CONFIRM_MAX_SECS: u64 = 3600;
+
+/// Body of `POST` [`HOST_NETWORK`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkChange {
+    /// The sections to change (the same model as the kernel command line and the saved layer).
+    pub change: crate::net::NetConfig,
+    /// Seconds to confirm in (5..=3600; 60 when absent) before the host checks it can still
+    /// reach its gateway (and `manager`) and rolls back if not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub confirm_within_secs: Option<u64>,
+    /// `host:port` that must stay reachable for the change to stand unconfirmed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub manager: Option<String>,
+}
+
+/// Answer to `POST` [`HOST_NETWORK`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkApplied {
+    /// What was done, one operation a line.
+    pub operations: Vec<String>,
+    pub confirm_within_secs: u64,
+}
+
+/// Answer to [`HOST_NETWORK_PREVIEW`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkPreview {
+    /// What applying would do, one operation a line.
+    pub operations: Vec<String>,
+}
 
 /// What a VM does when its guest or its VMM crashes.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]

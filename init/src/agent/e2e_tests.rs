@@ -481,3 +481,60 @@ fn images_and_vms_over_tls() {
     let vms: api::VmList = client.call::<(), _>("GET", api::VMS, None).unwrap();
     assert!(vms.vms.is_empty());
 }
+
+#[test]
+fn host_network_routes_refuse_bad_input_and_say_when_networking_is_not_running() {
+    let (_host, client) = adopted("net", "/bin/false");
+    // No PID 1 network manager serves /run/keel/net.sock in a unit test.
+    let got = client
+        .request::<()>("GET", api::HOST_NETWORK, None)
+        .unwrap();
+    assert_eq!(got.status, 503, "{}", String::from_utf8_lossy(&got.body));
+    assert!(String::from_utf8_lossy(&got.body).contains("host networking is not running"));
+    let cases = [
+        (
+            api::HOST_NETWORK,
+            serde_json::json!({"change": {}, "confirm_within_secs": 1}),
+        ),
+        (
+            api::HOST_NETWORK,
+            serde_json::json!({"change": {}, "frob": 1}),
+        ),
+        (
+            api::HOST_NETWORK,
+            serde_json::json!({"confirm_within_secs": 60}),
+        ),
+        (
+            api::HOST_NETWORK_PREVIEW,
+            serde_json::json!({"interfaces": "eth0"}),
+        ),
+        (api::HOST_NETWORK_CONFIRM, serde_json::json!({"x": 1})),
+    ];
+    for (path, body) in cases {
+        let got = client.request("POST", path, Some(&body)).unwrap();
+        assert_eq!(
+            got.status,
+            400,
+            "{path} {body}: {}",
+            String::from_utf8_lossy(&got.body)
+        );
+    }
+}
+
+#[test]
+fn network_refusals_map_to_http_statuses() {
+    use crate::net::{NetError, Refusal};
+    let cases = [
+        (NetError::NothingPending, Refusal::Conflict),
+        (NetError::Pending(3), Refusal::Conflict),
+        (
+            NetError::Refused(Refusal::Invalid, "x".into()),
+            Refusal::Invalid,
+        ),
+        (NetError::NotRunning("x".into()), Refusal::Failed),
+        (NetError::Remote("x".into()), Refusal::Failed),
+    ];
+    for (error, want) in cases {
+        assert_eq!(error.refusal(), want, "{error}");
+    }
+}

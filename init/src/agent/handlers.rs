@@ -35,7 +35,7 @@ fn json_or<T: serde::Serialize, E>(result: Result<T, E>, err: impl Fn(E) -> Resp
     }
 }
 
-fn empty_body(request: &Request) -> Option<Response> {
+pub(super) fn empty_body(request: &Request) -> Option<Response> {
     let body = request.body.trim_ascii();
     (!body.is_empty() && body != b"{}")
         .then(|| Response::error(400, "This route takes no body (or an empty JSON object)"))

@@ -31,6 +31,8 @@ use std::time::Duration;
 
 #[path = "handlers.rs"]
 mod handlers;
+#[path = "host_network.rs"]
+mod host_network;
 pub use handlers::OPENAPI_JSON;
 
 /// The adoption record in the state directory.
@@ -203,6 +205,30 @@ const ROUTES: &[Route<(Access, Handler)>] = &[
         api::HOST_POWEROFF,
         Access::Manager,
         Agent::host_poweroff,
+    ),
+    endpoint(
+        "GET",
+        api::HOST_NETWORK,
+        Access::Manager,
+        Agent::network_get,
+    ),
+    endpoint(
+        "POST",
+        api::HOST_NETWORK,
+        Access::Manager,
+        Agent::network_apply,
+    ),
+    endpoint(
+        "POST",
+        api::HOST_NETWORK_PREVIEW,
+        Access::Manager,
+        Agent::network_preview,
+    ),
+    endpoint(
+        "POST",
+        api::HOST_NETWORK_CONFIRM,
+        Access::Manager,
+        Agent::network_confirm,
     ),
     endpoint("GET", api::METRICS, Access::Manager, Agent::metrics),
     endpoint("GET", api::OPENAPI, Access::Manager, Agent::openapi),

@@ -154,6 +154,28 @@ pub fn ping(addr: Ipv4Addr, timeout: Duration) -> Result<Duration, NetTestError>
     }
 }
 
+/// Pings `addr` once a second until a reply arrives or `timeout` passes; returns the round
+/// trip. Send errors while there is no route or neighbour yet count as no reply.
+pub fn ping_until(addr: Ipv4Addr, timeout: Duration) -> Result<Duration, NetTestError> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(NetTestError::Timeout(addr.to_string(), timeout.as_millis()));
+        }
+        let attempt = Instant::now();
+        match ping(addr, left.min(Duration::from_secs(1))) {
+            Ok(rtt) => return Ok(rtt),
+            Err(e @ NetTestError::Socket(_)) => return Err(e),
+            Err(_) => std::thread::sleep(
+                Duration::from_millis(200)
+                    .saturating_sub(attempt.elapsed())
+                    .min(deadline.saturating_duration_since(Instant::now())),
+            ),
+        }
+    }
+}
+
 /// A DNS query for the A records of `name`, recursion desired.
 pub fn encode_query(id: u16, name: &str) -> Result<Vec<u8>, NetTestError> {
     let bad = || NetTestError::BadName(name.to_string());

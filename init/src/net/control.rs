@@ -2,7 +2,7 @@
 //! console) reach it over `/run/keel/net.sock`, root only. One JSON request per connection, one
 //! JSON reply: `{"op":"status"}`, `{"op":"preview","change":{…}}`,
 //! `{"op":"apply","change":{…},"options":{"confirm_within_secs":60,"manager":"h:p"}}`,
-//! `{"op":"confirm"}` → `{"ok":…}` or `{"error":"…"}`.
+//! `{"op":"confirm"}` → `{"ok":…}` or `{"error":"…","kind":"invalid"|"conflict"|"failed"}`.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::fs::PermissionsExt;
@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::manager::{ApplyOptions, Manager, NetError};
+use super::manager::{ApplyOptions, Manager, NetError, Refusal};
 use super::model::NetConfig;
 
 /// The socket's path.
@@ -39,11 +39,25 @@ pub enum Request {
     Confirm {},
 }
 
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-enum Reply {
-    Ok(serde_json::Value),
-    Error(String),
+/// `ok` on success; otherwise `error` and what kind of refusal it is.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Reply {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    ok: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    kind: Option<Refusal>,
+}
+
+impl Reply {
+    fn refused(kind: Refusal, error: String) -> Self {
+        Self {
+            error: Some(error),
+            kind: Some(kind),
+            ..Self::default()
+        }
+    }
 }
 
 fn handle(manager: &Manager, request: Request) -> Result<serde_json::Value, NetError> {
@@ -66,10 +80,13 @@ fn serve_one(manager: &Manager, stream: UnixStream) -> std::io::Result<()> {
     BufReader::new(stream.try_clone()?.take(MAX_REQUEST)).read_line(&mut line)?;
     let reply = match serde_json::from_str::<Request>(&line) {
         Ok(request) => match handle(manager, request) {
-            Ok(v) => Reply::Ok(v),
-            Err(e) => Reply::Error(e.to_string()),
+            Ok(v) => Reply {
+                ok: Some(v),
+                ..Reply::default()
+            },
+            Err(e) => Reply::refused(e.refusal(), e.to_string()),
         },
-        Err(e) => Reply::Error(format!("bad request: {e}")),
+        Err(e) => Reply::refused(Refusal::Invalid, format!("bad request: {e}")),
     };
     let mut text = serde_json::to_vec(&reply).map_err(std::io::Error::other)?;
     text.push(b'\n');
@@ -109,8 +126,12 @@ pub fn call(path: &Path, request: &Request) -> Result<serde_json::Value, NetErro
         .read_line(&mut line)
         .map_err(not_running)?;
     match serde_json::from_str::<Reply>(&line) {
-        Ok(Reply::Ok(v)) => Ok(v),
-        Ok(Reply::Error(e)) => Err(NetError::Remote(e)),
+        Ok(Reply {
+            error: Some(e),
+            kind,
+            ..
+        }) => Err(NetError::Refused(kind.unwrap_or(Refusal::Failed), e)),
+        Ok(Reply { ok, .. }) => Ok(ok.unwrap_or(serde_json::Value::Null)),
         Err(e) => Err(NetError::Remote(format!(
             "bad reply from {}: {e}",
             path.display()

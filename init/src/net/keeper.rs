@@ -35,18 +35,6 @@ struct PacketSocket {
     index: u32,
 }
 
-/// The one's-complement checksum of the IPv4 header.
-fn ip_checksum(header: &[u8]) -> u16 {
-    let mut sum: u32 = header
-        .chunks(2)
-        .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
-        .sum();
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
-}
-
 /// An IPv4/UDP datagram around `payload` (UDP checksum 0: optional over IPv4).
 pub fn udp_packet(
     from: Ipv4Addr,
@@ -62,7 +50,7 @@ pub fn udp_packet(
     p.extend_from_slice(&[0, 0, 0, 0, 64, libc::IPPROTO_UDP as u8, 0, 0]);
     p.extend_from_slice(&from.octets());
     p.extend_from_slice(&to.octets());
-    let sum = ip_checksum(&p);
+    let sum = crate::localapi::nettest::checksum(&p);
     p[10..12].copy_from_slice(&sum.to_be_bytes());
     p.extend_from_slice(&src_port.to_be_bytes());
     p.extend_from_slice(&dst_port.to_be_bytes());
@@ -385,7 +373,7 @@ mod tests {
         let p = udp_packet(Ipv4Addr::UNSPECIFIED, Ipv4Addr::BROADCAST, 68, 67, b"hello");
         assert_eq!(p.len(), 33);
         assert_eq!(
-            ip_checksum(&p[..20]),
+            crate::localapi::nettest::checksum(&p[..20]),
             0,
             "a header with its checksum sums to zero"
         );

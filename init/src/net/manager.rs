@@ -65,6 +65,37 @@ pub enum NetError {
     /// Host networking is not running: {0}
     #[error("host networking is not running: {0}")]
     NotRunning(String),
+    /// PID 1's network manager refused the request: {1}
+    #[error("{1}")]
+    Refused(Refusal, String),
+}
+
+/// What kind of refusal an error is, for callers that answer a client (HTTP status codes) and
+/// for the control socket, which carries it across.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Refusal {
+    /// The request itself is wrong: fix it and retry.
+    Invalid,
+    /// The request conflicts with the state (a change pending, or none to confirm).
+    Conflict,
+    /// The host could not carry it out.
+    Failed,
+}
+
+impl NetError {
+    pub fn refusal(&self) -> Refusal {
+        match self {
+            NetError::Invalid(_) | NetError::Plan(_) => Refusal::Invalid,
+            NetError::Pending(_) | NetError::NothingPending => Refusal::Conflict,
+            NetError::Refused(kind, _) => *kind,
+            NetError::Netlink(_)
+            | NetError::Store(_)
+            | NetError::RolledBack(_)
+            | NetError::Remote(_)
+            | NetError::NotRunning(_) => Refusal::Failed,
+        }
+    }
 }
 
 /// How a change is applied.

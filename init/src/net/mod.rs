@@ -26,7 +26,7 @@ pub mod validate;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-pub use manager::{Applied, ApplyOptions, Log, NetError, Status};
+pub use manager::{Applied, ApplyOptions, Log, NetError, Refusal, Status};
 pub use model::NetConfig;
 
 use control::Request;

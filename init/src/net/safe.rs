@@ -5,8 +5,7 @@
 
 use std::io;
 use std::net::{IpAddr, SocketAddr, TcpStream, ToSocketAddrs};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// What the probes found; `None` where there was nothing to probe.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,112 +38,14 @@ pub fn decide(confirmed: bool, expired: bool, reach: Option<Reach>) -> Decision 
     }
 }
 
-fn icmp_checksum(data: &[u8]) -> u16 {
-    let mut sum: u32 = data
-        .chunks(2)
-        .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
-        .sum();
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
-}
-
 /// Sends ICMP echo requests to an IPv4 `target` until one is answered or `timeout` passes.
 pub fn ping(target: std::net::Ipv4Addr, timeout: Duration) -> io::Result<bool> {
-    // SAFETY: plain socket(2) call; the result is checked.
-    let fd = unsafe {
-        libc::socket(
-            libc::AF_INET,
-            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-            libc::IPPROTO_ICMP,
-        )
-    };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
+    use crate::localapi::nettest::{ping_until, NetTestError};
+    match ping_until(target, timeout) {
+        Ok(_) => Ok(true),
+        Err(NetTestError::Socket(e)) => Err(e),
+        Err(_) => Ok(false),
     }
-    // SAFETY: fd is a freshly opened socket we own.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-    let id = (std::process::id() & 0xffff) as u16;
-    // SAFETY: sockaddr_in is plain old data.
-    let mut addr: libc::sockaddr_in = unsafe { std::mem::zeroed() };
-    addr.sin_family = libc::AF_INET as u16;
-    addr.sin_addr.s_addr = u32::from_ne_bytes(target.octets());
-    let deadline = Instant::now() + timeout;
-    let mut seq: u16 = 0;
-    let mut buf = [0u8; 1500];
-    while Instant::now() < deadline {
-        seq = seq.wrapping_add(1);
-        let mut echo = vec![8, 0, 0, 0];
-        echo.extend_from_slice(&id.to_be_bytes());
-        echo.extend_from_slice(&seq.to_be_bytes());
-        echo.extend_from_slice(b"keel-net-probe");
-        let sum = icmp_checksum(&echo);
-        echo[2..4].copy_from_slice(&sum.to_be_bytes());
-        // SAFETY: echo and addr are valid for the lengths given.
-        let sent = unsafe {
-            libc::sendto(
-                fd.as_raw_fd(),
-                echo.as_ptr().cast(),
-                echo.len(),
-                0,
-                std::ptr::addr_of!(addr).cast(),
-                std::mem::size_of::<libc::sockaddr_in>() as u32,
-            )
-        };
-        if sent < 0 {
-            let err = io::Error::last_os_error();
-            // No route or no neighbour: unreachable, not an error of the probe.
-            if matches!(
-                err.raw_os_error(),
-                Some(libc::ENETUNREACH | libc::EHOSTUNREACH | libc::EINVAL)
-            ) {
-                std::thread::sleep(
-                    Duration::from_millis(200)
-                        .min(deadline.saturating_duration_since(Instant::now())),
-                );
-                continue;
-            }
-            return Err(err);
-        }
-        let wait_until = (Instant::now() + Duration::from_secs(1)).min(deadline);
-        while Instant::now() < wait_until {
-            let mut pfd = libc::pollfd {
-                fd: fd.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            };
-            let ms = wait_until
-                .saturating_duration_since(Instant::now())
-                .as_millis() as i32;
-            // SAFETY: pfd is one valid pollfd.
-            if unsafe { libc::poll(&mut pfd, 1, ms) } <= 0 {
-                break;
-            }
-            // SAFETY: buf is valid for writes of its length.
-            let n = unsafe {
-                libc::recv(
-                    fd.as_raw_fd(),
-                    buf.as_mut_ptr().cast(),
-                    buf.len(),
-                    libc::MSG_DONTWAIT,
-                )
-            };
-            if n <= 0 {
-                continue;
-            }
-            let packet = &buf[..n as usize];
-            let ihl = usize::from(packet[0] & 0x0f) * 4;
-            let from = packet.get(12..16);
-            let icmp = packet.get(ihl..ihl + 8);
-            if let (Some(from), Some(icmp)) = (from, icmp) {
-                if from == target.octets() && icmp[0] == 0 && icmp[4..6] == id.to_be_bytes() {
-                    return Ok(true);
-                }
-            }
-        }
-    }
-    Ok(false)
 }
 
 /// Whether a TCP connection to `manager` (`host:port`) opens within `timeout`.

@@ -584,9 +584,27 @@ mod tests {
         let pid = sup.pid_of("con").unwrap();
         let status = wait(pid);
         assert!(libc::WIFEXITED(status), "{status:#x}");
+        // The terminal may hand the output over in pieces: read until the last line or 2 s of
+        // silence.
+        let mut text = String::new();
         let mut out = vec![0u8; 4096];
-        let n = master.read(&mut out).unwrap();
-        let text = String::from_utf8_lossy(&out[..n]).replace('\r', "");
+        while !text.contains("own-session") {
+            let mut pfd = libc::pollfd {
+                fd: std::os::fd::AsRawFd::as_raw_fd(&master),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: pfd is one valid pollfd.
+            if unsafe { libc::poll(&mut pfd, 1, 2000) } <= 0 {
+                break;
+            }
+            match master.read(&mut out) {
+                Ok(n) if n > 0 => {
+                    text.push_str(&String::from_utf8_lossy(&out[..n]).replace('\r', ""))
+                }
+                _ => break,
+            }
+        }
         assert!(
             text.contains("term=vt100\nno-ctty\nstd-tty\nown-session"),
             "{text:?}"

@@ -424,8 +424,8 @@ fn send_to_guest(data: Vec<u8>) -> PingOutcome {
 /// host ping each other and 4 MiB cross over TCP intact; the guest reads /dev/hwrng, sees both disks with
 /// their serials, writes a 4 MiB pattern to the first and finds the read-only second refusing
 /// writes; after a power-off the pattern reads back from a second boot and from the host file.
-/// The same pattern goes into a file on a third disk holding ext4 (formatted at image build time,
-/// since the guest has no mkfs.ext4) and reads back from the file system after the power cycle.
+/// The guest formats a blank third disk as ext4 (mke2fs), writes the same pattern into a file
+/// on it, and reads it back from the file system after the power cycle.
 fn virtio_devices() -> Result<(), String> {
     use keel_test_payload::{checksum, pattern, DISK_PATTERN_LEN, TEST_BRIDGE};
     let data = Path::new(WORK).join("data.img");
@@ -433,10 +433,8 @@ fn virtio_devices() -> Result<(), String> {
     fs::create_dir_all(WORK).map_err(|e| format!("create {WORK}: {e}"))?;
     fs::write(&data, vec![0u8; 8 << 20]).map_err(|e| format!("write {}: {e}", data.display()))?;
     fs::write(&ro, vec![0x5au8; 1 << 20]).map_err(|e| format!("write {}: {e}", ro.display()))?;
-    // An empty ext4 file system made at image build time (the guest has no mkfs.ext4).
     let ext4 = Path::new(WORK).join("ext4.img");
-    fs::copy(Path::new(PAYLOAD).join("ext4.img"), &ext4)
-        .map_err(|e| format!("copy {PAYLOAD}/ext4.img: {e}"))?;
+    fs::write(&ext4, vec![0u8; 16 << 20]).map_err(|e| format!("write {}: {e}", ext4.display()))?;
     let disks = serde_json::json!([
         {"path": data, "serial": "keel-data"},
         {"path": ro, "read_only": true, "serial": "keel-ro"},
@@ -637,10 +635,37 @@ fn kill_agent_when_a_vm_pauses() -> Result<(), String> {
     Err("no VM was paused".into())
 }
 
+/// Prints each link with what the host networking made of it: `E2E LINK <name> master=<bridge
+/// or bond> vlan=<id>@<parent>` (from /sys/class/net and /proc/net/vlan/config).
+fn print_links() -> Result<(), String> {
+    let vlans = fs::read_to_string("/proc/net/vlan/config").unwrap_or_default();
+    let mut names: Vec<String> = fs::read_dir("/sys/class/net")
+        .map_err(|e| format!("/sys/class/net: {e}"))?
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    for name in names {
+        let master = fs::read_link(format!("/sys/class/net/{name}/master"))
+            .ok()
+            .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+            .unwrap_or_else(|| "-".into());
+        // Lines of /proc/net/vlan/config: `eth0.42 | 42 | eth0`.
+        let vlan = vlans
+            .lines()
+            .map(|l| l.split('|').map(str::trim).collect::<Vec<_>>())
+            .find(|f| f.len() == 3 && f[0] == name)
+            .map_or_else(|| "-".into(), |f| format!("{}@{}", f[1], f[2]));
+        println!("E2E LINK {name} master={master} vlan={vlan}");
+    }
+    Ok(())
+}
+
 type Scenario = fn() -> Result<(), String>;
 
 const SCENARIOS: &[(&str, Scenario)] = &[
     ("vmm-boot", boot_and_power_off),
+    ("net-links", print_links),
     ("vmm-shutdown", api_and_graceful_shutdown),
     ("vmm-bench", benchmark),
     ("hardening-sysctl", hardening::sysctls),

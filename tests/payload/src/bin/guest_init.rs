@@ -315,10 +315,19 @@ fn virtio(write: bool) -> io::Result<()> {
     Ok(())
 }
 
-/// On the ext4 disk /dev/vdc: writes `/keel.bin` (then syncs and unmounts), or reads it back,
-/// and reports its checksum.
+/// On /dev/vdc: formats it as ext4 and writes `/keel.bin` (then syncs and unmounts), or reads
+/// the file back; reports its checksum.
 fn ext4_file(write: bool, pattern: &[u8]) -> io::Result<()> {
     use keel_test_payload::checksum;
+    if write {
+        let status = std::process::Command::new("/sbin/mke2fs")
+            .args(["-q", "-F", "-t", "ext4", "/dev/vdc"])
+            .status()?;
+        if !status.success() {
+            return Err(io::Error::other(format!("mke2fs /dev/vdc: {status}")));
+        }
+        say("ext4 formatted /dev/vdc");
+    }
     mount("/dev/vdc", "/mnt", "ext4")?;
     let path = Path::new("/mnt/keel.bin");
     let result = if write {
