@@ -68,7 +68,7 @@ def main():
                 print(f"==> {name}: started", flush=True)
             started = time.monotonic()
             run = subprocess.run(
-                [path, "--test-threads=2", *sys.argv[1:]],
+                [path, "--test-threads=1", *sys.argv[1:]],
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,
                 text=True,

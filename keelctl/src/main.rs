@@ -237,6 +237,50 @@ fn network_cmd(t: &Target, fmt: Format, cmd: NetworkCmd) -> Result<(), Error> {
     }
 }
 
+/// `--disk IMAGE[,shared][,ro][,serial=S]`.
+fn parse_disk(text: &str) -> Result<api::VmDisk, String> {
+    let mut parts = text.split(',');
+    let image = parts
+        .next()
+        .filter(|i| !i.is_empty())
+        .ok_or("needs an image name")?;
+    let mut disk = api::VmDisk {
+        image: image.into(),
+        copy: api::DiskCopy::Copy,
+        read_only: false,
+        serial: None,
+    };
+    for part in parts {
+        match part.split_once('=') {
+            None if part == "shared" => disk.copy = api::DiskCopy::Shared,
+            None if part == "ro" => disk.read_only = true,
+            Some(("serial", serial)) => disk.serial = Some(serial.into()),
+            _ => return Err(format!("unknown option {part:?} (shared, ro, serial=S)")),
+        }
+    }
+    Ok(disk)
+}
+
+/// `--nic BRIDGE[,mac=MAC]`.
+fn parse_nic(text: &str) -> Result<api::VmNic, String> {
+    let mut parts = text.split(',');
+    let bridge = parts
+        .next()
+        .filter(|b| !b.is_empty())
+        .ok_or("needs a bridge name")?;
+    let mut nic = api::VmNic {
+        bridge: bridge.into(),
+        mac: None,
+    };
+    for part in parts {
+        match part.split_once('=') {
+            Some(("mac", mac)) => nic.mac = Some(mac.into()),
+            _ => return Err(format!("unknown option {part:?} (mac=MAC)")),
+        }
+    }
+    Ok(nic)
+}
+
 #[derive(Clone, Copy, ValueEnum)]
 enum Kind {
     Kernel,
@@ -281,6 +325,13 @@ enum VmCmd {
         /// What to do when the guest or its VMM crashes
         #[arg(long, value_enum, default_value_t = Crash::Stop)]
         on_crash: Crash,
+        /// A disk: IMAGE[,shared][,ro][,serial=S] (repeatable; vda, vdb, … in order). The VM
+        /// gets a private copy of the disk image unless `shared`
+        #[arg(long = "disk", value_parser = parse_disk)]
+        disks: Vec<api::VmDisk>,
+        /// A NIC on a host bridge: BRIDGE[,mac=MAC] (repeatable), e.g. keelbr0
+        #[arg(long = "nic", value_parser = parse_nic)]
+        nics: Vec<api::VmNic>,
         /// Start it right away
         #[arg(long)]
         start: bool,
@@ -597,6 +648,8 @@ fn vm_cmd(t: &Target, fmt: Format, cmd: VmCmd) -> Result<(), Error> {
             memory,
             cmdline,
             on_crash,
+            disks,
+            nics,
             start,
         } => {
             let spec = VmSpec {
@@ -610,6 +663,8 @@ fn vm_cmd(t: &Target, fmt: Format, cmd: VmCmd) -> Result<(), Error> {
                     Crash::Stop => OnCrash::Stop,
                     Crash::Restart => OnCrash::Restart,
                 },
+                disks,
+                nics,
             };
             let mut status: api::VmStatus = t.send("POST", api::VMS, Some(&spec))?;
             if start {
@@ -711,6 +766,7 @@ fn main() -> ExitCode {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use clap::CommandFactory;
@@ -718,6 +774,28 @@ mod tests {
     #[test]
     fn the_command_line_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn disk_and_nic_options() {
+        let d = parse_disk("base,shared,ro,serial=abc").unwrap();
+        assert_eq!(
+            (d.image.as_str(), d.copy, d.read_only, d.serial.as_deref()),
+            ("base", api::DiskCopy::Shared, true, Some("abc"))
+        );
+        let d = parse_disk("base").unwrap();
+        assert_eq!((d.copy, d.read_only), (api::DiskCopy::Copy, false));
+        for bad in ["", ",ro", "base,rw", "base,size=1"] {
+            assert!(parse_disk(bad).is_err(), "{bad}");
+        }
+        let n = parse_nic("keelbr0,mac=52:54:00:00:00:01").unwrap();
+        assert_eq!(
+            (n.bridge.as_str(), n.mac.as_deref()),
+            ("keelbr0", Some("52:54:00:00:00:01"))
+        );
+        for bad in ["", "br0,vlan=3"] {
+            assert!(parse_nic(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

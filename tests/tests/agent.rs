@@ -186,6 +186,7 @@ fn manager_adopts_the_host_and_runs_a_vm_that_survives_an_agent_restart() -> Res
     ]);
     k.wait_console("g1", MARKER, 1);
     k.ok(&["vm", "shutdown", "g1"]);
+    vm_with_disks_and_a_nic(&k, &config);
     let stopped = k.wait_vm("g1", "stopped", |vm| state(vm) == "stopped");
     assert_eq!(stopped["last_exit"]["code"], 0, "{stopped}");
 
@@ -280,6 +281,46 @@ fn network_changes(k: &Keelctl, dir: &Path) {
         "{status}"
     );
     assert_eq!(status["gateways"][0], "10.0.2.2 dev keelbr0", "{status}");
+}
+
+/// A VM with a private copy of a disk image, the image itself shared read-only, and a NIC on
+/// the management bridge: its guest finds them all (and the entropy device) on PCI.
+fn vm_with_disks_and_a_nic(k: &Keelctl, dir: &Path) {
+    let image = dir.join("data.img");
+    std::fs::write(&image, vec![0x6bu8; 1 << 20]).unwrap_or_else(|e| panic!("{e}"));
+    upload(k, "disk", &image);
+    k.ok(&[
+        "vm",
+        "create",
+        "g2",
+        "--kernel",
+        "vmlinuz",
+        "--initrd",
+        "initrd.img",
+        "--memory",
+        "256",
+        "--cmdline",
+        "console=ttyS0 quiet panic=-1 keel_guest.mode=wait-button",
+        "--disk",
+        "data.img,serial=private",
+        "--disk",
+        "data.img,shared,ro",
+        "--nic",
+        "keelbr0",
+        "--start",
+    ]);
+    k.wait_console("g2", MARKER, 1);
+    let console = k.ok(&["vm", "console", "g2"]);
+    assert!(
+        console.contains("KEEL-GUEST: pci virtio blk=2 net=1 rng=1"),
+        "{console}"
+    );
+    // The shared image is in use; the private copy is not the image.
+    k.fails(&["image", "delete", "disk", "data.img"], "g2");
+    k.ok(&["vm", "poweroff", "g2"]);
+    k.wait_vm("g2", "stopped", |vm| state(vm) == "stopped");
+    k.ok(&["vm", "delete", "g2"]);
+    k.ok(&["image", "delete", "disk", "data.img"]);
 }
 
 fn upload(k: &Keelctl, kind: &str, file: &Path) {

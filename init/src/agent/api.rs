@@ -261,6 +261,55 @@ pub struct VmSpec {
     pub cmdline: String,
     #[serde(default)]
     pub on_crash: OnCrash,
+    /// virtio-blk disks, in order (the guest sees vda, vdb, …).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub disks: Vec<VmDisk>,
+    /// virtio-net NICs, each on a tap device the VMM attaches to a host bridge.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nics: Vec<VmNic>,
+}
+
+/// Whether a VM uses a disk image itself or a copy of its own.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DiskCopy {
+    /// A private copy made when the VM is defined: copy-on-write (a reflink) where the data
+    /// store's file system can, a full sparse copy otherwise. The image can then change or go.
+    #[default]
+    Copy,
+    /// The image itself: read-only ones can be shared; a writable one belongs to this VM.
+    Shared,
+}
+
+/// One disk of a VM.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VmDisk {
+    /// Name of a `disk` image.
+    pub image: String,
+    #[serde(default)]
+    pub copy: DiskCopy,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub read_only: bool,
+    /// What the guest reads as the disk's serial (at most 20 ASCII characters).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub serial: Option<String>,
+}
+
+/// One NIC of a VM.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VmNic {
+    /// The host bridge to join (the management bridge `keelbr0` by default).
+    #[serde(default = "default_bridge")]
+    pub bridge: String,
+    /// `52:54:00:xx:xx:xx`; derived from the VM's name and the NIC's index when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac: Option<String>,
+}
+
+fn default_bridge() -> String {
+    "keelbr0".into()
 }
 
 fn default_cmdline() -> String {

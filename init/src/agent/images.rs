@@ -139,6 +139,12 @@ impl Store {
         self.kind
     }
 
+    /// Where VMs keep private copies of disk images (`<vm>/disk<N>.img`), in the same store so
+    /// they share its space and its file system (reflinks work only within one).
+    pub fn vm_copies(&self) -> PathBuf {
+        self.root.join("vm-disks")
+    }
+
     fn file(&self, kind: ImageKind, name: &str) -> Result<PathBuf, StoreError> {
         check_name(name)?;
         Ok(self.root.join(kind.as_str()).join(name))

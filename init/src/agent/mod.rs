@@ -31,6 +31,7 @@ pub mod server;
 pub mod service;
 pub mod tls;
 pub mod token;
+pub mod vm_devices;
 pub mod vms;
 
 #[cfg(test)]

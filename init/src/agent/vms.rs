@@ -11,6 +11,7 @@ use super::atomic::{remove_durable, write_atomic};
 use super::console::Console;
 use super::http::{self, Limits, Response};
 use super::images::Store;
+use super::vm_devices::{self, DeviceError};
 use std::collections::BTreeMap;
 use std::fs::{self, OpenOptions};
 use std::io;
@@ -67,6 +68,8 @@ pub enum VmError {
     /// Cannot {0} {1}: {2}
     #[error("Cannot {0} {1}: {2}")]
     Io(&'static str, PathBuf, io::Error),
+    #[error(transparent)]
+    Devices(#[from] DeviceError),
 }
 
 impl VmError {
@@ -79,6 +82,10 @@ impl VmError {
             Self::Image(e) => e.status(),
             Self::StartFailed { .. } => 422,
             Self::Io(..) => 500,
+            Self::Devices(DeviceError::Invalid(_)) => 400,
+            Self::Devices(DeviceError::Store(e)) if e.status() == 404 => 400,
+            Self::Devices(DeviceError::Store(e)) => e.status(),
+            Self::Devices(DeviceError::Copy { .. }) => 500,
         }
     }
 
@@ -119,7 +126,7 @@ pub fn validate(spec: &VmSpec) -> Result<(), VmError> {
     if let Some(initrd) = &spec.initrd {
         super::images::check_name(initrd)?;
     }
-    Ok(())
+    vm_devices::validate(spec).map_err(|e| VmError::Invalid(e.to_string()))
 }
 
 /// What keel-vmm's exit status means (its documented exit reasons).
@@ -319,7 +326,11 @@ impl Vms {
             .find(|e| match kind {
                 ImageKind::Kernel => e.spec.kernel == name,
                 ImageKind::Initrd => e.spec.initrd.as_deref() == Some(name),
-                ImageKind::Disk => false,
+                ImageKind::Disk => e
+                    .spec
+                    .disks
+                    .iter()
+                    .any(|d| d.copy == super::api::DiskCopy::Shared && d.image == name),
             })
             .map(|e| e.spec.name.clone())
     }
@@ -341,8 +352,11 @@ impl Vms {
         let path = self.paths.defs.join(format!("{}.json", spec.name));
         let json = serde_json::to_vec_pretty(&spec)
             .map_err(|e| VmError::Io("encode", path.clone(), io::Error::other(e)))?;
-        write_atomic(&path, &json, 0o600)
-            .map_err(|e| VmError::Io("write", path.clone(), e.source))?;
+        vm_devices::make_copies(&self.store, &self.store.vm_copies(), &spec)?;
+        if let Err(e) = write_atomic(&path, &json, 0o600) {
+            vm_devices::remove_copies(&self.store.vm_copies(), &spec.name);
+            return Err(VmError::Io("write", path.clone(), e.source));
+        }
         let entry = Self::new_entry(spec);
         let status = entry.status();
         entries.insert(status.spec.name.clone(), entry);
@@ -364,6 +378,7 @@ impl Vms {
         let path = self.paths.defs.join(format!("{name}.json"));
         remove_durable(&path).map_err(|e| VmError::Io("remove", path, e.source))?;
         let _ = fs::remove_dir_all(self.dir(name));
+        vm_devices::remove_copies(&self.store.vm_copies(), name);
         let status = entry.status();
         entries.remove(name);
         Ok(status)
@@ -436,6 +451,15 @@ impl Vms {
         });
         if let Some(initrd) = initrd {
             config["initrd"] = serde_json::json!(initrd);
+        }
+        let devices = vm_devices::vmm_config(&self.store, &self.store.vm_copies(), spec)?;
+        for key in ["disks", "nics", "rng"] {
+            config[key] = devices[key].clone();
+        }
+        if !spec.nics.is_empty() {
+            vm_devices::ensure_tun().map_err(|e| {
+                VmError::Io("open", PathBuf::from("/dev/net/tun"), io::Error::other(e))
+            })?;
         }
         let config_path = dir.join("vm.json");
         fs::write(&config_path, config.to_string())
@@ -701,6 +725,8 @@ mod tests {
             initrd: None,
             cmdline: "console=ttyS0".into(),
             on_crash: OnCrash::Stop,
+            disks: vec![],
+            nics: vec![],
         }
     }
 

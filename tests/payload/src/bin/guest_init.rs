@@ -167,6 +167,27 @@ fn wait_for(path: &str) -> io::Result<()> {
     Err(io::Error::other(format!("{path} did not appear")))
 }
 
+/// `pci virtio blk=N net=N rng=N`: the modern virtio functions on the PCI bus (device IDs
+/// 0x1042, 0x1041, 0x1044), as the guest kernel enumerated them.
+fn virtio_functions() -> String {
+    let ids: Vec<String> = fs::read_dir("/sys/bus/pci/devices")
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter_map(|e| fs::read_to_string(e.path().join("device")).ok())
+                .map(|d| d.trim().to_string())
+                .collect()
+        })
+        .unwrap_or_default();
+    let count = |id: &str| ids.iter().filter(|d| *d == id).count();
+    format!(
+        "pci virtio blk={} net={} rng={}",
+        count("0x1042"),
+        count("0x1041"),
+        count("0x1044")
+    )
+}
+
 /// Whether a virtio-net function (modern device ID 0x1041) sits on the PCI bus.
 fn has_virtio_net() -> bool {
     fs::read_dir("/sys/bus/pci/devices").is_ok_and(|entries| {
@@ -384,6 +405,7 @@ fn main() {
         online_cpus(),
         mem_total_kib().unwrap_or(0)
     ));
+    say(&virtio_functions());
     match mode_from_cmdline(&cmdline) {
         "wait-button" => {
             if let Err(e) = wait_button() {
