@@ -9,6 +9,7 @@
 
 use keel_init::agent::ca::{CaError, ClientCert, ManagerCa, Validity};
 use keel_init::agent::fingerprint::Fingerprint;
+use keel_init::agent::tls::parse_cert_pem;
 use serde::{Deserialize, Serialize};
 use std::fs;
 use std::io;
@@ -153,6 +154,12 @@ impl Config {
         )?)
     }
 
+    /// SHA-256 of the CA certificate, as hosts pin it (`keel.manager_ca=`).
+    pub fn ca_fingerprint(&self) -> Result<Fingerprint, ConfigError> {
+        let cert = parse_cert_pem("ca.pem", &self.ca()?.cert_pem()).map_err(CaError::from)?;
+        Ok(Fingerprint::of_certificate(&cert))
+    }
+
     pub fn client_cert(&self) -> Result<ClientCert, ConfigError> {
         let cert = self.dir.join("client.pem");
         if !cert.exists() {
@@ -172,11 +179,16 @@ impl Config {
 
     /// Records an adopted host and makes it the current one.
     pub fn save_host(&self, name: &str, entry: &HostEntry) -> Result<(), ConfigError> {
+        self.update_host(name, entry)?;
+        write_file(&self.dir.join("current"), name, 0o644)
+    }
+
+    /// Records where a host is, leaving the current host as it is.
+    pub fn update_host(&self, name: &str, entry: &HostEntry) -> Result<(), ConfigError> {
         self.ensure_dir(&self.dir.join("hosts"))?;
         let json = serde_json::to_string_pretty(entry)
             .map_err(|e| ConfigError::Bad(self.host_file(name), e.to_string()))?;
-        write_file(&self.host_file(name), &json, 0o644)?;
-        write_file(&self.dir.join("current"), name, 0o644)
+        write_file(&self.host_file(name), &json, 0o644)
     }
 
     pub fn forget_host(&self, name: &str) {

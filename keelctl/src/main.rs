@@ -2,6 +2,8 @@
 //! drives their VMs and images through the agent API (`keel_init::agent::client`).
 
 mod config;
+mod db;
+mod manager;
 mod output;
 
 use clap::{Parser, Subcommand, ValueEnum};
@@ -10,12 +12,16 @@ use keel_init::agent::api::{self, ImageKind, OnCrash, VmSpec};
 use keel_init::agent::client::{ClientError, HostClient};
 use keel_init::agent::fingerprint::Fingerprint;
 use keel_init::net::{NetConfig, Status as NetStatus};
+use manager::{AddressMap, Manager};
 use output::Format;
 use sha2::{Digest, Sha256};
 use std::fs::File;
 use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
 #[derive(Parser)]
 #[command(name = "keelctl", version, about = "Manage Keel hosts and their VMs")]
@@ -38,9 +44,12 @@ enum Top {
     /// The manager CA
     #[command(subcommand)]
     Ca(CaCmd),
-    /// Hosts: adopt, release, inspect
+    /// Hosts: adopt, release, inspect, approve registered ones
     #[command(subcommand)]
     Host(HostCmd),
+    /// The registration service hosts announce themselves to, and its join tokens
+    #[command(subcommand)]
+    Manager(ManagerCmd),
     /// Virtual machines
     #[command(subcommand)]
     Vm(VmCmd),
@@ -62,6 +71,47 @@ enum CaCmd {
         #[arg(long)]
         force: bool,
     },
+    /// SHA-256 of the CA certificate: what hosts pin with keel.manager_ca=
+    Fingerprint,
+}
+
+#[derive(Subcommand)]
+enum ManagerCmd {
+    /// Receive host registrations over HTTPS; adopt hosts with a valid join token
+    Serve {
+        /// Address to listen on (port 0: any free port; the address is printed)
+        #[arg(long, default_value = "0.0.0.0:8444")]
+        listen: SocketAddr,
+        /// Name or address hosts reach this manager by, as in their keel.manager= (repeatable;
+        /// default: the listen address)
+        #[arg(long = "name")]
+        names: Vec<String>,
+        /// Reach a host announcing FROM (address:port) at TO instead (NAT); repeatable
+        #[arg(long = "address-map")]
+        address_map: Vec<AddressMap>,
+        /// Validity of adopted hosts' certificates in days
+        #[arg(long, default_value_t = 825)]
+        days: u32,
+    },
+    /// Join tokens: a host registering with a valid one is adopted without approval
+    #[command(subcommand)]
+    Token(TokenCmd),
+}
+
+#[derive(Subcommand)]
+enum TokenCmd {
+    /// Make a join token (printed once; only its hash is kept)
+    Create {
+        /// Hours it stays valid (0: until the database is deleted)
+        #[arg(long, default_value_t = 24)]
+        hours: u64,
+    },
+    /// Revoke a join token: hosts presenting it wait for approval from now on
+    Revoke {
+        /// The token (it may start with '-')
+        #[arg(allow_hyphen_values = true)]
+        token: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -79,6 +129,23 @@ enum HostCmd {
         /// Name to remember the host by (default: the address)
         #[arg(long)]
         name: Option<String>,
+        /// Validity of the host certificate in days
+        #[arg(long, default_value_t = 825)]
+        days: u32,
+    },
+    /// Hosts that registered and wait for approval (or whose adoption failed)
+    Pending {
+        /// Every registered host, adopted ones too
+        #[arg(long)]
+        all: bool,
+    },
+    /// Adopt a registered host (see `host pending`) with the adoption token it sent
+    Approve {
+        /// The host ID
+        id: String,
+        /// Reach the host's API at this address:port instead of the addresses it announced
+        #[arg(long)]
+        address: Option<String>,
         /// Validity of the host certificate in days
         #[arg(long, default_value_t = 825)]
         days: u32,
@@ -359,6 +426,44 @@ enum Error {
     /// Cannot write the output: {0}
     #[error("Cannot write the output: {0}")]
     Output(io::Error),
+    #[error(transparent)]
+    Db(#[from] db::DbError),
+    /// Cannot listen on {0}: {1}
+    #[error("Cannot listen on {0}: {1}")]
+    Listen(SocketAddr, io::Error),
+    /// The manager cannot start: {0}
+    #[error("The manager cannot start: {0}")]
+    Manager(String),
+    /// Host {0} sent no adoption token: it is adopted already (release it from its manager first)
+    #[error("Host {0} sent no adoption token: it is adopted already (release it from its manager first)")]
+    NoAdoptToken(String),
+    /// Host {id} does not answer with its registered key at any of: {tried}
+    #[error("Host {id} does not answer with its registered key at any of: {tried}")]
+    Unreachable { id: String, tried: String },
+}
+
+/// Adopts the host at `sock` whose key is `pin` with its one-time `token`, and remembers it as
+/// `name`: `host adopt`, `host approve` and the manager's automatic adoption all come here.
+fn adopt_host(
+    config: &Config,
+    sock: SocketAddr,
+    pin: Fingerprint,
+    token: &str,
+    name: &str,
+    days: u32,
+) -> Result<(), Error> {
+    let ca = config.ca()?;
+    let host_err = |err| Error::Host {
+        host: format!("{name} ({sock})"),
+        err,
+    };
+    let client = HostClient::new(sock, pin, None).map_err(host_err)?;
+    client.adopt(token, &ca, days).map_err(host_err)?;
+    let entry = HostEntry {
+        addr: sock.to_string(),
+        fingerprint: pin,
+    };
+    Ok(config.save_host(name, &entry)?)
 }
 
 /// A connected host.
@@ -419,7 +524,12 @@ fn run(cli: Cli) -> Result<(), Error> {
                 &format!("manager CA created in {}", config.dir().display()),
             )
         }
+        Top::Ca(CaCmd::Fingerprint) => {
+            let fp = config.ca_fingerprint()?;
+            output::message(fmt, &fp.to_string())
+        }
         Top::Host(cmd) => host_cmd(&config, host, fmt, cmd),
+        Top::Manager(cmd) => manager_cmd(config, fmt, cmd),
         Top::Vm(cmd) => vm_cmd(&Target::open(&config, host)?, fmt, cmd),
         Top::Image(cmd) => image_cmd(&Target::open(&config, host)?, fmt, cmd),
     }
@@ -439,21 +549,33 @@ fn host_cmd(config: &Config, host: Option<&str>, fmt: Format, cmd: HostCmd) -> R
                     Error::Fingerprint(fingerprint.clone(), e.to_string())
                 },
             )?;
-            let ca = config.ca()?;
             let sock = config::resolve(&addr)?;
             let name = name.unwrap_or_else(|| addr.clone());
-            let host_err = |err| Error::Host {
-                host: addr.clone(),
-                err,
-            };
-            let client = HostClient::new(sock, pin, None).map_err(host_err)?;
-            client.adopt(&token, &ca, days).map_err(host_err)?;
-            let entry = HostEntry {
-                addr: sock.to_string(),
-                fingerprint: pin,
-            };
-            config.save_host(&name, &entry)?;
+            adopt_host(config, sock, pin, &token, &name, days)?;
             output::message(fmt, &format!("adopted {name} ({sock}, {pin})"))
+        }
+        HostCmd::Pending { all } => {
+            let db = db::Db::open(&config.dir().join(db::DB_FILE))?;
+            let mut list = db.list(None)?;
+            if !all {
+                list.retain(|r| matches!(r.state, db::HostState::Pending | db::HostState::Failed));
+            }
+            let view: Vec<output::RegisteredHost> =
+                list.iter().map(output::RegisteredHost::from).collect();
+            output::print(fmt, &view, |v| output::registered_table(v))
+        }
+        HostCmd::Approve { id, address, days } => {
+            let db = db::Db::open(&config.dir().join(db::DB_FILE))?;
+            let reg = db.require(&id)?;
+            let reach = match address {
+                Some(a) => vec![config::resolve(&a)?],
+                None => manager::candidates(&reg, &[]),
+            };
+            let name = manager::adopt_registered(config, &db, &reg, &reach, days)?;
+            output::message(
+                fmt,
+                &format!("adopted {name} ({})", reg.document.fingerprint),
+            )
         }
         HostCmd::Release => {
             let target = Target::open(config, host)?;
@@ -495,6 +617,58 @@ fn host_cmd(config: &Config, host: Option<&str>, fmt: Format, cmd: HostCmd) -> R
             output::print(fmt, &state, |s| format!("{}\n", s.console_line()))
         }
         HostCmd::Network { cmd } => network_cmd(&Target::open(config, host)?, fmt, cmd),
+    }
+}
+
+fn manager_cmd(config: Config, fmt: Format, cmd: ManagerCmd) -> Result<(), Error> {
+    match cmd {
+        ManagerCmd::Token(TokenCmd::Create { hours }) => {
+            let db = db::Db::open(&config.dir().join(db::DB_FILE))?;
+            let ttl = (hours > 0).then(|| Duration::from_secs(hours.saturating_mul(3600)));
+            let token = db.create_join_token(SystemTime::now(), ttl)?;
+            output::message(fmt, &token)
+        }
+        ManagerCmd::Token(TokenCmd::Revoke { token }) => {
+            db::Db::open(&config.dir().join(db::DB_FILE))?.revoke_join_token(&token)?;
+            output::message(fmt, "join token revoked")
+        }
+        ManagerCmd::Serve {
+            listen,
+            mut names,
+            address_map,
+            days,
+        } => {
+            if names.is_empty() {
+                if listen.ip().is_unspecified() {
+                    return Err(Error::Manager(format!(
+                        "listening on {listen}, give --name with the address or DNS name hosts use in keel.manager="
+                    )));
+                }
+                names.push(listen.ip().to_string());
+            }
+            let fingerprint = config.ca_fingerprint()?;
+            // Fail now rather than at the first registration.
+            db::Db::open(&config.dir().join(db::DB_FILE))?;
+            let manager = Arc::new(Manager {
+                config,
+                map: address_map,
+                days,
+            });
+            let tls = manager.tls(&names)?;
+            let listener = TcpListener::bind(listen).map_err(|e| Error::Listen(listen, e))?;
+            let bound = listener
+                .local_addr()
+                .map_err(|e| Error::Listen(listen, e))?;
+            output::message(
+                fmt,
+                &format!(
+                    "keelctl manager: listening on https://{bound} as {}; hosts pin keel.manager_ca={fingerprint}",
+                    names.join(", ")
+                ),
+            )?;
+            manager.serve(&listener, tls);
+            Ok(())
+        }
     }
 }
 

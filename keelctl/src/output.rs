@@ -260,6 +260,83 @@ pub fn host_stats(s: &HostStats) -> String {
     out
 }
 
+/// A registered host as `host pending` shows it (never its tokens).
+#[derive(Debug, Serialize)]
+pub struct RegisteredHost {
+    pub id: String,
+    pub state: crate::db::HostState,
+    pub reason: Option<String>,
+    pub hostname: Option<String>,
+    pub fingerprint: keel_init::agent::fingerprint::Fingerprint,
+    pub addresses: Vec<std::net::IpAddr>,
+    pub api_port: u16,
+    pub hardware: keel_init::agent::api::Hardware,
+    pub keel_version: String,
+    pub join_token: bool,
+    pub peer: String,
+    pub first_seen: i64,
+    pub last_seen: i64,
+}
+
+impl From<&crate::db::Registration> for RegisteredHost {
+    fn from(r: &crate::db::Registration) -> Self {
+        let d = &r.document;
+        Self {
+            id: r.id.clone(),
+            state: r.state,
+            reason: r.reason.clone(),
+            hostname: d.hostname.clone(),
+            fingerprint: d.fingerprint,
+            addresses: d.addresses.clone(),
+            api_port: d.api_port,
+            hardware: d.hardware.clone(),
+            keel_version: d.keel_version.clone(),
+            join_token: d.join_token.is_some(),
+            peer: r.peer.clone(),
+            first_seen: r.first_seen,
+            last_seen: r.last_seen,
+        }
+    }
+}
+
+pub fn registered_table(hosts: &[RegisteredHost]) -> String {
+    let rows: Vec<Vec<String>> = hosts
+        .iter()
+        .map(|h| {
+            let addrs: Vec<String> = h.addresses.iter().map(ToString::to_string).collect();
+            let product = [&h.hardware.vendor, &h.hardware.product, &h.hardware.serial]
+                .iter()
+                .filter_map(|s| s.as_deref())
+                .collect::<Vec<_>>()
+                .join(" ");
+            vec![
+                h.id.clone(),
+                h.hostname.clone().unwrap_or_else(|| "-".into()),
+                addrs.join(","),
+                h.fingerprint.to_string(),
+                product,
+                serde_json::to_value(h.state)
+                    .ok()
+                    .and_then(|v| v.as_str().map(String::from))
+                    .unwrap_or_default(),
+                h.reason.clone().unwrap_or_default(),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "ID",
+            "NAME",
+            "ADDRESSES",
+            "FINGERPRINT",
+            "HARDWARE",
+            "STATE",
+            "REASON",
+        ],
+        &rows,
+    )
+}
+
 /// One line each.
 pub fn lines(items: &[String]) -> String {
     items.iter().map(|l| format!("{l}\n")).collect()

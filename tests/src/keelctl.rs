@@ -41,13 +41,21 @@ impl Keelctl {
         k
     }
 
-    /// Runs keelctl: (success, stdout, stderr).
-    pub fn run(&self, args: &[&str]) -> (bool, String, String) {
-        let out = Command::new(&self.bin)
+    /// A command for `args`, not started (for long-running ones such as `manager serve`).
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut command = Command::new(&self.bin);
+        command
             .arg("--config-dir")
             .arg(&self.config)
             .args(args)
-            .env_remove("KEELCTL_HOST")
+            .env_remove("KEELCTL_HOST");
+        command
+    }
+
+    /// Runs keelctl: (success, stdout, stderr).
+    pub fn run(&self, args: &[&str]) -> (bool, String, String) {
+        let out = self
+            .command(args)
             .output()
             .unwrap_or_else(|e| panic!("cannot run {}: {e}", self.bin.display()));
         (

@@ -118,7 +118,8 @@ fn leaf_params(
     Ok(params)
 }
 
-/// A client certificate and its private key, PEM.
+/// A certificate issued with a fresh key (a client certificate, or the manager's server
+/// certificate) and that key, PEM.
 #[derive(Clone)]
 pub struct ClientCert {
     pub cert_pem: String,
@@ -250,6 +251,26 @@ impl ManagerCa {
             ExtendedKeyUsagePurpose::ClientAuth,
             validity,
         )?;
+        Ok(ClientCert {
+            cert_pem: params.signed_by(&key, &self.issuer)?.pem(),
+            key_pem: key.serialize_pem(),
+        })
+    }
+
+    /// A new server certificate (and key) for the manager's registration endpoint, valid for
+    /// `names` (DNS names or IP addresses, as hosts reach it). Hosts pin the CA and check the name.
+    pub fn issue_server_cert(
+        &self,
+        names: &[String],
+        validity: Validity,
+    ) -> Result<ClientCert, CaError> {
+        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
+        let mut params = leaf_params(
+            common_name(names.first().map_or("keel manager", String::as_str)),
+            ExtendedKeyUsagePurpose::ServerAuth,
+            validity,
+        )?;
+        params.subject_alt_names = CertificateParams::new(names.to_vec())?.subject_alt_names;
         Ok(ClientCert {
             cert_pem: params.signed_by(&key, &self.issuer)?.pem(),
             key_pem: key.serialize_pem(),

@@ -50,6 +50,9 @@ pub struct HostClient {
     pin: Fingerprint,
     config: Arc<ClientConfig>,
     timeout: Duration,
+    /// The name the server's certificate must hold (`None`: the address; only verifiers that
+    /// check names look at it).
+    server_name: Option<ServerName<'static>>,
 }
 
 impl HostClient {
@@ -72,7 +75,14 @@ impl HostClient {
             pin,
             config,
             timeout: Duration::from_secs(10),
+            server_name: None,
         }
+    }
+
+    /// Expects the server's certificate to be for `name` rather than for its address.
+    pub fn with_server_name(mut self, name: ServerName<'static>) -> Self {
+        self.server_name = Some(name);
+        self
     }
 
     /// Sends one request and returns whatever the host answered.
@@ -113,7 +123,10 @@ impl HostClient {
         tcp.set_read_timeout(Some(self.timeout))
             .and_then(|()| tcp.set_write_timeout(Some(self.timeout)))
             .map_err(|e| ClientError::Connect(addr, e))?;
-        let name = ServerName::IpAddress(addr.ip().into());
+        let name = self
+            .server_name
+            .clone()
+            .unwrap_or_else(|| ServerName::IpAddress(addr.ip().into()));
         let conn = ClientConnection::new(Arc::clone(&self.config), name)
             .map_err(|e| ClientError::Tls(addr, e))?;
         Ok(StreamOwned::new(conn, tcp))

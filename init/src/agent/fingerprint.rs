@@ -33,6 +33,12 @@ impl Fingerprint {
         Self(out)
     }
 
+    /// SHA-256 of a whole DER certificate: how a manager CA is pinned (`keel.manager_ca=`), since
+    /// the operator copies it from the CA certificate file (`keelctl ca fingerprint`).
+    pub fn of_certificate(cert: &CertificateDer<'_>) -> Self {
+        Self::of_spki(cert.as_ref())
+    }
+
     /// The fingerprint of the public key a certificate carries.
     pub fn of_cert(cert: &CertificateDer<'_>) -> Result<Self, FingerprintError> {
         let parsed = ParsedCertificate::try_from(cert)

@@ -105,7 +105,7 @@ fn numa_nodes() -> Vec<NumaNode> {
 }
 
 /// Physical NICs: interfaces with a `device` link (no loopback, bridges, taps).
-fn nics() -> Vec<Nic> {
+pub fn nics() -> Vec<Nic> {
     let mut nics = Vec::new();
     let Ok(entries) = fs::read_dir("/sys/class/net") else {
         return nics;

@@ -7,12 +7,15 @@
 //! (`adoption`, messages in `api`): the host answers a CSR for its existing key, the manager's CA
 //! (`ca`) signs it, and from then on the host serves the manager-signed certificate and only
 //! accepts client certificates from that CA (`server`). `client` is the manager side of the
-//! conversation; `http` is a small HTTP/1.1 layer with no agent types in it.
+//! conversation; `http` is a small HTTP/1.1 layer with no agent types in it. `register` announces
+//! the host to the manager named on the kernel command line, trusting it by its CA (`ca_pin`).
 
 pub mod adoption;
 pub mod api;
 pub mod atomic;
+pub mod backoff;
 pub mod ca;
+pub mod ca_pin;
 pub mod client;
 pub mod clock;
 pub mod console;
@@ -24,6 +27,7 @@ pub mod identity;
 pub mod images;
 pub mod launch;
 pub mod ratelimit;
+pub mod register;
 pub mod server;
 pub mod service;
 pub mod taps;
@@ -34,3 +38,5 @@ pub mod vms;
 
 #[cfg(test)]
 mod e2e_tests;
+#[cfg(test)]
+mod register_tests;

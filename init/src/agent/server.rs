@@ -152,6 +152,7 @@ pub struct Agent {
     vms: Arc<Vms>,
     store: Arc<Store>,
     sampler: Mutex<Sampler>,
+    registration: RwLock<api::RegistrationStatus>,
 }
 
 type Handler = fn(&Agent, &Request) -> Response;
@@ -181,6 +182,12 @@ const fn endpoint(
 
 const ROUTES: &[Route<(Access, Handler)>] = &[
     endpoint("GET", api::HEALTH, Access::Anyone, Agent::health),
+    endpoint(
+        "GET",
+        api::REGISTRATION,
+        Access::Anyone,
+        Agent::registration_route,
+    ),
     endpoint("POST", api::ADOPT, Access::RateLimited, Agent::adopt),
     endpoint(
         "POST",
@@ -338,6 +345,7 @@ impl Agent {
             vms,
             store,
             sampler: Mutex::new(Sampler::default()),
+            registration: RwLock::new(api::RegistrationStatus::default()),
             config,
             identity,
             clock,
@@ -439,6 +447,31 @@ impl Agent {
             self.state().limiter.record_failure(addr, now);
         }
         response
+    }
+
+    /// Where the host is in registering with its manager (`register`), for the API and the
+    /// console. Adoption, however it happened, is reported as such.
+    pub fn registration(&self) -> api::RegistrationStatus {
+        let mut status = self
+            .registration
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        if status.state != api::RegistrationState::Disabled
+            && self.phase() == AdoptionPhase::Adopted
+        {
+            status.state = api::RegistrationState::Adopted;
+        }
+        status
+    }
+
+    /// Records the registrar's progress.
+    pub fn set_registration(&self, status: api::RegistrationStatus) {
+        *self.registration.write().unwrap_or_else(|p| p.into_inner()) = status;
+    }
+
+    fn registration_route(&self, _: &Request) -> Response {
+        Response::json(200, &self.registration())
     }
 
     fn health(&self, _: &Request) -> Response {

@@ -3,10 +3,13 @@
 //! At start it makes or loads the host identity, shows the key fingerprint on the consoles, waits
 //! for the host to have an IPv4 address, listens on port 8443 and prints the one line a script
 //! reads: `keel ready: api=https://<ip>:8443 fingerprint=sha256:<hex> adopt-token=<token>`
-//! (`adopt-token=-` once adopted).
+//! (`adopt-token=-` once adopted). With `keel.manager=` it then registers with the manager
+//! (`register`).
 
+use super::api::{RegistrationState, RegistrationStatus};
 use super::clock::SystemClock;
 use super::datastore;
+use super::register::{self, Registrar, Settings};
 use super::server::{Agent, AgentConfig};
 use crate::pid1::{cmdline, console};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
@@ -137,6 +140,55 @@ fn stop_signals() -> libc::sigset_t {
     set
 }
 
+/// Starts the registrar when `keel.manager=` asks for it; bad parameters are reported on the
+/// console and in the API, and the agent carries on without registering.
+fn start_registration(agent: &Arc<Agent>, params: &cmdline::KeelParams, options: &Options) {
+    let settings = Settings::from_params(
+        params.manager.as_deref(),
+        params.manager_ca.as_deref(),
+        params.join_token.as_deref(),
+    );
+    let refuse = |reason: String| {
+        log(&format!("keel-agent: not registering: {reason}"));
+        agent.set_registration(RegistrationStatus {
+            state: RegistrationState::Error,
+            manager: params.manager.clone(),
+            manager_ca: params.manager_ca.clone(),
+            reason: Some(reason),
+            ..RegistrationStatus::default()
+        });
+    };
+    let settings = match settings {
+        Ok(Some(settings)) => settings,
+        Ok(None) => return,
+        Err(e) => return refuse(e.to_string()),
+    };
+    let host_id = match register::load_or_create_host_id(&options.state_dir) {
+        Ok(id) => id,
+        Err(e) => return refuse(e.to_string()),
+    };
+    log(&format!(
+        "keel-agent: registering with {} as {host_id} (manager CA {})",
+        settings.manager.as_str(),
+        settings.manager_ca
+    ));
+    let registrar = Registrar {
+        settings,
+        host_id,
+        hostname: params.hostname.clone(),
+        api_port: options.port,
+        agent: Arc::clone(agent),
+        addresses: register::host_addresses,
+        log,
+    };
+    if let Err(e) = std::thread::Builder::new()
+        .name("keel-register".into())
+        .spawn(move || registrar.run())
+    {
+        refuse(format!("cannot start the registration thread: {e}"));
+    }
+}
+
 /// How long guests get to power off when the host shuts down (PID 1 waits 10 s for services).
 const VM_GRACE: Duration = Duration::from_secs(7);
 
@@ -175,7 +227,7 @@ fn serve(options: &Options, signals: &libc::sigset_t) -> Result<(), String> {
         })?;
     log(&format!("keel-agent: {store_line}"));
     let mut config = AgentConfig::new(options.state_dir.clone(), Vec::new());
-    config.preset_token = params.adopt_token;
+    config.preset_token = params.adopt_token.clone();
     config.data_dir = options.data_dir.clone();
     config.store_kind = store_kind;
     config.run_dir = options.run_dir.clone();
@@ -186,7 +238,7 @@ fn serve(options: &Options, signals: &libc::sigset_t) -> Result<(), String> {
     // The certificate names the host by the address it is reached at.
     let ip = wait_for_address();
     config.names = vec![ip.to_string()];
-    if let Some(name) = params.hostname {
+    if let Some(name) = params.hostname.clone() {
         config.names.push(name);
     }
     let agent = Agent::open(config, Arc::new(SystemClock)).map_err(|e| e.to_string())?;
@@ -202,6 +254,7 @@ fn serve(options: &Options, signals: &libc::sigset_t) -> Result<(), String> {
         "keel ready: api=https://{ip}:{} fingerprint={fingerprint} adopt-token={token}",
         options.port
     ));
+    start_registration(&agent, &params, options);
     loop {
         // SAFETY: signals is a valid set; a null siginfo pointer is allowed.
         let sig = unsafe { libc::sigwaitinfo(signals, std::ptr::null_mut()) };

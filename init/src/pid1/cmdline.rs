@@ -11,11 +11,13 @@ pub struct KeelParams {
     pub hostname: Option<String>,
     /// `keel.adopt_token=`: one-time token a manager presents to adopt this host.
     pub adopt_token: Option<String>,
-    /// `keel.manager=`: address of the manager to join.
+    /// `keel.manager=`: `https://host[:port][/path]` of the manager to register with
+    /// (validated by `agent::register::Settings`, which reports a bad value).
     pub manager: Option<String>,
-    /// `keel.manager_ca=`: the manager's CA (fingerprint or path), to trust when joining.
+    /// `keel.manager_ca=`: `sha256:<hex>` of the manager's CA certificate, the only CA trusted
+    /// when registering.
     pub manager_ca: Option<String>,
-    /// `keel.join_token=`: token for joining `keel.manager`.
+    /// `keel.join_token=`: lets the manager adopt this host without an operator's approval.
     pub join_token: Option<String>,
     /// `keel.debug` / `keel.debug=1`: verbose boot messages.
     pub debug: bool,
