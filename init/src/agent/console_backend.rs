@@ -79,12 +79,12 @@ impl AgentConsole {
 
     /// The manager to keep reachable through a network change: only once adopted.
     fn adopted_manager(&self) -> Option<&str> {
-        self.adopted().then_some(())?;
-        self.manager_addr.as_deref()
+        self.manager_addr.as_deref().filter(|_| self.adopted())
     }
 
-    /// The change a form asks for, over the running configuration.
-    fn change(&self, form: &NetworkForm) -> Result<net::NetConfig, ApiError> {
+    /// The change a form asks for over the running configuration, and the seconds left to
+    /// confirm a change still pending (the control socket reports that error as text only).
+    fn change(&self, form: &NetworkForm) -> Result<(net::NetConfig, Option<u64>), ApiError> {
         let running = net::status().map_err(net_error)?;
         let nics: Vec<String> = self
             .local
@@ -94,7 +94,8 @@ impl AgentConsole {
             .filter(|n| n.physical)
             .map(|n| n.name)
             .collect();
-        change_of(form, &running.config, &nics).map_err(ApiError::Invalid)
+        let change = change_of(form, &running.config, &nics).map_err(ApiError::Invalid)?;
+        Ok((change, running.pending.map(|p| p.seconds_left)))
     }
 }
 
@@ -135,13 +136,16 @@ impl ConsoleBackend for AgentConsole {
     }
 
     fn preview(&self, form: &NetworkForm) -> Result<Preview, ApiError> {
-        let change = self.change(form)?;
+        let (change, _) = self.change(form)?;
         let changes = net::preview(&change).map_err(net_error)?;
         Ok(Preview { changes })
     }
 
     fn apply(&self, form: &NetworkForm) -> Result<Applied, ApiError> {
-        let change = self.change(form)?;
+        let (change, pending) = self.change(form)?;
+        if let Some(secs) = pending {
+            return Err(net_error(NetError::Pending(secs)));
+        }
         let options = ApplyOptions {
             manager: self.adopted_manager().map(String::from),
             ..ApplyOptions::default()
