@@ -1,13 +1,19 @@
-//! The text console on the serial line (console=ttyS0): it waits for Enter, then shows the
-//! Status screen with the Keel version and the host's NIC, and, while no agent serves the console
-//! socket, says so plainly; the Logs screen shows kernel and Keel lines; the network test runs
-//! without the agent; resetting the adoption asks first.
+//! The text console on the serial line (console=ttyS0) with the real agent behind it, in one
+//! boot: it waits for Enter; the Status screen shows the Keel version, the host key
+//! fingerprint and the adoption token of the agent's `keel ready:` line, and eth0 with its MAC;
+//! the Logs screen shows kernel and Keel lines; keystrokes on the Network screen change the
+//! DHCP address to the same address set statically, apply and confirm it, and the agent's API
+//! answers there; the gateway answers a ping; resetting the adoption asks first and shows a new
+//! token.
 //!
 //! The console draws with cursor addressing, so the test does not read lines: it replays the
 //! serial byte stream through a VT100 emulator and looks at the 80x24 screen.
 
 use std::time::{Duration, Instant};
 
+use keel_init::agent::api::AdoptionPhase;
+use keel_init::agent::client::HostClient;
+use keel_init::agent::fingerprint::Fingerprint;
 use keel_tests::{Boot, Error, Image, Qemu, QemuBuilder};
 
 const BOOT: Duration = Duration::from_secs(120);
@@ -24,29 +30,74 @@ fn screen(vm: &Qemu) -> String {
     parser.screen().contents()
 }
 
-/// Waits until the screen shows every one of `wanted`.
-fn wait_for_screen(vm: &Qemu, wanted: &[&str]) -> String {
+/// Waits until the screen shows every one of `wanted` and none of `gone`.
+fn wait_for_screen_without(vm: &Qemu, wanted: &[&str], gone: &[&str]) -> String {
     let deadline = Instant::now() + SCREEN;
     loop {
         let text = screen(vm);
-        if wanted.iter().all(|w| text.contains(w)) {
+        if wanted.iter().all(|w| text.contains(w)) && !gone.iter().any(|g| text.contains(g)) {
             return text;
         }
         assert!(
             Instant::now() < deadline,
-            "the console never showed {wanted:?}; the screen is:\n{text}\nsee {}",
+            "the console never showed {wanted:?} without {gone:?}; the screen is:\n{text}\nsee {}",
             vm.log_path().display()
         );
         std::thread::sleep(Duration::from_millis(250));
     }
 }
 
+/// Waits until the screen shows every one of `wanted`.
+fn wait_for_screen(vm: &Qemu, wanted: &[&str]) -> String {
+    wait_for_screen_without(vm, wanted, &[])
+}
+
+const DOWN: &str = "\x1b[B";
+
+/// `keel ready: api=https://<ip>:8443 fingerprint=sha256:<hex> adopt-token=<token>`.
+fn ready_field(line: &str, key: &str) -> String {
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix(key))
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// The first console line so far, or to come, containing `needle`.
+fn any_line(vm: &Qemu, needle: &str) -> String {
+    let deadline = Instant::now() + BOOT;
+    loop {
+        if let Some(line) = vm.lines().into_iter().find(|l| l.text.contains(needle)) {
+            return line.text;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no console line contains {needle:?}; see {}",
+            vm.log_path().display()
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+/// Types `keys` one at a time, as an operator would.
+fn press(vm: &mut Qemu, keys: &[&str]) -> Result<(), Error> {
+    for key in keys {
+        vm.send(key)?;
+        std::thread::sleep(Duration::from_millis(150));
+    }
+    Ok(())
+}
+
 #[test]
-fn serial_console_shows_status_and_logs() -> Result<(), Error> {
+fn serial_console_with_the_agent() -> Result<(), Error> {
     let image = Image::locate()?;
-    let mut vm = QemuBuilder::new("console", Boot::image(&image)).spawn()?;
-    vm.wait_for_line("keel: boot complete in", BOOT)?;
+    let mut vm = QemuBuilder::new("console", Boot::image(&image))
+        .forward(8443)
+        .spawn()?;
+    // The agent and the console start together: their lines come in either order.
     vm.wait_for_line("Keel console: press Enter to open it.", BOOT)?;
+    let ready = any_line(&vm, "keel ready: api=https://10.0.2.15:8443");
+    let fingerprint = ready_field(&ready, "fingerprint=");
+    let token = ready_field(&ready, "adopt-token=");
     vm.send("\r")?;
 
     let version = format!("Keel {}", env!("CARGO_PKG_VERSION"));
@@ -55,7 +106,8 @@ fn serial_console_shows_status_and_logs() -> Result<(), Error> {
         &[
             &version,
             "1 Status",
-            "Agent not reachable: Cannot reach the agent at /run/keel/console.sock",
+            &format!("Not adopted. Adoption token: {token}"),
+            &fingerprint,
             "eth0 ",
             "CPU ",
         ],
@@ -78,21 +130,40 @@ fn serial_console_shows_status_and_logs() -> Result<(), Error> {
     vm.send("\x1b[4~")?;
     wait_for_screen(&vm, &["keel   keel: "]);
 
-    // Test network: without the agent the console runs the test itself, against the gateway
-    // PID 1's DHCP client got from QEMU's user network.
+    // Network: the form shows the running DHCP configuration; make it static, apply, confirm.
+    vm.send("2")?;
+    wait_for_screen(&vm, &["< eth0 >", "< DHCP >"]);
+    press(&mut vm, &[DOWN, DOWN, DOWN, DOWN, " ", DOWN])?;
+    press(&mut vm, &["10.0.2.15/24", DOWN, "10.0.2.2"])?;
+    press(&mut vm, &[DOWN, DOWN, DOWN, DOWN, DOWN, "\r"])?;
+    wait_for_screen(&vm, &["< static >", "Applied. Confirm within 60 s"]);
+    press(&mut vm, &[DOWN, "\r"])?;
+    wait_for_screen(&vm, &["Confirmed: the new settings stay."]);
+    vm.wait_for_line("keel: network: change confirmed", SCREEN)?;
+    // The agent's API answers on the static address (forwarded to 10.0.2.15:8443).
+    let port = vm.host_port(8443).unwrap_or_default();
+    let pin: Fingerprint = fingerprint
+        .parse()
+        .unwrap_or_else(|e| panic!("{fingerprint:?}: {e}"));
+    let health = HostClient::new(([127, 0, 0, 1], port).into(), pin, None)
+        .and_then(|client| client.health())
+        .unwrap_or_else(|e| panic!("the API does not answer on 10.0.2.15: {e}"));
+    assert_eq!(health.adoption, AdoptionPhase::NotAdopted);
+
+    // Test network, through the agent: the static gateway answers.
     vm.send("3")?;
     vm.send("\r")?;
     wait_for_screen(&vm, &["OK   Ping: reply from 10.0.2.2"]);
 
-    // System: resetting the adoption asks first, and says plainly that the agent is missing.
+    // System: resetting the adoption asks first, then Status shows a new token.
     vm.send("5")?;
     vm.send("\r")?;
     wait_for_screen(&vm, &["are you sure? Press y to go ahead, n to cancel."]);
     vm.send("y")?;
-    wait_for_screen(
-        &vm,
-        &["failed: Cannot reach the agent at /run/keel/console.sock"],
-    );
+    wait_for_screen(&vm, &["Reset adoption: done."]);
+    vm.send("1")?;
+    // The status is refreshed every second: wait for the new token to replace the old one.
+    wait_for_screen_without(&vm, &["Not adopted. Adoption token: "], &[&token]);
 
     vm.power_off()?;
     vm.wait_for_line("keel: powering off", Duration::from_secs(60))?;

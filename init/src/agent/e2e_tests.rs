@@ -545,3 +545,52 @@ fn network_refusals_map_to_http_statuses() {
         assert_eq!(error.refusal(), want, "{error}");
     }
 }
+
+#[test]
+fn the_console_shows_the_adoption_and_resets_it() {
+    use super::console_backend::AgentConsole;
+    use crate::localapi::types::Adoption;
+    use crate::localapi::{self, ApiError, ConsoleBackend};
+
+    let host = start("e2e-console");
+    let backend = Arc::new(AgentConsole::new(Some("10.0.0.9:9443".into())));
+    let socket = host._dir.path().join("console.sock");
+    let listener = localapi::server::bind(&socket).unwrap();
+    let serving: Arc<dyn ConsoleBackend> = backend.clone();
+    std::thread::spawn(move || localapi::server::serve_on(listener, serving));
+    let console = localapi::Client::new(&socket);
+
+    // Before the agent opens, the console is answered but has no adoption to show.
+    assert!(matches!(console.status(), Err(ApiError::Unavailable(_))));
+    assert!(matches!(
+        console.reset_adoption(),
+        Err(ApiError::Unavailable(_))
+    ));
+    backend.attach(Arc::clone(&host.agent));
+    let status = console.status().unwrap();
+    assert_eq!(status.fingerprint, host.agent.fingerprint().to_string());
+    let token = Adoption::NotAdopted {
+        token: TOKEN.into(),
+    };
+    assert_eq!(status.adoption, token);
+
+    let (ca, _) = manager("manager");
+    host.client(None).adopt(TOKEN, &ca, 30).unwrap();
+    let ca_der = CertificateDer::from_pem_slice(ca.cert_pem().as_bytes()).unwrap();
+    let adopted = Adoption::Adopted {
+        manager: format!(
+            "10.0.0.9:9443 (CA {})",
+            Fingerprint::of_cert(&ca_der).unwrap()
+        ),
+    };
+    assert_eq!(console.status().unwrap().adoption, adopted);
+
+    // Resetting forgets the manager: a new token, and the old one adopts no more.
+    let Adoption::NotAdopted { token } = console.reset_adoption().unwrap() else {
+        panic!("still adopted after the reset");
+    };
+    assert_ne!(token, TOKEN);
+    assert_eq!(host.agent.token(), Some(token));
+    assert_eq!(host.agent.phase(), AdoptionPhase::NotAdopted);
+    assert!(host.client(None).adopt(TOKEN, &ca, 30).is_err());
+}

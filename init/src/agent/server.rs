@@ -405,6 +405,18 @@ impl Agent {
             .map(|t| t.secret().expose().to_string())
     }
 
+    /// The key fingerprint of the manager's CA, once adopted: how the console names the manager.
+    pub fn manager_ca(&self) -> Option<Fingerprint> {
+        let state = self.state();
+        let adopted = state.adoption.adopted()?;
+        Fingerprint::of_cert(&adopted.manager_ca).ok()
+    }
+
+    /// The VMs and their states, for the console.
+    pub fn vm_statuses(&self) -> Vec<api::VmStatus> {
+        self.vms.list()
+    }
+
     /// Forgets the manager (or the pending adoption) with a new random token: the console's
     /// reset, and the manager's release.
     pub fn reset(&self) -> Result<(), AgentError> {

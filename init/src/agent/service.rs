@@ -8,12 +8,14 @@
 
 use super::api::{RegistrationState, RegistrationStatus};
 use super::clock::SystemClock;
+use super::console_backend::AgentConsole;
 use super::datastore;
 use super::register::{self, Registrar, Settings};
 use super::server::{Agent, AgentConfig};
+use crate::localapi;
 use crate::pid1::{cmdline, console};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
@@ -189,6 +191,23 @@ fn start_registration(agent: &Arc<Agent>, params: &cmdline::KeelParams, options:
     }
 }
 
+/// Serves the local console (`keel console`) on its socket (mode 0600) from a thread of its
+/// own. Without it the console still shows what it reads itself, so a failure is logged, not
+/// fatal.
+fn serve_console(backend: &Arc<AgentConsole>) {
+    let listener = match localapi::server::bind(Path::new(localapi::SOCKET)) {
+        Ok(listener) => listener,
+        Err(e) => return log(&format!("keel-agent: {e}")),
+    };
+    let backend: Arc<dyn localapi::ConsoleBackend> = backend.clone();
+    let spawned = std::thread::Builder::new()
+        .name("console-api".into())
+        .spawn(move || localapi::server::serve_on(listener, backend));
+    if let Err(e) = spawned {
+        log(&format!("keel-agent: cannot serve the console: {e}"));
+    }
+}
+
 /// How long guests get to power off when the host shuts down (PID 1 waits 10 s for services).
 const VM_GRACE: Duration = Duration::from_secs(7);
 
@@ -235,6 +254,10 @@ fn serve(options: &Options, signals: &libc::sigset_t) -> Result<(), String> {
     config.jail = Some(crate::jail::Jailer::default());
     config.log = log;
     config.power_pid = (std::os::unix::process::parent_id() == 1).then_some(1);
+    // The console serves from now on: the operator may have to set up the network that
+    // the agent waits for.
+    let console_api = Arc::new(AgentConsole::new(params.manager.clone()));
+    serve_console(&console_api);
     // The certificate names the host by the address it is reached at.
     let ip = wait_for_address();
     config.names = vec![ip.to_string()];
@@ -244,6 +267,7 @@ fn serve(options: &Options, signals: &libc::sigset_t) -> Result<(), String> {
     let agent = Agent::open(config, Arc::new(SystemClock)).map_err(|e| e.to_string())?;
     let fingerprint = agent.fingerprint();
     log(&format!("keel-agent: host key fingerprint {fingerprint}"));
+    console_api.attach(Arc::clone(&agent));
     let listener = TcpListener::bind(SocketAddr::from((Ipv4Addr::UNSPECIFIED, options.port)))
         .map_err(|e| format!("cannot listen on port {}: {e}", options.port))?;
     let _server = agent

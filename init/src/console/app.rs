@@ -668,13 +668,7 @@ impl App {
     }
 }
 
-/// "a, b c" → ["a", "b", "c"].
-pub fn split_list(text: &str) -> Vec<String> {
-    text.split([',', ' '])
-        .filter(|s| !s.is_empty())
-        .map(String::from)
-        .collect()
-}
+pub use crate::localapi::types::split_list;
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]

@@ -139,6 +139,14 @@ pub struct NetworkForm {
     pub ntp: String,
 }
 
+/// A list field of the form as typed ("a, b c") → ["a", "b", "c"].
+pub fn split_list(text: &str) -> Vec<String> {
+    text.split([',', ' '])
+        .filter(|s| !s.is_empty())
+        .map(String::from)
+        .collect()
+}
+
 /// A change applied but not yet confirmed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -31,15 +31,17 @@ pub struct Nic {
 }
 
 /// How the management interface is built: NIC(s) → optional bond → optional VLAN → optional bridge.
+/// The kernel command line's layer and the console's form both describe it this way.
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct Stack {
-    nics: Vec<String>,
-    bond: Option<(String, BondMode)>,
-    vlan: Option<u16>,
-    bridge: Option<String>,
-    mtu: Option<u32>,
-    ipv4: Ipv4,
-    ipv6: Ipv6,
+pub struct Stack {
+    pub nics: Vec<String>,
+    /// The bond's name and mode; `nics` are its members.
+    pub bond: Option<(String, BondMode)>,
+    pub vlan: Option<u16>,
+    pub bridge: Option<String>,
+    pub mtu: Option<u32>,
+    pub ipv4: Ipv4,
+    pub ipv6: Ipv6,
 }
 
 impl Stack {
@@ -88,7 +90,45 @@ impl Stack {
         out
     }
 
-    fn config(&self) -> NetConfig {
+    /// The stack read back from `config`'s management interface down to its NICs: the inverse
+    /// of `config()`. None when the management interface is not configured or is not built
+    /// that way (a bridge over a bridge, a VLAN over a VLAN). A port that is not configured
+    /// counts as a NIC.
+    pub fn of(config: &NetConfig) -> Option<Stack> {
+        let top = config.interface(config.management())?;
+        let mut stack = Stack {
+            nics: Vec::new(),
+            bond: None,
+            vlan: None,
+            bridge: None,
+            mtu: top.mtu,
+            ipv4: top.ipv4.clone(),
+            ipv6: top.ipv6.clone(),
+        };
+        let mut below = Some(top.name.as_str());
+        let kind_of = |name: &str| config.interface(name).map(|i| &i.kind);
+        if let (Some(name), Some(Kind::Bridge { ports })) = (below, kind_of(&top.name)) {
+            stack.bridge = Some(name.to_string());
+            below = ports.first().map(String::as_str);
+        }
+        if let Some(Kind::Vlan { parent, id }) = below.and_then(kind_of) {
+            stack.vlan = Some(*id);
+            below = Some(parent);
+        }
+        match (below, below.and_then(kind_of)) {
+            (None, _) => {}
+            (Some(nic), None | Some(Kind::Ethernet {})) => stack.nics = vec![nic.to_string()],
+            (Some(bond), Some(Kind::Bond { mode, members })) => {
+                stack.bond = Some((bond.to_string(), *mode));
+                stack.nics.clone_from(members);
+            }
+            (Some(_), Some(Kind::Bridge { .. } | Kind::Vlan { .. })) => return None,
+        }
+        Some(stack)
+    }
+
+    /// The stack as a layer whose management interface is its top.
+    pub fn config(&self) -> NetConfig {
         let interfaces = self.interfaces();
         NetConfig {
             management: interfaces.last().map(|i| i.name.clone()),
@@ -624,6 +664,55 @@ mod tests {
             assert_eq!(got_warnings, warnings, "{line}");
             assert_eq!(cmdline_layer(&net, &nics), want, "{line}");
         }
+    }
+
+    #[test]
+    fn stacks_read_back_from_their_layer() {
+        let stack = |nics: &[&str], bond: Option<BondMode>, vlan, bridge: Option<&str>| Stack {
+            nics: nics.iter().map(|n| n.to_string()).collect(),
+            bond: bond.map(|m| ("bond0".to_string(), m)),
+            vlan,
+            bridge: bridge.map(String::from),
+            mtu: Some(9000),
+            ipv4: static4("10.0.0.2/24", Some("10.0.0.1")),
+            ipv6: Ipv6::Slaac {},
+        };
+        let cases = [
+            stack(&["eth0"], None, None, Some("keelbr0")),
+            stack(&["eth0"], None, None, None),
+            stack(
+                &["eth0", "eth1"],
+                Some(BondMode::Lacp),
+                Some(7),
+                Some("br1"),
+            ),
+            stack(&["eth0", "eth1"], Some(BondMode::ActiveBackup), None, None),
+            stack(&["eth2"], None, Some(4094), None),
+            stack(&[], None, None, Some("keelbr0")),
+        ];
+        for want in cases {
+            assert_eq!(Stack::of(&want.config()), Some(want.clone()), "{want:?}");
+        }
+        // Not a stack: nothing configured, or a VLAN over a bridge.
+        assert_eq!(Stack::of(&NetConfig::default()), None);
+        let mut odd = stack(&["eth0"], None, None, Some("keelbr0")).config();
+        let vlan = Interface {
+            name: "keelbr0.5".into(),
+            kind: Kind::Vlan {
+                parent: "keelbr0".into(),
+                id: 5,
+            },
+            ..eth("x")
+        };
+        odd.interfaces.get_or_insert_with(Vec::new).push(vlan);
+        odd.management = Some("keelbr0.5".into());
+        assert_eq!(Stack::of(&odd), None);
+        // A port that is not configured is taken for a NIC.
+        let bare = NetConfig {
+            interfaces: Some(vec![bridge("keelbr0", &["eth3"], Ipv4::Dhcp {})]),
+            ..NetConfig::default()
+        };
+        assert_eq!(Stack::of(&bare).map(|s| s.nics), Some(vec!["eth3".into()]));
     }
 
     #[test]
