@@ -253,14 +253,17 @@ impl Agent {
         }
     }
 
-    pub(super) fn host_stats(&self, _: &Request) -> Response {
+    /// Host and per-VM figures now, for the stats route and the metrics.
+    fn sample_stats(&self) -> api::HostStats {
         let running = self.vms.running();
-        let stats = self
-            .sampler
+        self.sampler
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .sample(&running);
-        Response::json(200, &stats)
+            .sample(&running)
+    }
+
+    pub(super) fn host_stats(&self, _: &Request) -> Response {
+        Response::json(200, &self.sample_stats())
     }
 
     /// The ingress firewall PID 1 loads at boot (`crate::firewall`), rule by rule.
@@ -269,12 +272,7 @@ impl Agent {
     }
 
     pub(super) fn metrics(&self, _: &Request) -> Response {
-        let running = self.vms.running();
-        let stats = self
-            .sampler
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .sample(&running);
+        let stats = self.sample_stats();
         Response {
             status: 200,
             headers: vec![("Content-Type".into(), "text/plain; version=0.0.4".into())],
