@@ -2,37 +2,19 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod common;
+use common::{keelctl, ok};
+
 use keel_init::agent::clock::SystemClock;
 use keel_init::agent::server::{Agent, AgentConfig};
 use std::net::{Ipv4Addr, TcpListener};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 use std::sync::Arc;
 
 const TOKEN: &str = "cli-token-0123456789abc";
 
 fn tmp(tag: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("keelctl-cli-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-fn keelctl(config: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_keelctl"))
-        .arg("--config-dir")
-        .arg(config)
-        .args(args)
-        .env_remove("KEELCTL_HOST")
-        .output()
-        .unwrap()
-}
-
-fn ok(config: &Path, args: &[&str]) -> String {
-    let out = keelctl(config, args);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "keelctl {args:?} failed: {stderr}");
-    String::from_utf8(out.stdout).unwrap()
+    common::tmp(&format!("cli-{tag}"))
 }
 
 fn fails(config: &Path, args: &[&str], want: &str) {

@@ -4,6 +4,8 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use keel_init::agent::api::{AdoptionPhase, ManagerVerdict, RegistrationState, RegistrationStatus};
 use keel_init::agent::backoff::Backoff;
 use keel_init::agent::clock::SystemClock;
@@ -12,32 +14,17 @@ use keel_init::agent::server::{Agent, AgentConfig, Server};
 use std::io::{BufRead, BufReader};
 use std::net::{IpAddr, Ipv4Addr, TcpListener};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 fn tmp(tag: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("keelctl-reg-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+    common::tmp(&format!("reg-{tag}"))
 }
 
-fn keelctl(config: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_keelctl"))
-        .arg("--config-dir")
-        .arg(config)
-        .args(args)
-        .env_remove("KEELCTL_HOST")
-        .output()
-        .unwrap()
-}
-
+/// keelctl's stdout, trimmed (ids and fingerprints are read from it).
 fn ok(config: &Path, args: &[&str]) -> String {
-    let out = keelctl(config, args);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "keelctl {args:?} failed: {stderr}");
-    String::from_utf8(out.stdout).unwrap().trim().to_string()
+    common::ok(config, args).trim().to_string()
 }
 
 /// `keelctl manager serve`, killed when dropped.
