@@ -12,7 +12,7 @@ use crate::localapi::types::{
     TestRequest, TestResult, VmSummary,
 };
 use crate::localapi::{ApiError, ConsoleBackend, Local};
-use crate::net::{self, ApplyOptions, NetError};
+use crate::net::{self, ApplyOptions, NetError, Refusal};
 
 /// The console backend of the agent. It serves from the agent's start, before the host has an
 /// address and the agent opens (`attach`), so that the operator can set up the network that
@@ -29,7 +29,7 @@ pub struct AgentConsole {
 fn net_error(e: NetError) -> ApiError {
     match e {
         NetError::NotRunning(_) => ApiError::Unavailable(e.to_string()),
-        NetError::Pending(_) | NetError::NothingPending => ApiError::Conflict(e.to_string()),
+        _ if e.refusal() == Refusal::Conflict => ApiError::Conflict(e.to_string()),
         other => ApiError::Failed(other.to_string()),
     }
 }
@@ -82,9 +82,8 @@ impl AgentConsole {
         self.manager_addr.as_deref().filter(|_| self.adopted())
     }
 
-    /// The change a form asks for over the running configuration, and the seconds left to
-    /// confirm a change still pending (the control socket reports that error as text only).
-    fn change(&self, form: &NetworkForm) -> Result<(net::NetConfig, Option<u64>), ApiError> {
+    /// The change a form asks for over the running configuration.
+    fn change(&self, form: &NetworkForm) -> Result<net::NetConfig, ApiError> {
         let running = net::status().map_err(net_error)?;
         let nics: Vec<String> = self
             .local
@@ -94,8 +93,7 @@ impl AgentConsole {
             .filter(|n| n.physical)
             .map(|n| n.name)
             .collect();
-        let change = change_of(form, &running.config, &nics).map_err(ApiError::Invalid)?;
-        Ok((change, running.pending.map(|p| p.seconds_left)))
+        change_of(form, &running.config, &nics).map_err(ApiError::Invalid)
     }
 }
 
@@ -136,16 +134,14 @@ impl ConsoleBackend for AgentConsole {
     }
 
     fn preview(&self, form: &NetworkForm) -> Result<Preview, ApiError> {
-        let (change, _) = self.change(form)?;
+        let change = self.change(form)?;
         let changes = net::preview(&change).map_err(net_error)?;
         Ok(Preview { changes })
     }
 
     fn apply(&self, form: &NetworkForm) -> Result<Applied, ApiError> {
-        let (change, pending) = self.change(form)?;
-        if let Some(secs) = pending {
-            return Err(net_error(NetError::Pending(secs)));
-        }
+        // A change still pending is refused by the network manager as a conflict.
+        let change = self.change(form)?;
         let options = ApplyOptions {
             manager: self.adopted_manager().map(String::from),
             ..ApplyOptions::default()
@@ -157,11 +153,7 @@ impl ConsoleBackend for AgentConsole {
     }
 
     fn confirm(&self) -> Result<(), ApiError> {
-        // Over the control socket every error is text; ask first so "nothing pending" is a
-        // conflict, as the console expects.
-        if net::status().map_err(net_error)?.pending.is_none() {
-            return Err(net_error(NetError::NothingPending));
-        }
+        // "Nothing pending" comes back over the control socket as a conflict refusal.
         net::confirm().map_err(net_error)
     }
 
@@ -201,6 +193,7 @@ mod tests {
             (NetError::NotRunning("x".into()), "Unavailable"),
             (NetError::Pending(5), "Conflict"),
             (NetError::NothingPending, "Conflict"),
+            (NetError::Refused(Refusal::Conflict, "x".into()), "Conflict"),
             (NetError::Remote("boom".into()), "Failed"),
         ];
         for (e, want) in cases {
