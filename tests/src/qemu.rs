@@ -134,6 +134,11 @@ impl Boot {
 
 /// How to start QEMU. Defaults: q35, TCG with an EPYC CPU offering SVM (so the guest's kvm_amd
 /// works; qemu64 lacks XSAVE), 2048 MiB, 2 CPUs, a virtio-net NIC on the user network.
+///
+/// TCG runs single-threaded: with one host thread per vCPU (MTTCG) the host kernel now and then
+/// hung in an RCU stall, one vCPU spinning in smp_call_function_many_cond while the other sat in
+/// the int3 handler of kernel text patching, mostly when two QEMUs shared the two cores. One thread
+/// for both vCPUs costs nothing measurable here (the e2e suite runs two QEMUs on two cores).
 #[derive(Debug, Clone)]
 pub struct QemuBuilder {
     pub(crate) name: String,
@@ -220,7 +225,7 @@ impl QemuBuilder {
             "-machine",
             &self.machine,
             "-accel",
-            "tcg",
+            "tcg,thread=single",
             "-cpu",
             &self.cpu,
             "-m",
@@ -299,7 +304,7 @@ mod tests {
         let (cmdline, rest) = args.split_last().unwrap();
         assert_eq!(
             rest.join(" "),
-            "-machine q35 -accel tcg -cpu EPYC,+svm,+npt -m 2048 -smp 2 -nodefaults \
+            "-machine q35 -accel tcg,thread=single -cpu EPYC,+svm,+npt -m 2048 -smp 2 -nodefaults \
              -display none -no-reboot -chardev stdio,id=console,signal=off \
              -serial chardev:console -qmp unix:/run/q.sock,server=on,wait=off \
              -netdev user,id=net0 -device virtio-net-pci,netdev=net0 \
