@@ -14,7 +14,7 @@ CMDLINE ?=
 # The same, under the name docs/boot-media.md uses; lands in out/cmdline, the ISO, PXE and USB media.
 KEEL_CMDLINE ?=
 
-QEMU := qemu-system-x86_64 -accel tcg,thread=single -cpu EPYC,+svm,+npt -m 2048 -smp 2 -nographic -no-reboot \
+QEMU := qemu-system-x86_64 -accel tcg -cpu EPYC,+svm,+npt -m 2048 -smp 1 -nographic -no-reboot \
 	-kernel $(OUT)/vmlinuz -initrd $(OUT)/initramfs.img \
 	-netdev user,id=net0,hostfwd=tcp::8443-:8443 -device e1000,netdev=net0
 

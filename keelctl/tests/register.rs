@@ -6,7 +6,9 @@
 
 mod common;
 
-use keel_init::agent::api::{AdoptionPhase, ManagerVerdict, RegistrationState, RegistrationStatus};
+use keel_init::agent::api::{
+    AdoptionPhase, ManagerVerdict, RegistrationSource, RegistrationState, RegistrationStatus,
+};
 use keel_init::agent::backoff::Backoff;
 use keel_init::agent::clock::SystemClock;
 use keel_init::agent::register::{Registrar, Settings, RETRY_FIRST, RETRY_MAX};
@@ -84,12 +86,14 @@ impl Host {
             settings: Settings::from_params(Some(url), Some(pin), join)
                 .unwrap()
                 .unwrap(),
+            source: RegistrationSource::CommandLine,
             host_id: id.into(),
             hostname: None,
             api_port: self.server.local_addr().port(),
             agent: Arc::clone(&self.agent),
             addresses: || vec![IpAddr::from([127, 0, 0, 1])],
             log: |_| {},
+            reannounce: keel_init::agent::register::REANNOUNCE_EVERY,
         }
     }
 

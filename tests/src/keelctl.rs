@@ -1,8 +1,9 @@
 //! Driving `keelctl`, the manager's command line, from end-to-end tests: build it, run it with a
 //! private configuration directory, and read the agent's ready line.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
@@ -98,6 +99,65 @@ impl Keelctl {
         entry["addr"] = Value::from(addr);
         std::fs::write(&path, entry.to_string())
             .unwrap_or_else(|e| panic!("cannot write {}: {e}", path.display()));
+    }
+}
+
+/// A nested guest boots in well under a minute under TCG; leave room for a loaded machine.
+pub const GUEST: Duration = Duration::from_secs(300);
+
+/// What the test guest (`keel_guest.mode=wait-button`) prints once up.
+pub const GUEST_WAITING: &str = "KEEL-GUEST: waiting for power button";
+
+/// A VM's state in `vm get -o json`.
+pub fn vm_state(vm: &Value) -> &str {
+    vm["state"].as_str().unwrap_or_default()
+}
+
+/// Images and VMs through keelctl.
+impl Keelctl {
+    /// Uploads `file` to the host's image store as a `kind` image.
+    pub fn upload(&self, kind: &str, file: &Path) {
+        let path = file.to_string_lossy();
+        let out = self.ok(&["image", "upload", kind, &path]);
+        assert!(out.contains(kind), "{out}");
+    }
+
+    /// Polls `vm get` until `done` holds.
+    pub fn wait_vm(&self, name: &str, what: &str, done: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + GUEST;
+        loop {
+            let vm = self.json(&["vm", "get", name]);
+            if done(&vm) {
+                return vm;
+            }
+            assert!(Instant::now() < deadline, "VM {name} never {what}: {vm}");
+            std::thread::sleep(Duration::from_secs(1));
+        }
+    }
+
+    /// How many times `marker` is in the console history now.
+    pub fn console_count(&self, name: &str, marker: &str) -> usize {
+        self.ok(&["vm", "console", name]).matches(marker).count()
+    }
+
+    /// Polls the console until `marker` appears `count` times.
+    pub fn wait_console(&self, name: &str, marker: &str, count: usize) {
+        let deadline = Instant::now() + GUEST;
+        loop {
+            let console = self.ok(&["vm", "console", name]);
+            if console.matches(marker).count() >= count {
+                return;
+            }
+            let tail: String = {
+                let chars: Vec<char> = console.chars().collect();
+                chars[chars.len().saturating_sub(2000)..].iter().collect()
+            };
+            assert!(
+                Instant::now() < deadline,
+                "{marker:?} x{count} not on the console of {name}; it ends: {tail}"
+            );
+            std::thread::sleep(Duration::from_secs(2));
+        }
     }
 }
 

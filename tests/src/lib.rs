@@ -10,6 +10,7 @@ pub mod ports;
 pub mod qemu;
 pub mod qmp;
 pub mod rust_vmm;
+pub mod screen;
 
 pub use console::Line;
 pub use error::Error;

@@ -19,69 +19,10 @@ use std::time::{Duration, Instant};
 use keel_init::agent::ca::{ManagerCa, Validity};
 use keel_init::agent::client::{ClientError, HostClient};
 use keel_init::agent::fingerprint::Fingerprint;
-use keel_tests::keelctl::{ready_fields, Keelctl};
+use keel_tests::keelctl::{ready_fields, vm_state, Keelctl, GUEST, GUEST_WAITING as MARKER};
 use keel_tests::{paths, Boot, Error, Image, Qemu, QemuBuilder};
-use serde_json::Value;
 
 const BOOT: Duration = Duration::from_secs(300);
-/// A nested guest boots in well under a minute under TCG; leave room for a loaded machine.
-const GUEST: Duration = Duration::from_secs(300);
-const MARKER: &str = "KEEL-GUEST: waiting for power button";
-
-/// Waiting for VMs through keelctl.
-trait VmWaits {
-    fn wait_vm(&self, name: &str, what: &str, done: impl Fn(&Value) -> bool) -> Value;
-    fn console_count(&self, name: &str, marker: &str) -> usize;
-    fn wait_console(&self, name: &str, marker: &str, count: usize);
-}
-
-impl VmWaits for Keelctl {
-    /// Polls `vm get` until `done` holds.
-    fn wait_vm(&self, name: &str, what: &str, done: impl Fn(&Value) -> bool) -> Value {
-        let deadline = Instant::now() + GUEST;
-        loop {
-            let vm = self.json(&["vm", "get", name]);
-            if done(&vm) {
-                return vm;
-            }
-            assert!(Instant::now() < deadline, "VM {name} never {what}: {vm}");
-            std::thread::sleep(Duration::from_secs(1));
-        }
-    }
-
-    /// How many times `marker` is in the console history now.
-    fn console_count(&self, name: &str, marker: &str) -> usize {
-        self.ok(&["vm", "console", name]).matches(marker).count()
-    }
-
-    /// Polls the console until `marker` appears `count` times.
-    fn wait_console(&self, name: &str, marker: &str, count: usize) {
-        let deadline = Instant::now() + GUEST;
-        loop {
-            let console = self.ok(&["vm", "console", name]);
-            if console.matches(marker).count() >= count {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{marker:?} x{count} not on the console of {name}; it ends: {}",
-                console
-                    .chars()
-                    .rev()
-                    .take(2000)
-                    .collect::<String>()
-                    .chars()
-                    .rev()
-                    .collect::<String>()
-            );
-            std::thread::sleep(Duration::from_secs(2));
-        }
-    }
-}
-
-fn state(vm: &Value) -> &str {
-    vm["state"].as_str().unwrap_or_default()
-}
 
 #[test]
 fn manager_adopts_the_host_and_runs_a_vm_that_survives_an_agent_restart() -> Result<(), Error> {
@@ -156,11 +97,11 @@ fn manager_adopts_the_host_and_runs_a_vm_that_survives_an_agent_restart() -> Res
     assert_eq!(info["fingerprint"], fingerprint.as_str());
     assert_eq!(info["capabilities"]["kvm"], true);
     network_changes(&k, &k.config);
-    upload(&k, "kernel", &payload.join("vmlinuz"));
-    upload(&k, "initrd", &payload.join("initrd.img"));
+    k.upload("kernel", &payload.join("vmlinuz"));
+    k.upload("initrd", &payload.join("initrd.img"));
     let image = k.config.join("data.img");
     std::fs::write(&image, vec![0x6bu8; 1 << 20]).unwrap_or_else(|e| panic!("{e}"));
-    upload(&k, "disk", &image);
+    k.upload("disk", &image);
     assert_eq!(k.json(&["image", "list"])["store"], "ram");
 
     k.ok(&[
@@ -206,7 +147,7 @@ fn manager_adopts_the_host_and_runs_a_vm_that_survives_an_agent_restart() -> Res
     assert!(firewall.contains("policy drop;"), "{firewall}");
     assert!(firewall.contains("tcp dport 8443 accept"), "{firewall}");
     k.ok(&["vm", "shutdown", "g1"]);
-    let stopped = k.wait_vm("g1", "stopped", |vm| state(vm) == "stopped");
+    let stopped = k.wait_vm("g1", "stopped", |vm| vm_state(vm) == "stopped");
     assert_eq!(stopped["last_exit"]["code"], 0, "{stopped}");
 
     // Again, and this time the agent dies while the VM runs.
@@ -217,7 +158,7 @@ fn manager_adopts_the_host_and_runs_a_vm_that_survives_an_agent_restart() -> Res
     host.wait_for_line("E2E killed the agent", BOOT)?;
     let again = host.wait_for_line("keel ready: api=https://", BOOT)?;
     assert!(again.text.ends_with("adopt-token=-"), "{again:?}");
-    let after = k.wait_vm("g1", "taken back", |vm| state(vm) == "paused");
+    let after = k.wait_vm("g1", "taken back", |vm| vm_state(vm) == "paused");
     assert_eq!(after["pid"], before["pid"], "{after}");
     assert_eq!(k.json(&["image", "list"])["store"], "ram");
     // Running again, the runner squeezes its memory cap: the kernel OOM-kills keel-vmm in its
@@ -230,7 +171,7 @@ fn manager_adopts_the_host_and_runs_a_vm_that_survives_an_agent_restart() -> Res
     )?;
     assert!(squeezed.text.contains("OOM kills"), "{}", squeezed.text);
     let killed = k.wait_vm("g1", "stopped after the restart", |vm| {
-        state(vm) == "stopped"
+        vm_state(vm) == "stopped"
     });
     let reason = killed["last_exit"]["reason"].as_str().unwrap_or_default();
     assert!(reason.contains("OOM-killed"), "{killed}");
@@ -329,10 +270,4 @@ fn network_changes(k: &Keelctl, dir: &Path) {
         "{status}"
     );
     assert_eq!(status["gateways"][0], "10.0.2.2 dev keelbr0", "{status}");
-}
-
-fn upload(k: &Keelctl, kind: &str, file: &Path) {
-    let path = file.to_string_lossy();
-    let out = k.ok(&["image", "upload", kind, &path]);
-    assert!(out.contains(kind), "{out}");
 }

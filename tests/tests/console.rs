@@ -6,53 +6,18 @@
 //! answers there; the gateway answers a ping; resetting the adoption asks first and shows a new
 //! token.
 //!
-//! The console draws with cursor addressing, so the test does not read lines: it replays the
-//! serial byte stream through a VT100 emulator and looks at the 80x24 screen.
+//! The console draws with cursor addressing, so the test reads the 80x24 screen through a VT100
+//! emulator (`keel_tests::screen`).
 
 use std::time::{Duration, Instant};
 
 use keel_init::agent::api::AdoptionPhase;
 use keel_init::agent::client::HostClient;
 use keel_init::agent::fingerprint::Fingerprint;
+use keel_tests::screen::{press, wait_for_screen, wait_for_screen_without, DOWN, SCREEN};
 use keel_tests::{Boot, Error, Image, Qemu, QemuBuilder};
 
 const BOOT: Duration = Duration::from_secs(120);
-const SCREEN: Duration = Duration::from_secs(30);
-
-/// The serial console as an 80x24 terminal shows it now.
-fn screen(vm: &Qemu) -> String {
-    let mut parser = vt100::Parser::new(24, 80, 0);
-    for line in vm.lines() {
-        parser.process(line.text.as_bytes());
-        parser.process(b"\r\n");
-    }
-    parser.process(vm.partial_line().as_bytes());
-    parser.screen().contents()
-}
-
-/// Waits until the screen shows every one of `wanted` and none of `gone`.
-fn wait_for_screen_without(vm: &Qemu, wanted: &[&str], gone: &[&str]) -> String {
-    let deadline = Instant::now() + SCREEN;
-    loop {
-        let text = screen(vm);
-        if wanted.iter().all(|w| text.contains(w)) && !gone.iter().any(|g| text.contains(g)) {
-            return text;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the console never showed {wanted:?} without {gone:?}; the screen is:\n{text}\nsee {}",
-            vm.log_path().display()
-        );
-        std::thread::sleep(Duration::from_millis(250));
-    }
-}
-
-/// Waits until the screen shows every one of `wanted`.
-fn wait_for_screen(vm: &Qemu, wanted: &[&str]) -> String {
-    wait_for_screen_without(vm, wanted, &[])
-}
-
-const DOWN: &str = "\x1b[B";
 
 /// `keel ready: api=https://<ip>:8443 fingerprint=sha256:<hex> adopt-token=<token>`.
 fn ready_field(line: &str, key: &str) -> String {
@@ -76,15 +41,6 @@ fn any_line(vm: &Qemu, needle: &str) -> String {
         );
         std::thread::sleep(Duration::from_millis(250));
     }
-}
-
-/// Types `keys` one at a time, as an operator would.
-fn press(vm: &mut Qemu, keys: &[&str]) -> Result<(), Error> {
-    for key in keys {
-        vm.send(key)?;
-        std::thread::sleep(Duration::from_millis(150));
-    }
-    Ok(())
 }
 
 #[test]
@@ -122,7 +78,7 @@ fn serial_console_with_the_agent() -> Result<(), Error> {
     );
 
     // Logs, scrolled to the oldest record: the kernel's first line.
-    vm.send("4")?;
+    vm.send("5")?;
     wait_for_screen(&vm, &["Up/Down PgUp/PgDn Home/End: scroll"]);
     vm.send("\x1b[1~")?;
     wait_for_screen(&vm, &["kernel Linux version 6."]);
@@ -151,12 +107,12 @@ fn serial_console_with_the_agent() -> Result<(), Error> {
     assert_eq!(health.adoption, AdoptionPhase::NotAdopted);
 
     // Test network, through the agent: the static gateway answers.
-    vm.send("3")?;
+    vm.send("4")?;
     vm.send("\r")?;
     wait_for_screen(&vm, &["OK   Ping: reply from 10.0.2.2"]);
 
     // System: resetting the adoption asks first, then Status shows a new token.
-    vm.send("5")?;
+    vm.send("6")?;
     vm.send("\r")?;
     wait_for_screen(&vm, &["are you sure? Press y to go ahead, n to cancel."]);
     vm.send("y")?;

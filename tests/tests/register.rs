@@ -1,12 +1,19 @@
-//! Zero-touch registration end to end, in one boot of the test image: keelctl's manager runs on
-//! this machine, which QEMU's user network shows the host as 10.0.2.2. The host is booted with
+//! Zero-touch registration end to end: keelctl's manager runs on this machine, which QEMU's
+//! user network shows the host as 10.0.2.2.
+//!
+//! From the kernel command line, in one boot of the test image: the host is booted with
 //! `keel.manager=https://10.0.2.2:<port> keel.manager_ca=<fingerprint> keel.join_token=<token>`
 //! while nothing listens there; it retries. Then an impostor (a manager with another CA) takes
-//! the port: the host refuses it, says why on the console, and the impostor receives nothing.
-//! Then the real manager starts on the port: the host registers and is adopted with nobody
-//! typing anything, and keelctl drives it. Last, with the join token revoked, the manager
-//! releases the host: it announces its new adoption token, waits in `host pending`, and is
-//! adopted again by `host approve`.
+//! the port: the host refuses it, says why in its log and on the console's Manager screen, and
+//! the impostor receives nothing. Then the real manager starts on the port: the host registers
+//! and is adopted with nobody typing anything, and keelctl runs a VM on it. Last, with the join
+//! token revoked, the manager releases the host: it announces its new adoption token, waits in
+//! `host pending`, and is adopted again by `host approve`.
+//!
+//! From the console, in a second boot without those parameters: the operator types the
+//! manager's URL and join token on the Manager screen, is shown the CA fingerprint, rejects it
+//! (the manager receives nothing), fetches it again and accepts it: the host registers and is
+//! adopted.
 
 use std::io::{BufRead, BufReader};
 use std::net::{Ipv4Addr, TcpListener};
@@ -17,7 +24,8 @@ use std::time::{Duration, Instant};
 use keel_init::agent::api::{RegistrationState, RegistrationStatus, REGISTRATION};
 use keel_init::agent::client::HostClient;
 use keel_init::agent::fingerprint::Fingerprint;
-use keel_tests::keelctl::{self, Keelctl};
+use keel_tests::keelctl::{Keelctl, GUEST_WAITING};
+use keel_tests::screen::{open_console, press, wait_for_screen, DOWN};
 use keel_tests::{paths, Boot, Error, Image, Qemu, QemuBuilder};
 
 const BOOT: Duration = Duration::from_secs(300);
@@ -92,22 +100,10 @@ fn free_port() -> (TcpListener, u16) {
     (listener, port)
 }
 
-fn keelctl_in(bin: &std::path::Path, tag: &str) -> Keelctl {
-    let config = std::env::temp_dir().join(format!("keel-e2e-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&config);
-    let k = Keelctl {
-        bin: bin.to_path_buf(),
-        config,
-    };
-    k.ok(&["ca", "init"]);
-    k
-}
-
 #[test]
 fn the_host_registers_with_its_pinned_manager_and_is_adopted() -> Result<(), Error> {
-    let bin = keelctl::binary();
-    let k = keelctl_in(&bin, "register");
-    let impostor = keelctl_in(&bin, "register-impostor");
+    let k = Keelctl::with_new_ca("register");
+    let impostor = Keelctl::with_new_ca("register-impostor");
     let pin = k.ok(&["ca", "fingerprint"]).trim().to_string();
     let token = k.ok(&["manager", "token", "create"]).trim().to_string();
     let (held, port) = free_port();
@@ -146,6 +142,17 @@ fn the_host_registers_with_its_pinned_manager_and_is_adopted() -> Result<(), Err
     );
     assert_eq!(fake.lines().len(), 1, "{:?}", fake.lines());
     drop(fake);
+    // The console's Manager screen says why too.
+    open_console(&mut host, BOOT)?;
+    press(&mut host, &["3"])?;
+    wait_for_screen(
+        &host,
+        &[
+            "Registration: refused (named on the kernel command line)",
+            " Why: The manager's certificate chain does not hold the pinned CA",
+        ],
+    );
+    host.send("\x1b")?;
 
     // The real manager: registered and adopted without anyone typing.
     let map = format!("10.0.2.15:8443=127.0.0.1:{api_port}");
@@ -170,6 +177,26 @@ fn the_host_registers_with_its_pinned_manager_and_is_adopted() -> Result<(), Err
     assert_eq!(hosts[0]["id"], id.as_str(), "{hosts}");
     assert_eq!(hosts[0]["state"], "adopted", "{hosts}");
     assert_eq!(hosts[0]["join_token"], true, "{hosts}");
+
+    // A VM runs on the registered host.
+    let payload = image.dir.join("overlay/usr/lib/keel-tests");
+    k.upload("kernel", &payload.join("vmlinuz"));
+    k.upload("initrd", &payload.join("initrd.img"));
+    k.ok(&[
+        "vm",
+        "create",
+        "g1",
+        "--kernel",
+        "vmlinuz",
+        "--initrd",
+        "initrd.img",
+        "--memory",
+        "256",
+        "--cmdline",
+        "console=ttyS0 quiet panic=-1 keel_guest.mode=wait-button",
+        "--start",
+    ]);
+    k.wait_console("g1", GUEST_WAITING, 1);
 
     // The host's API says so too, to anyone (no token in it).
     let pin: Fingerprint = fingerprint
@@ -202,7 +229,53 @@ fn the_host_registers_with_its_pinned_manager_and_is_adopted() -> Result<(), Err
         fingerprint.as_str()
     );
     assert_eq!(k.json(&["host", "pending"]), serde_json::json!([]));
-    let _ = std::fs::remove_dir_all(&k.config);
-    let _ = std::fs::remove_dir_all(&impostor.config);
+    Ok(())
+}
+
+#[test]
+fn the_operator_names_the_manager_on_the_console() -> Result<(), Error> {
+    let k = Keelctl::with_new_ca("register-console");
+    let pin = k.ok(&["ca", "fingerprint"]).trim().to_string();
+    let token = k.ok(&["manager", "token", "create"]).trim().to_string();
+    let (held, port) = free_port();
+    let url = format!("https://10.0.2.2:{port}");
+    let image = Image::locate_in(&paths::out_dir().join("test"))?;
+    let mut host: Qemu = QemuBuilder::new("register-console", Boot::image(&image))
+        .forward(8443)
+        .spawn()?;
+    host.wait_for_line("keel ready: api=https://", BOOT)?;
+    let api_port = host.host_port(8443).unwrap_or_default();
+    drop(held);
+    let listen = format!("127.0.0.1:{port}");
+    let map = format!("10.0.2.15:8443=127.0.0.1:{api_port}");
+    let manager = Manager::start(
+        &k,
+        &[
+            "--listen",
+            &listen,
+            "--name",
+            "10.0.2.2",
+            "--address-map",
+            &map,
+        ],
+    );
+
+    open_console(&mut host, BOOT)?;
+    press(&mut host, &["3"])?;
+    wait_for_screen(&host, &["Registration: no manager named"]);
+    press(&mut host, &[&url, DOWN, &token, DOWN, "\r"])?;
+    wait_for_screen(&host, &[&pin, "[ Accept: pin this CA and register ]"]);
+    // Rejected: the manager heard nothing but a TLS handshake.
+    press(&mut host, &[DOWN, "\r"])?;
+    wait_for_screen(&host, &["Rejected: nothing was sent"]);
+    assert_eq!(k.json(&["host", "pending", "--all"]), serde_json::json!([]));
+    // Fetched again and accepted: registered and adopted through the join token.
+    press(&mut host, &[DOWN, DOWN, "\r"])?;
+    wait_for_screen(&host, &[&pin, "[ Accept: pin this CA and register ]"]);
+    press(&mut host, &["\r"])?;
+    wait_for_screen(&host, &["Saved: this host registers with"]);
+    manager.wait_log("keelctl manager: adopted", RETRY);
+    wait_for_screen(&host, &["Registration: adopted (named on the console)"]);
+    assert_eq!(k.json(&["vm", "list"])["vms"], serde_json::json!([]));
     Ok(())
 }

@@ -552,7 +552,7 @@ pub struct RegistrationResponse {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum RegistrationState {
-    /// No `keel.manager=` on the command line.
+    /// No manager named (neither `keel.manager=` nor the console).
     Disabled,
     /// Not registered yet: the manager is unreachable or the next attempt is due.
     Pending,
@@ -565,15 +565,38 @@ pub enum RegistrationState {
     Error,
 }
 
+/// Where the manager the host registers with was named.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RegistrationSource {
+    /// `keel.manager=` and friends.
+    CommandLine,
+    /// The console's Manager screen (saved on the host; wins over the command line).
+    Console,
+}
+
+impl RegistrationSource {
+    /// For messages: "from the {}".
+    pub fn describe(self) -> &'static str {
+        match self {
+            Self::CommandLine => "kernel command line",
+            Self::Console => "console",
+        }
+    }
+}
+
 /// Answer to [`REGISTRATION`]; never holds a token.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RegistrationStatus {
     pub state: RegistrationState,
-    /// `keel.manager=`.
+    /// The manager's URL (`keel.manager=`, or chosen on the console).
     pub manager: Option<String>,
-    /// `keel.manager_ca=`.
+    /// The pinned manager CA fingerprint (`keel.manager_ca=`, or accepted on the console).
     pub manager_ca: Option<String>,
+    /// Where the manager was named.
+    #[serde(default)]
+    pub source: Option<RegistrationSource>,
     pub host_id: Option<String>,
     /// Why the last attempt failed, or what the manager said.
     pub reason: Option<String>,
@@ -589,6 +612,7 @@ impl Default for RegistrationStatus {
             state: RegistrationState::Disabled,
             manager: None,
             manager_ca: None,
+            source: None,
             host_id: None,
             reason: None,
             attempts: 0,

@@ -93,14 +93,58 @@ pub fn verify_pinned_chain(
     verify_server_name(&parsed, name)
 }
 
-/// Trusts the server whose chain reaches the CA with fingerprint `pin` (see the module doc).
+/// The CA a probe found: the presented certificate that the manager's server certificate (for
+/// the name asked for) verifies under. Carried out of the handshake as its error, so that the
+/// probe ends there, before any request.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("The manager's CA certificate has fingerprint {0}")]
+pub struct ProbedCa(pub Fingerprint);
+
+/// The CA found by a probe handshake (`CaCheck::Probe`), if that is how it ended.
+pub fn probed_ca(error: &rustls::Error) -> Option<Fingerprint> {
+    match error {
+        rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(e))) => {
+            e.downcast_ref::<ProbedCa>().map(|found| found.0)
+        }
+        _ => None,
+    }
+}
+
+/// The CA among `chain` that `end_entity` verifies under for `name`: what an operator is shown
+/// to compare before pinning it. Without one, the reason the last candidate failed.
+pub fn find_ca(
+    end_entity: &CertificateDer<'_>,
+    chain: &[CertificateDer<'_>],
+    name: &ServerName<'_>,
+    now: UnixTime,
+) -> Result<Fingerprint, rustls::Error> {
+    // No certificate sent after the server's own: nothing to pin.
+    let mut last = rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer);
+    for candidate in chain.iter().map(Fingerprint::of_certificate) {
+        match verify_pinned_chain(candidate, end_entity, chain, name, now) {
+            Ok(()) => return Ok(candidate),
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
+}
+
+/// What the verifier accepts.
+#[derive(Debug, Clone, Copy)]
+enum CaCheck {
+    /// The server whose chain reaches the CA with this fingerprint (see the module doc).
+    Pin(Fingerprint),
+    /// Nothing: it finds the CA (`find_ca`) and ends the handshake with it (`ProbedCa`).
+    Probe,
+}
+
 #[derive(Debug)]
-struct PinnedCaVerifier {
-    pin: Fingerprint,
+struct ManagerVerifier {
+    check: CaCheck,
     algs: WebPkiSupportedAlgorithms,
 }
 
-impl ServerCertVerifier for PinnedCaVerifier {
+impl ServerCertVerifier for ManagerVerifier {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -109,8 +153,18 @@ impl ServerCertVerifier for PinnedCaVerifier {
         _ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        verify_pinned_chain(self.pin, end_entity, intermediates, server_name, now)?;
-        Ok(ServerCertVerified::assertion())
+        match self.check {
+            CaCheck::Pin(pin) => {
+                verify_pinned_chain(pin, end_entity, intermediates, server_name, now)?;
+                Ok(ServerCertVerified::assertion())
+            }
+            CaCheck::Probe => {
+                let found = find_ca(end_entity, intermediates, server_name, now)?;
+                Err(rustls::Error::InvalidCertificate(CertificateError::Other(
+                    OtherError(Arc::new(ProbedCa(found))),
+                )))
+            }
+        }
     }
 
     fn verify_tls12_signature(
@@ -138,9 +192,19 @@ impl ServerCertVerifier for PinnedCaVerifier {
 
 /// The host's configuration for registering with the manager whose CA has fingerprint `pin`.
 pub fn pinned_ca_client_config(pin: Fingerprint) -> Result<Arc<ClientConfig>, TlsError> {
+    manager_client_config(CaCheck::Pin(pin))
+}
+
+/// A configuration whose handshakes only find the manager's CA (`probed_ca` on their error):
+/// the console shows it to the operator before anything is sent.
+pub fn probe_ca_client_config() -> Result<Arc<ClientConfig>, TlsError> {
+    manager_client_config(CaCheck::Probe)
+}
+
+fn manager_client_config(check: CaCheck) -> Result<Arc<ClientConfig>, TlsError> {
     let provider = provider();
-    let verifier = Arc::new(PinnedCaVerifier {
-        pin,
+    let verifier = Arc::new(ManagerVerifier {
+        check,
         algs: provider.signature_verification_algorithms,
     });
     let config = ClientConfig::builder_with_provider(provider)
@@ -283,6 +347,55 @@ mod tests {
             };
             assert_eq!(kind, want, "{what}: {got:?}");
         }
+    }
+
+    #[test]
+    fn a_probe_finds_the_ca_the_server_certificate_verifies_under() {
+        let ca = ManagerCa::generate("manager", validity()).unwrap();
+        let other = ManagerCa::generate("other", validity()).unwrap();
+        let (ca_der, other_der) = (der(&ca.cert_pem()), der(&other.cert_pem()));
+        let names = vec!["10.0.2.2".to_string()];
+        let leaf = der(&ca.issue_server_cert(&names, validity()).unwrap().cert_pem);
+        let m = ip("10.0.2.2");
+        let now = UnixTime::now();
+        let fp = Fingerprint::of_certificate;
+        let cases: Vec<(
+            &str,
+            Vec<CertificateDer<'static>>,
+            ServerName<'static>,
+            Option<Fingerprint>,
+        )> = vec![
+            (
+                "ca sent",
+                vec![ca_der.clone()],
+                m.clone(),
+                Some(fp(&ca_der)),
+            ),
+            (
+                "ca after another",
+                vec![other_der.clone(), ca_der.clone()],
+                m.clone(),
+                Some(fp(&ca_der)),
+            ),
+            ("no ca sent", vec![], m.clone(), None),
+            (
+                "only a foreign ca",
+                vec![other_der.clone()],
+                m.clone(),
+                None,
+            ),
+            ("another name", vec![ca_der.clone()], ip("10.0.2.3"), None),
+        ];
+        for (what, chain, name, want) in cases {
+            let got = find_ca(&leaf, &chain, &name, now).ok();
+            assert_eq!(got, want, "{what}");
+        }
+        let found = rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(
+            Arc::new(ProbedCa(fp(&ca_der))),
+        )));
+        assert_eq!(probed_ca(&found), Some(fp(&ca_der)));
+        assert_eq!(probed_ca(&rustls::Error::DecryptError), None);
+        assert!(probe_ca_client_config().is_ok());
     }
 
     #[test]

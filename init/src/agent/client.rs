@@ -132,6 +132,13 @@ impl HostClient {
         Ok(StreamOwned::new(conn, tcp))
     }
 
+    /// Only the TLS handshake, no request: what the server's certificate says is all it learns.
+    pub fn handshake(&self) -> Result<(), ClientError> {
+        let mut stream = self.connect()?;
+        let io = stream.conn.complete_io(&mut stream.sock);
+        io.map(drop).map_err(|e| self.io_error(e))
+    }
+
     /// The host's address.
     pub fn addr(&self) -> SocketAddr {
         self.addr

@@ -1,15 +1,19 @@
 //! The agent's side of the console's local API (`localapi::ConsoleBackend`): the status from the
 //! agent's identity, adoption and VMs; the management network through PID 1's network manager
-//! (`net::status/preview/apply/confirm`), the form mapped by `netform`; the logs and network
+//! (`net::status/preview/apply/confirm`), the form mapped by `netform`; the manager to register
+//! with through `registration` (its CA found by `register::probe_ca`); the logs and network
 //! tests from `localapi::Local`.
 
 use std::sync::{Arc, OnceLock};
 
+use super::api::RegistrationStatus;
 use super::netform::{change_of, form_of};
+use super::register::{self, ManagerUrl, SettingsError};
+use super::registration::{ManagerChoice, Registration, SavedError};
 use super::server::Agent;
 use crate::localapi::types::{
-    Adoption, Applied, LogPage, NetworkForm, NetworkState, Pending, Preview, Status, TestKind,
-    TestRequest, TestResult, VmSummary,
+    Adoption, Applied, FieldError, LogPage, ManagerCa, ManagerProbe, NetworkForm, NetworkState,
+    Pending, Preview, Status, TestKind, TestRequest, TestResult, VmSummary,
 };
 use crate::localapi::{ApiError, ConsoleBackend, Local};
 use crate::net::{self, ApplyOptions, NetError, Refusal};
@@ -19,10 +23,18 @@ use crate::net::{self, ApplyOptions, NetError, Refusal};
 /// the agent waits for.
 pub struct AgentConsole {
     agent: OnceLock<Arc<Agent>>,
+    /// The manager the host registers with; the network test connects to it and, once it
+    /// adopted the host, a network change that loses it is rolled back.
+    registration: OnceLock<Arc<Registration>>,
     local: Local,
-    /// The manager's `host:port` when known (`keel.manager=`): the network test connects to it
-    /// and a network change is rolled back when it cannot be reached.
-    manager_addr: Option<String>,
+}
+
+/// The field of a manager choice a settings error is about.
+fn choice_field(e: &SettingsError) -> &'static str {
+    match e {
+        SettingsError::Pin(_) | SettingsError::NoPin => "manager_ca",
+        SettingsError::Url(_) | SettingsError::NoManager => "manager",
+    }
 }
 
 /// How a network manager error reaches the console.
@@ -34,18 +46,43 @@ fn net_error(e: NetError) -> ApiError {
     }
 }
 
+impl Default for AgentConsole {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl AgentConsole {
-    pub fn new(manager_addr: Option<String>) -> Self {
+    pub fn new() -> Self {
         Self {
             agent: OnceLock::new(),
+            registration: OnceLock::new(),
             local: Local::new(),
-            manager_addr,
         }
     }
 
-    /// The agent, once it has opened; the status and the adoption need it.
-    pub fn attach(&self, agent: Arc<Agent>) {
+    /// The agent, once it has opened, and its registration; the status, the adoption and the
+    /// Manager screen need them.
+    pub fn attach(&self, agent: Arc<Agent>, registration: Option<Arc<Registration>>) {
         let _ = self.agent.set(agent);
+        if let Some(registration) = registration {
+            let _ = self.registration.set(registration);
+        }
+    }
+
+    /// The manager's `host:port`, when one is named.
+    fn manager_addr(&self) -> Option<String> {
+        let (settings, _) = self.registration.get()?.settings()?;
+        Some(settings.manager.endpoint())
+    }
+
+    fn registration_service(&self) -> Result<&Registration, ApiError> {
+        self.agent()?;
+        self.registration.get().map(AsRef::as_ref).ok_or_else(|| {
+            ApiError::Unavailable(String::from(
+                "Registration is not running (see the log for why)",
+            ))
+        })
     }
 
     fn agent(&self) -> Result<&Agent, ApiError> {
@@ -68,7 +105,7 @@ impl AgentConsole {
                 let ca = agent
                     .manager_ca()
                     .map_or_else(|| String::from("unknown"), |f| f.to_string());
-                let manager = match &self.manager_addr {
+                let manager = match self.manager_addr() {
                     Some(addr) => format!("{addr} (CA {ca})"),
                     None => format!("CA {ca}"),
                 };
@@ -78,8 +115,8 @@ impl AgentConsole {
     }
 
     /// The manager to keep reachable through a network change: only once adopted.
-    fn adopted_manager(&self) -> Option<&str> {
-        self.manager_addr.as_deref().filter(|_| self.adopted())
+    fn adopted_manager(&self) -> Option<String> {
+        self.manager_addr().filter(|_| self.adopted())
     }
 
     /// The change a form asks for over the running configuration.
@@ -143,7 +180,7 @@ impl ConsoleBackend for AgentConsole {
         // A change still pending is refused by the network manager as a conflict.
         let change = self.change(form)?;
         let options = ApplyOptions {
-            manager: self.adopted_manager().map(String::from),
+            manager: self.adopted_manager(),
             ..ApplyOptions::default()
         };
         let applied = net::apply(&change, &options).map_err(net_error)?;
@@ -158,20 +195,49 @@ impl ConsoleBackend for AgentConsole {
     }
 
     fn test(&self, request: &TestRequest) -> Result<TestResult, ApiError> {
-        let unknown = self.adopted() && self.manager_addr.is_none();
-        if request.kind == TestKind::ConnectManager && unknown {
+        let manager = self.manager_addr();
+        if request.kind == TestKind::ConnectManager && self.adopted() && manager.is_none() {
             return Ok(TestResult {
                 ok: false,
                 detail: String::from(
-                    "the manager's address is not known (keel.manager= is not set)",
+                    "the manager's address is not known (name it on the Manager screen)",
                 ),
             });
         }
-        Ok(self.local.test(request, self.adopted_manager()))
+        Ok(self.local.test(request, manager.as_deref()))
     }
 
     fn logs(&self, after: Option<u64>) -> Result<LogPage, ApiError> {
         self.local.logs(after)
+    }
+
+    fn registration(&self) -> Result<RegistrationStatus, ApiError> {
+        Ok(self.agent()?.registration())
+    }
+
+    fn probe_manager(&self, probe: &ManagerProbe) -> Result<ManagerCa, ApiError> {
+        let url: ManagerUrl = probe.manager.parse().map_err(|e: SettingsError| {
+            ApiError::Invalid(vec![FieldError {
+                field: "manager".into(),
+                message: e.to_string(),
+            }])
+        })?;
+        let ca = register::probe_ca(&url).map_err(ApiError::Failed)?;
+        Ok(ManagerCa {
+            manager_ca: ca.to_string(),
+        })
+    }
+
+    fn choose_manager(&self, choice: &ManagerChoice) -> Result<RegistrationStatus, ApiError> {
+        let registration = self.registration_service()?;
+        registration.choose(choice).map_err(|e| match e {
+            SavedError::Invalid(e) => ApiError::Invalid(vec![FieldError {
+                field: choice_field(&e).into(),
+                message: e.to_string(),
+            }]),
+            other => ApiError::Failed(other.to_string()),
+        })?;
+        Ok(self.agent()?.registration())
     }
 
     fn reset_adoption(&self) -> Result<Adoption, ApiError> {

@@ -30,6 +30,7 @@ pub mod launch;
 pub mod netform;
 pub mod ratelimit;
 pub mod register;
+pub mod registration;
 pub mod server;
 pub mod service;
 pub mod taps;

@@ -9,11 +9,12 @@
 //! (`GET /v1/registration`) for managers and the console.
 
 use super::api::{
-    self, RegistrationRequest, RegistrationResponse, RegistrationState, RegistrationStatus,
+    self, RegistrationRequest, RegistrationResponse, RegistrationSource, RegistrationState,
+    RegistrationStatus,
 };
 use super::atomic::{write_atomic, AtomicError};
 use super::backoff::Backoff;
-use super::ca_pin::{ca_pin_mismatch, pinned_ca_client_config};
+use super::ca_pin::{ca_pin_mismatch, pinned_ca_client_config, probe_ca_client_config, probed_ca};
 use super::client::{ClientError, HostClient};
 use super::fingerprint::Fingerprint;
 use super::hostinfo;
@@ -25,7 +26,7 @@ use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// The host ID, in the agent's state directory.
 pub const HOST_ID_FILE: &str = "host-id";
@@ -36,9 +37,12 @@ pub const RETRY_FIRST: Duration = Duration::from_secs(1);
 pub const RETRY_MAX: Duration = Duration::from_secs(30);
 /// How often a registered host looks for changed addresses or adoption.
 pub const WATCH_EVERY: Duration = Duration::from_secs(3);
+/// How often a registered host announces itself when nothing changed: a manager that lost its
+/// records, or failed to adopt it, hears from it again.
+pub const REANNOUNCE_EVERY: Duration = Duration::from_secs(600);
 
 /// Why registration cannot start.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum SettingsError {
     /// keel.manager={0:?} is not an https://host[:port][/path] URL
     #[error("keel.manager={0:?} is not an https://host[:port][/path] URL")]
@@ -142,6 +146,15 @@ impl ManagerUrl {
 
     pub fn as_str(&self) -> &str {
         &self.text
+    }
+
+    /// `host:port` (`[v6]:port`), as the network tests and the network rollback check take it.
+    pub fn endpoint(&self) -> String {
+        if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
     }
 }
 
@@ -298,9 +311,46 @@ pub fn classify(manager: &str, err: &ClientError) -> Failure {
     }
 }
 
+/// The fingerprint of the CA that the manager at `url` chains its server certificate to, found
+/// in a TLS handshake that ends before any request: the operator compares it with the manager's
+/// before the host pins it and sends anything.
+pub fn probe_ca(url: &ManagerUrl) -> Result<Fingerprint, String> {
+    let text = url.as_str();
+    let addr = url
+        .resolve()
+        .map_err(|e| format!("cannot resolve {text}: {e}"))?;
+    let config = probe_ca_client_config().map_err(|e| e.to_string())?;
+    // The pin is not used: the probe configuration verifies nothing against it.
+    let mut client = HostClient::with_config(addr, Fingerprint::of_spki(b""), config);
+    if let Some(name) = url.server_name() {
+        client = client.with_server_name(name);
+    }
+    let error = match client.handshake() {
+        Ok(()) => return Err(format!("{text} finished a handshake it should not have")),
+        Err(e) => e,
+    };
+    match &error {
+        ClientError::Tls(_, tls) => match probed_ca(tls) {
+            Some(ca) => Ok(ca),
+            None => Err(match tls {
+                rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer) => {
+                    format!("{text} sent no CA certificate that its server certificate chains to")
+                }
+                rustls::Error::InvalidCertificate(_) => {
+                    format!("{text} has no valid certificate for that address: {tls}")
+                }
+                _ => format!("TLS with {text} failed: {tls}"),
+            }),
+        },
+        ClientError::Connect(..) => Err(format!("manager unreachable: {error}")),
+        other => Err(other.to_string()),
+    }
+}
+
 /// The host's side of registration, run on a thread of its own.
 pub struct Registrar {
     pub settings: Settings,
+    pub source: RegistrationSource,
     pub host_id: String,
     pub hostname: Option<String>,
     pub api_port: u16,
@@ -308,10 +358,13 @@ pub struct Registrar {
     /// The addresses to announce (`host_addresses` on a real host).
     pub addresses: fn() -> Vec<IpAddr>,
     pub log: fn(&str),
+    /// How long an unchanged registration stands before it is sent again (`REANNOUNCE_EVERY`).
+    pub reannounce: Duration,
 }
 
-/// What a registered host last announced: a change of either is announced again.
-type Announced = (Vec<IpAddr>, Option<String>);
+/// What a registered host last announced, and when: a change of either is announced at once,
+/// and the same again after `Registrar::reannounce`.
+pub type Announced = ((Vec<IpAddr>, Option<String>), Instant);
 
 impl Registrar {
     /// The registration document as of now.
@@ -354,6 +407,7 @@ impl Registrar {
             state: RegistrationState::Pending,
             manager: Some(self.settings.manager.as_str().to_string()),
             manager_ca: Some(self.settings.manager_ca.to_string()),
+            source: Some(self.source),
             host_id: Some(self.host_id.clone()),
             ..RegistrationStatus::default()
         }
@@ -367,8 +421,11 @@ impl Registrar {
         status: &mut RegistrationStatus,
     ) -> Duration {
         let addresses = (self.addresses)();
-        let now: Announced = (addresses.clone(), self.agent.token());
-        if addresses.is_empty() || announced.as_ref() == Some(&now) {
+        let now = (addresses.clone(), self.agent.token());
+        let current = announced
+            .as_ref()
+            .is_some_and(|(what, at)| *what == now && at.elapsed() < self.reannounce);
+        if addresses.is_empty() || current {
             return WATCH_EVERY;
         }
         let doc = self.document(addresses);
@@ -388,7 +445,7 @@ impl Registrar {
                 status.state = RegistrationState::Registered;
                 status.verdict = Some(answer.state);
                 status.reason = Some(answer.message);
-                *announced = Some(now);
+                *announced = Some((now, Instant::now()));
                 backoff.reset();
                 self.agent.set_registration(status.clone());
                 WATCH_EVERY
@@ -410,15 +467,18 @@ impl Registrar {
         }
     }
 
-    /// Registers, and keeps the registration current, forever.
-    pub fn run(self) {
+    /// Registers, and keeps the registration current, until `wait` (given how long to wait
+    /// before the next round) says to stop.
+    pub fn run(&self, mut wait: impl FnMut(Duration) -> bool) {
         let mut status = self.status();
         self.agent.set_registration(status.clone());
         let mut announced = None;
         let mut backoff = Backoff::new(RETRY_FIRST, RETRY_MAX);
         loop {
-            let wait = self.step(&mut announced, &mut backoff, &mut status);
-            std::thread::sleep(wait);
+            let delay = self.step(&mut announced, &mut backoff, &mut status);
+            if !wait(delay) {
+                return;
+            }
         }
     }
 }
@@ -462,6 +522,13 @@ mod tests {
             assert_eq!(url.register_path(), path, "{text}");
             assert_eq!(url.as_str(), text);
             assert!(url.server_name().is_some(), "{text}");
+        }
+        for (text, endpoint) in [
+            ("https://10.0.2.2:8444/x", "10.0.2.2:8444"),
+            ("https://manager.example", "manager.example:443"),
+            ("https://[fd00::1]:9000", "[fd00::1]:9000"),
+        ] {
+            assert_eq!(text.parse::<ManagerUrl>().unwrap().endpoint(), endpoint);
         }
         let bad = [
             "",

@@ -6,8 +6,8 @@
 #![allow(clippy::unwrap_used)]
 
 use super::api::{
-    self, ManagerVerdict, RegistrationRequest, RegistrationResponse, RegistrationState,
-    RegistrationStatus,
+    self, ManagerVerdict, RegistrationRequest, RegistrationResponse, RegistrationSource,
+    RegistrationState, RegistrationStatus,
 };
 use super::atomic::testdir::TestDir;
 use super::backoff::Backoff;
@@ -16,7 +16,7 @@ use super::ca_pin::manager_server_config;
 use super::clock::ManualClock;
 use super::fingerprint::Fingerprint;
 use super::http::{self, Limits, Response};
-use super::register::{Registrar, Settings, RETRY_FIRST, RETRY_MAX, WATCH_EVERY};
+use super::register::{Announced, Registrar, Settings, RETRY_FIRST, RETRY_MAX, WATCH_EVERY};
 use super::server::{Agent, AgentConfig, OPENAPI_JSON};
 use super::tls::parse_cert_pem;
 use rustls::{ServerConnection, StreamOwned};
@@ -87,17 +87,19 @@ fn registrar(agent: &Arc<Agent>, url: &str, pin: &str, join: Option<&str>) -> Re
         settings: Settings::from_params(Some(url), Some(pin), join)
             .unwrap()
             .unwrap(),
+        source: RegistrationSource::CommandLine,
         host_id: "00000000-0000-4000-8000-000000000001".into(),
         hostname: Some("node-1".into()),
         api_port: 8443,
         agent: Arc::clone(agent),
         addresses: || vec![IpAddr::from([10, 0, 2, 15])],
         log: |_| {},
+        reannounce: super::register::REANNOUNCE_EVERY,
     }
 }
 
 struct Run {
-    announced: Option<(Vec<IpAddr>, Option<String>)>,
+    announced: Option<Announced>,
     backoff: Backoff,
     status: RegistrationStatus,
 }
@@ -145,16 +147,19 @@ fn registers_with_the_pinned_manager_and_announces_changes() {
             (8443, crate::pid1::VERSION)
         );
     }
-    // Nothing changed: nothing is sent.
+    // Nothing changed: nothing is sent, until it is time to announce again anyway.
     run.step(&r);
     assert_eq!(received.lock().unwrap().len(), 1);
+    r.reannounce = std::time::Duration::ZERO;
+    run.step(&r);
+    assert_eq!(received.lock().unwrap().len(), 2);
     // A new address is announced.
     r.addresses = || vec![IpAddr::from([10, 0, 2, 16])];
     run.step(&r);
     let got = received.lock().unwrap();
-    assert_eq!(got.len(), 2);
-    assert_eq!(got[1].addresses, vec![IpAddr::from([10, 0, 2, 16])]);
-    assert_eq!(run.status.attempts, 2);
+    assert_eq!(got.len(), 3);
+    assert_eq!(got[2].addresses, vec![IpAddr::from([10, 0, 2, 16])]);
+    assert_eq!(run.status.attempts, 3);
 }
 
 #[test]
@@ -275,4 +280,130 @@ fn the_openapi_document_describes_the_registration_messages() {
     assert!(url.ends_with(api::REGISTER), "{url}");
     let body = &item["post"]["requestBody"]["content"]["application/json"]["schema"]["$ref"];
     assert_eq!(body, "#/components/schemas/RegistrationRequest");
+}
+
+/// Polls the agent's registration until `done` holds (the registrar runs on its own thread).
+fn wait_registration(
+    agent: &Agent,
+    done: impl Fn(&RegistrationStatus) -> bool,
+) -> RegistrationStatus {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let status = agent.registration();
+        if done(&status) {
+            return status;
+        }
+        assert!(std::time::Instant::now() < deadline, "{status:?}");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn the_console_fetches_the_ca_then_chooses_the_manager_without_a_reboot() {
+    use super::console_backend::AgentConsole;
+    use super::registration::{CommandLine, ManagerChoice, Registration, SAVED_FILE};
+    use crate::localapi::types::ManagerProbe;
+    use crate::localapi::{self, ApiError, ConsoleBackend};
+    use std::os::unix::fs::PermissionsExt;
+
+    let dir = TestDir::new("register-console");
+    let agent = agent(&dir);
+    let state_dir = dir.path().join("state");
+    let (ca, other) = (ca(), ca());
+    let (first, first_got) = manager(&other, &["127.0.0.1"]);
+    let (second, second_got) = manager(&ca, &["127.0.0.1"]);
+    // The command line names the first manager; the console will move the host to the second.
+    let cmdline = CommandLine {
+        manager: Some(format!("https://127.0.0.1:{}", first.port())),
+        manager_ca: Some(pin_of(&other)),
+        join_token: None,
+    };
+    let addresses = || vec![IpAddr::from([10, 0, 2, 15])];
+    let registration = Registration::start(
+        Arc::clone(&agent),
+        state_dir.clone(),
+        &cmdline,
+        None,
+        8443,
+        addresses,
+        |_| {},
+    )
+    .unwrap();
+    let backend = Arc::new(AgentConsole::new());
+    backend.attach(Arc::clone(&agent), Some(registration));
+    let socket = dir.path().join("console.sock");
+    let listener = localapi::server::bind(&socket).unwrap();
+    let serving: Arc<dyn ConsoleBackend> = backend.clone();
+    std::thread::spawn(move || localapi::server::serve_on(listener, serving));
+    let console = localapi::Client::new(&socket);
+
+    let status = wait_registration(&agent, |s| s.state == RegistrationState::Registered);
+    assert_eq!(status.source, Some(RegistrationSource::CommandLine));
+    assert_eq!(console.registration().unwrap(), agent.registration());
+    assert_eq!(first_got.lock().unwrap().len(), 1);
+
+    // The probe finds the second manager's CA and sends it nothing.
+    let url = format!("https://127.0.0.1:{}", second.port());
+    let probe = |manager: &str| {
+        console.probe_manager(&ManagerProbe {
+            manager: manager.into(),
+        })
+    };
+    assert_eq!(probe(&url).unwrap().manager_ca, pin_of(&ca));
+    assert!(second_got.lock().unwrap().is_empty());
+    fn refused<T: std::fmt::Debug>(e: Result<T, ApiError>, field: &str) {
+        match e {
+            Err(ApiError::Invalid(errors)) => assert_eq!(errors[0].field, field),
+            other => panic!("{other:?}"),
+        }
+    }
+    refused(probe("http://127.0.0.1"), "manager");
+    let closed = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    match probe(&format!("https://127.0.0.1:{}", closed.port())) {
+        Err(ApiError::Failed(m)) => assert!(m.contains("manager unreachable"), "{m}"),
+        other => panic!("{other:?}"),
+    }
+    // The right CA, but no certificate for the name asked for.
+    match probe(&format!("https://localhost:{}", second.port())) {
+        Err(ApiError::Failed(m)) => assert!(m.contains("no valid certificate"), "{m}"),
+        other => panic!("{other:?}"),
+    }
+
+    // Accepting saves the choice (0600: it holds the join token) and switches at once.
+    let choice = ManagerChoice {
+        manager: url.clone(),
+        manager_ca: pin_of(&ca),
+        join_token: Some("join-token".into()),
+    };
+    refused(
+        console.choose_manager(&ManagerChoice {
+            manager_ca: "sha256:00".into(),
+            ..choice.clone()
+        }),
+        "manager_ca",
+    );
+    console.choose_manager(&choice).unwrap();
+    let status = wait_registration(&agent, |s| {
+        s.state == RegistrationState::Registered && s.manager.as_deref() == Some(url.as_str())
+    });
+    assert_eq!(status.source, Some(RegistrationSource::Console));
+    assert_eq!(status.manager_ca, Some(pin_of(&ca)));
+    let got = second_got.lock().unwrap();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].join_token.as_deref(), Some("join-token"));
+    let saved = state_dir.join(SAVED_FILE);
+    assert_eq!(
+        std::fs::metadata(&saved).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let stored: ManagerChoice = serde_json::from_slice(&std::fs::read(&saved).unwrap()).unwrap();
+    assert_eq!(stored, choice);
+    assert_eq!(
+        first_got.lock().unwrap().len(),
+        1,
+        "the first manager hears no more"
+    );
 }

@@ -396,9 +396,27 @@ impl Agent {
         self.state().adoption.phase()
     }
 
-    /// The adoption token to show on the console, while the host can be adopted.
+    /// The adoption token to show on the console and announce to the manager, while the host
+    /// can be adopted. An expired one is replaced (and the new one logged) first: a host that
+    /// waits days for approval would otherwise announce a token nobody can use, while the
+    /// registrar announces a changed token again on its own.
     pub fn token(&self) -> Option<String> {
-        let state = self.state();
+        let mut state = self.state();
+        let now = self.clock.now();
+        let expired = match &state.adoption {
+            Adoption::NotAdopted { token } => token.expired(now),
+            _ => false,
+        };
+        if expired {
+            if let Ok(secret) = Secret::random() {
+                let token = Token::new(secret, now, self.config.token_ttl);
+                (self.config.log)(&format!(
+                    "keel-agent: the adoption token expired; the new one is {}",
+                    token.secret().expose()
+                ));
+                state.adoption.release(token);
+            }
+        }
         state
             .adoption
             .token()
@@ -801,6 +819,23 @@ mod tests {
             .unwrap();
         assert!(matches!(err, AgentError::BadRecord(..)), "{err}");
         assert!(err.to_string().contains(ADOPTION_FILE), "{err}");
+    }
+
+    #[test]
+    fn an_expired_token_is_replaced() {
+        let dir = TestDir::new("server-expiry");
+        let mut config = AgentConfig::new(dir.path().join("state"), vec!["127.0.0.1".into()]);
+        config.token_ttl = Some(Duration::from_secs(60));
+        let clock = Arc::new(ManualClock::new());
+        let agent = Agent::open(config, clock.clone()).unwrap();
+        let first = agent.token().unwrap();
+        clock.advance(Duration::from_secs(59));
+        assert_eq!(agent.token().unwrap(), first);
+        clock.advance(Duration::from_secs(1));
+        let second = agent.token().unwrap();
+        assert_ne!(second, first);
+        assert_eq!(agent.token().unwrap(), second);
+        assert_eq!(agent.phase(), AdoptionPhase::NotAdopted);
     }
 
     #[test]

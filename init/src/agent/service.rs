@@ -3,14 +3,14 @@
 //! At start it makes or loads the host identity, shows the key fingerprint on the consoles, waits
 //! for the host to have an IPv4 address, listens on port 8443 and prints the one line a script
 //! reads: `keel ready: api=https://<ip>:8443 fingerprint=sha256:<hex> adopt-token=<token>`
-//! (`adopt-token=-` once adopted). With `keel.manager=` it then registers with the manager
-//! (`register`).
+//! (`adopt-token=-` once adopted). It then registers with the manager named by `keel.manager=`
+//! or on the console (`registration`).
 
-use super::api::{RegistrationState, RegistrationStatus};
 use super::clock::SystemClock;
 use super::console_backend::AgentConsole;
 use super::datastore;
-use super::register::{self, Registrar, Settings};
+use super::register;
+use super::registration::{CommandLine, Registration};
 use super::server::{Agent, AgentConfig};
 use crate::localapi;
 use crate::pid1::{cmdline, console};
@@ -142,53 +142,34 @@ fn stop_signals() -> libc::sigset_t {
     set
 }
 
-/// Starts the registrar when `keel.manager=` asks for it; bad parameters are reported on the
-/// console and in the API, and the agent carries on without registering.
-fn start_registration(agent: &Arc<Agent>, params: &cmdline::KeelParams, options: &Options) {
-    let settings = Settings::from_params(
-        params.manager.as_deref(),
-        params.manager_ca.as_deref(),
-        params.join_token.as_deref(),
-    );
-    let refuse = |reason: String| {
-        log(&format!("keel-agent: not registering: {reason}"));
-        agent.set_registration(RegistrationStatus {
-            state: RegistrationState::Error,
-            manager: params.manager.clone(),
-            manager_ca: params.manager_ca.clone(),
-            reason: Some(reason),
-            ..RegistrationStatus::default()
-        });
+/// Starts registering with the manager of the kernel command line or the console's saved
+/// choice (`registration`); without a thread for it the agent carries on unregistered.
+fn start_registration(
+    agent: &Arc<Agent>,
+    params: &cmdline::KeelParams,
+    options: &Options,
+) -> Option<Arc<Registration>> {
+    let cmdline = CommandLine {
+        manager: params.manager.clone(),
+        manager_ca: params.manager_ca.clone(),
+        join_token: params.join_token.clone(),
     };
-    let settings = match settings {
-        Ok(Some(settings)) => settings,
-        Ok(None) => return,
-        Err(e) => return refuse(e.to_string()),
-    };
-    let host_id = match register::load_or_create_host_id(&options.state_dir) {
-        Ok(id) => id,
-        Err(e) => return refuse(e.to_string()),
-    };
-    log(&format!(
-        "keel-agent: registering with {} as {host_id} (manager CA {})",
-        settings.manager.as_str(),
-        settings.manager_ca
-    ));
-    let registrar = Registrar {
-        settings,
-        host_id,
-        hostname: params.hostname.clone(),
-        api_port: options.port,
-        agent: Arc::clone(agent),
-        addresses: register::host_addresses,
+    let started = Registration::start(
+        Arc::clone(agent),
+        options.state_dir.clone(),
+        &cmdline,
+        params.hostname.clone(),
+        options.port,
+        register::host_addresses,
         log,
-    };
-    if let Err(e) = std::thread::Builder::new()
-        .name("keel-register".into())
-        .spawn(move || registrar.run())
-    {
-        refuse(format!("cannot start the registration thread: {e}"));
-    }
+    );
+    started
+        .map_err(|e| {
+            log(&format!(
+                "keel-agent: cannot start the registration thread: {e}"
+            ))
+        })
+        .ok()
 }
 
 /// Serves the local console (`keel console`) on its socket (mode 0600) from a thread of its
@@ -256,7 +237,7 @@ fn serve(options: &Options, signals: &libc::sigset_t) -> Result<(), String> {
     config.power_pid = (std::os::unix::process::parent_id() == 1).then_some(1);
     // The console serves from now on: the operator may have to set up the network that
     // the agent waits for.
-    let console_api = Arc::new(AgentConsole::new(params.manager.clone()));
+    let console_api = Arc::new(AgentConsole::new());
     serve_console(&console_api);
     // The certificate names the host by the address it is reached at.
     let ip = wait_for_address();
@@ -267,7 +248,6 @@ fn serve(options: &Options, signals: &libc::sigset_t) -> Result<(), String> {
     let agent = Agent::open(config, Arc::new(SystemClock)).map_err(|e| e.to_string())?;
     let fingerprint = agent.fingerprint();
     log(&format!("keel-agent: host key fingerprint {fingerprint}"));
-    console_api.attach(Arc::clone(&agent));
     let listener = TcpListener::bind(SocketAddr::from((Ipv4Addr::UNSPECIFIED, options.port)))
         .map_err(|e| format!("cannot listen on port {}: {e}", options.port))?;
     let _server = agent
@@ -278,7 +258,8 @@ fn serve(options: &Options, signals: &libc::sigset_t) -> Result<(), String> {
         "keel ready: api=https://{ip}:{} fingerprint={fingerprint} adopt-token={token}",
         options.port
     ));
-    start_registration(&agent, &params, options);
+    let registration = start_registration(&agent, &params, options);
+    console_api.attach(Arc::clone(&agent), registration);
     loop {
         // SAFETY: signals is a valid set; a null siginfo pointer is allowed.
         let sig = unsafe { libc::sigwaitinfo(signals, std::ptr::null_mut()) };

@@ -134,6 +134,11 @@ impl Token {
         &self.secret
     }
 
+    /// Whether it has expired at `now`.
+    pub fn expired(&self, now: Instant) -> bool {
+        self.expires_at.is_some_and(|at| now >= at)
+    }
+
     /// Accepts `presented` at `now`. Expiry is only reported for the right token, so a guess
     /// learns nothing from it.
     pub fn check(&self, presented: &str, now: Instant) -> Result<(), TokenError> {

@@ -4,7 +4,9 @@
 
 use std::collections::BTreeMap;
 
+use crate::agent::registration::ManagerChoice;
 use crate::localapi::facts::cpu_percent;
+use crate::localapi::types::ManagerProbe;
 use crate::localapi::types::{
     Adoption, Applied, BondMode, CpuTimes, HostFacts, Ipv4Mode, LogEntry, NetworkForm,
     NetworkState, Preview, Status, TestKind, TestRequest, TestResult,
@@ -12,21 +14,24 @@ use crate::localapi::types::{
 use crate::localapi::ApiError;
 
 use super::keys::Key;
+use super::manager::ManagerScreen;
 
 /// The screens, in menu order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Screen {
     Status,
     Network,
+    Manager,
     Test,
     Logs,
     System,
 }
 
 impl Screen {
-    pub const ALL: [Screen; 5] = [
+    pub const ALL: [Screen; 6] = [
         Screen::Status,
         Screen::Network,
+        Screen::Manager,
         Screen::Test,
         Screen::Logs,
         Screen::System,
@@ -36,6 +41,7 @@ impl Screen {
         match self {
             Screen::Status => "Status",
             Screen::Network => "Network",
+            Screen::Manager => "Manager",
             Screen::Test => "Test network",
             Screen::Logs => "Logs",
             Screen::System => "System",
@@ -171,6 +177,9 @@ pub enum Effect {
     Apply(NetworkForm),
     Confirm,
     Test(TestRequest),
+    LoadManager,
+    ProbeManager(ManagerProbe),
+    ChooseManager(ManagerChoice),
     Run(Action),
     /// Clear the terminal and draw everything again (Ctrl-L).
     Redraw,
@@ -199,6 +208,8 @@ pub struct App {
     pub field_errors: BTreeMap<String, String>,
     /// Preview lines, or the outcome of apply/confirm.
     pub form_message: Vec<String>,
+
+    pub manager: ManagerScreen,
 
     pub test_row: usize,
     pub test_name: String,
@@ -259,6 +270,7 @@ impl App {
             field: 0,
             field_errors: BTreeMap::new(),
             form_message: Vec::new(),
+            manager: ManagerScreen::default(),
             test_row: 0,
             test_name: String::from("keel.dev"),
             test_results: Vec::new(),
@@ -282,6 +294,7 @@ impl App {
     pub fn editing(&self) -> bool {
         match self.screen {
             Screen::Network => self.is_text(Field::ALL[self.field]).is_some(),
+            Screen::Manager => self.manager.editing(),
             Screen::Test => TestRow::ALL[self.test_row] == TestRow::Name,
             _ => false,
         }
@@ -306,6 +319,7 @@ impl App {
         self.confirming = None;
         match screen {
             Screen::Network => vec![Effect::LoadNetwork],
+            Screen::Manager => vec![Effect::LoadManager],
             _ => Vec::new(),
         }
     }
@@ -314,13 +328,13 @@ impl App {
     pub fn on_key(&mut self, key: Key) -> Vec<Effect> {
         // Keys that work everywhere.
         match key {
-            Key::F(n @ 1..=5) => return self.switch(Screen::ALL[usize::from(n - 1)]),
+            Key::F(n @ 1..=6) => return self.switch(Screen::ALL[usize::from(n - 1)]),
             Key::Ctrl('l') => return vec![Effect::Redraw],
             Key::Esc => {
                 self.confirming = None;
                 return self.switch(Screen::Status);
             }
-            Key::Char(c @ '1'..='5') if !self.editing() && self.confirming.is_none() => {
+            Key::Char(c @ '1'..='6') if !self.editing() && self.confirming.is_none() => {
                 let i = (c as usize) - ('1' as usize);
                 return self.switch(Screen::ALL[i]);
             }
@@ -329,6 +343,7 @@ impl App {
         match self.screen {
             Screen::Status => Vec::new(),
             Screen::Network => self.network_key(key),
+            Screen::Manager => self.manager.on_key(key),
             Screen::Test => self.test_key(key),
             Screen::Logs => {
                 self.logs_key(key);
@@ -714,13 +729,16 @@ mod tests {
     fn screens_switch_by_digit_f_key_and_escape() {
         let cases: &[(&[Key], Screen)] = &[
             (&[], Screen::Status),
-            (&[Char('4')], Screen::Logs),
-            (&[F(3)], Screen::Test),
-            (&[Char('5'), Esc], Screen::Status),
-            // Digits type into a text field (bond members) instead of switching.
+            (&[Char('5')], Screen::Logs),
+            (&[F(4)], Screen::Test),
+            (&[Char('6'), Esc], Screen::Status),
+            // Digits type into a text field (bond members, the manager URL) instead of
+            // switching.
             (&[Char('2'), Down, Char('3')], Screen::Network),
-            (&[Char('2'), Char('3')], Screen::Test),
-            (&[Char('2'), F(4)], Screen::Logs),
+            (&[Char('3'), Char('4')], Screen::Manager),
+            (&[Char('3'), Down, Down, Char('4')], Screen::Test),
+            (&[Char('2'), Char('4')], Screen::Test),
+            (&[Char('2'), F(5)], Screen::Logs),
             (&[Char('9'), Char('x')], Screen::Status),
         ];
         for (keys, want) in cases {
@@ -732,6 +750,7 @@ mod tests {
         }
         let mut app = App::new();
         assert_eq!(app.on_key(Char('2')), [Effect::LoadNetwork]);
+        assert_eq!(app.on_key(F(3)), [Effect::LoadManager]);
         assert_eq!(app.on_key(Ctrl('l')), [Effect::Redraw]);
     }
 
@@ -821,7 +840,7 @@ mod tests {
     #[test]
     fn tests_screen() {
         let mut app = App::new();
-        app.on_key(Char('3'));
+        app.on_key(Char('4'));
         assert_eq!(
             app.on_key(Enter),
             [Effect::Test(TestRequest {
@@ -864,7 +883,7 @@ mod tests {
         assert_eq!(app.last_log_seq(), None);
         app.on_logs((1..=30).map(entry).collect());
         assert_eq!(app.last_log_seq(), Some(30));
-        app.on_key(Char('4'));
+        app.on_key(Char('5'));
         let cases: &[(Key, usize)] = &[
             (Up, 1),
             (PageUp, 11),
@@ -913,7 +932,7 @@ mod tests {
         ];
         for (keys, want, confirming) in cases {
             let mut app = App::new();
-            app.on_key(Char('5'));
+            app.on_key(Char('6'));
             let effects: Vec<Effect> = keys.iter().flat_map(|k| app.on_key(*k)).collect();
             assert_eq!(effects, *want, "{keys:?}");
             assert_eq!(app.confirming, *confirming, "{keys:?}");
@@ -972,6 +991,7 @@ mod tests {
             Char('3'),
             Char('4'),
             Char('5'),
+            Char('6'),
             Char(','),
             Char('y'),
             Char('é'),

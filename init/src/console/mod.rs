@@ -8,6 +8,7 @@
 
 pub mod app;
 pub mod keys;
+pub mod manager;
 pub mod term;
 pub mod view;
 
@@ -81,8 +82,10 @@ impl Sources {
             .map(|page| page.entries)
             .unwrap_or_default();
         app.on_logs(logs);
-        if app.screen == app::Screen::Network {
-            app.on_network(self.agent.network());
+        match app.screen {
+            app::Screen::Network => app.on_network(self.agent.network()),
+            app::Screen::Manager => app.manager.on_registration(self.agent.registration()),
+            _ => {}
         }
     }
 
@@ -97,6 +100,11 @@ impl Sources {
             Effect::Confirm => {
                 app.on_confirmed(self.agent.confirm());
                 app.on_network(self.agent.network());
+            }
+            Effect::LoadManager => app.manager.on_registration(self.agent.registration()),
+            Effect::ProbeManager(probe) => app.manager.on_probe(self.agent.probe_manager(&probe)),
+            Effect::ChooseManager(choice) => {
+                app.manager.on_chosen(self.agent.choose_manager(&choice));
             }
             Effect::Test(request) => {
                 let answer = match self.agent.test(&request) {

@@ -8,6 +8,8 @@ use ratatui::widgets::{Paragraph, Wrap};
 use ratatui::Frame;
 
 use super::app::{Action, App, Field, Screen, TestRow};
+use super::manager::Row;
+use crate::agent::api::{RegistrationState, RegistrationStatus};
 use crate::localapi::types::{Adoption, HostFacts, Ipv4Mode, Link, LogSource, Nic, TestKind};
 
 fn bold(text: impl Into<String>) -> Span<'static> {
@@ -87,16 +89,18 @@ pub fn draw(frame: &mut Frame, app: &App) {
     let lines = match app.screen {
         Screen::Status => status_lines(app),
         Screen::Network => network_lines(app),
+        Screen::Manager => manager_lines(app),
         Screen::Test => test_lines(app),
         Screen::Logs => log_lines(app, usize::from(body.height)),
         Screen::System => system_lines(app),
     };
     frame.render_widget(Paragraph::new(lines).wrap(Wrap { trim: false }), body);
     let keys = match app.screen {
-        Screen::Status => "1-5 or F1-F5: screens   Ctrl-L: redraw",
+        Screen::Status => "1-6 or F1-F6: screens   Ctrl-L: redraw",
         Screen::Network => {
             "Up/Down: field  Left/Right: choose  type to edit  Enter: run  Esc: back"
         }
+        Screen::Manager => "Up/Down: field  type to edit  Enter: run  Esc: back",
         Screen::Test => "Up/Down: choose  Enter: run the test  Esc: back",
         Screen::Logs => "Up/Down PgUp/PgDn Home/End: scroll   Esc: back",
         Screen::System => "Up/Down: choose  Enter: select  y/n: confirm  Esc: back",
@@ -262,6 +266,97 @@ fn network_lines(app: &App) -> Vec<Line<'static>> {
         lines.push(Line::from(spans));
     }
     lines.extend(app.form_message.iter().map(|m| Line::from(m.clone())));
+    lines
+}
+
+fn registration_lines(status: &RegistrationStatus) -> Vec<Line<'static>> {
+    let state = match status.state {
+        RegistrationState::Disabled => "no manager named",
+        RegistrationState::Pending => "not registered yet",
+        RegistrationState::Registered => "registered",
+        RegistrationState::Adopted => "adopted",
+        RegistrationState::Error => "refused",
+    };
+    let source = status.source.map_or(String::new(), |s| {
+        format!(" (named on the {})", s.describe())
+    });
+    let mut lines = vec![Line::from(vec![
+        bold(format!("Registration: {state}")),
+        Span::raw(source),
+    ])];
+    let rows = [
+        ("Manager", status.manager.clone()),
+        ("Manager CA", status.manager_ca.clone()),
+        ("Host ID", status.host_id.clone()),
+        (
+            "Attempts",
+            (status.attempts > 0).then(|| status.attempts.to_string()),
+        ),
+    ];
+    for (label, value) in rows {
+        if let Some(value) = value {
+            lines.push(Line::from(format!(" {label:<11} {value}")));
+        }
+    }
+    if let Some(reason) = &status.reason {
+        let label = match status.state {
+            RegistrationState::Registered | RegistrationState::Adopted => "Manager says",
+            _ => "Why",
+        };
+        lines.push(Line::from(vec![
+            Span::raw(format!(" {label}: ")),
+            bold(reason.clone()),
+        ]));
+    }
+    lines
+}
+
+fn manager_lines(app: &App) -> Vec<Line<'static>> {
+    let m = &app.manager;
+    let mut lines: Vec<Line> = agent_line(app).into_iter().collect();
+    let current = m.current();
+    for row in m.rows() {
+        if *row == Row::Accept {
+            lines.push(Line::from(
+                " Manager CA fingerprint (compare before accepting):",
+            ));
+            lines.push(Line::from(bold(format!(
+                "  {}",
+                m.probed.clone().unwrap_or_default()
+            ))));
+        }
+        let value = match row {
+            Row::Url => m.url.clone(),
+            Row::JoinToken if m.join_token.is_empty() && current != Row::JoinToken => {
+                String::from("(optional)")
+            }
+            Row::JoinToken => m.join_token.clone(),
+            _ => String::new(),
+        };
+        let error = m.field_errors.get(row.wire_name());
+        let label = if matches!(row, Row::Url | Row::JoinToken) {
+            format!("{:<15}", row.label())
+        } else {
+            row.label().to_string()
+        };
+        let mut spans = vec![
+            Span::raw(if error.is_some() { "!" } else { " " }),
+            selected(label, *row == current),
+            Span::raw(" "),
+            Span::raw(value),
+        ];
+        if let Some(e) = error {
+            spans.push(bold(format!("  {e}")));
+        }
+        lines.push(Line::from(spans));
+    }
+    lines.extend(m.message.iter().map(|l| Line::from(l.clone())));
+    lines.push(Line::from(""));
+    match (&m.status, &m.status_error) {
+        (Some(status), _) => lines.extend(registration_lines(status)),
+        (None, Some(e)) => lines.push(Line::from(e.clone())),
+        (None, None) => {}
+    }
     lines
 }
 
@@ -495,7 +590,7 @@ mod tests {
                 })
                 .collect(),
         );
-        app.on_key(Key::Char('4'));
+        app.on_key(Key::Char('5'));
         let s = screen(&app, 80, 24);
         assert!(s.contains("[  150.000] keel   message 100"), "{s}");
         assert!(
@@ -508,11 +603,53 @@ mod tests {
     }
 
     #[test]
+    fn manager_screen_shows_the_fingerprint_to_accept_and_the_registration() {
+        let mut app = App::new();
+        app.on_key(Key::Char('3'));
+        let ca = format!("sha256:{}", "ab".repeat(32));
+        app.manager.on_registration(Ok(RegistrationStatus {
+            state: RegistrationState::Error,
+            manager: Some("https://10.0.2.2:8444".into()),
+            manager_ca: Some(format!("sha256:{}", "00".repeat(32))),
+            source: Some(crate::agent::api::RegistrationSource::CommandLine),
+            host_id: Some("0f6c0a2e-8d2b-4e0e-9a57-3b1e3e6a4b11".into()),
+            reason: Some("The manager's certificate chain does not hold the pinned CA".into()),
+            attempts: 3,
+            verdict: None,
+        }));
+        let s = screen(&app, 80, 24);
+        for want in [
+            "3 Manager",
+            "Manager URL     https://10.0.2.2:8444",
+            "Join token      (optional)",
+            "[ Fetch the manager's CA fingerprint ]",
+            "Registration: refused (named on the kernel command line)",
+            " Attempts    3",
+            " Why: The manager's certificate chain does not hold the pinned CA",
+        ] {
+            assert!(s.contains(want), "{want:?} missing:\n{s}");
+        }
+        assert!(!s.contains("Accept"), "{s}");
+        app.manager.on_probe(Ok(crate::localapi::types::ManagerCa {
+            manager_ca: ca.clone(),
+        }));
+        let s = screen(&app, 80, 24);
+        for want in [
+            ca.as_str(),
+            "[ Accept: pin this CA and register ]",
+            "[ Reject: send nothing ]",
+            "Compare it with the manager's own",
+        ] {
+            assert!(s.contains(want), "{want:?} missing:\n{s}");
+        }
+    }
+
+    #[test]
     fn odd_sizes_do_not_panic() {
         let mut app = App::new();
         app.on_status(Err(ApiError::Unavailable("x".into())), Some(facts()));
-        for screen_key in ['1', '2', '3', '4', '5'] {
-            app.on_key(Key::Char(screen_key));
+        for screen_key in 1..=6 {
+            app.on_key(Key::F(screen_key));
             for (w, h) in [(1, 1), (10, 3), (20, 5), (80, 24), (200, 60)] {
                 let mut term = Terminal::new(TestBackend::new(w, h)).unwrap();
                 term.draw(|f| draw(f, &app)).unwrap();

@@ -9,11 +9,13 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use super::types::{
-    Adoption, Applied, Invalid, LogPage, NetworkForm, NetworkState, Preview, ResetRequest, Status,
-    TestRequest, TestResult,
+    Adoption, Applied, Invalid, LogPage, ManagerCa, ManagerProbe, NetworkForm, NetworkState,
+    Preview, ResetRequest, Status, TestRequest, TestResult,
 };
 use super::{ApiError, ConsoleBackend};
+use crate::agent::api::RegistrationStatus;
 use crate::agent::http::{self, ErrorBody, Limits};
+use crate::agent::registration::ManagerChoice;
 
 /// Longer than the slowest request: a network test (2 s) or an apply.
 const TIMEOUT: Duration = Duration::from_secs(15);
@@ -114,6 +116,15 @@ impl ConsoleBackend for Client {
             Some(&ResetRequest { confirm: true }),
         )
     }
+    fn registration(&self) -> Result<RegistrationStatus, ApiError> {
+        self.call("GET", "/manager", NO_BODY)
+    }
+    fn probe_manager(&self, probe: &ManagerProbe) -> Result<ManagerCa, ApiError> {
+        self.call("POST", "/manager/probe", Some(probe))
+    }
+    fn choose_manager(&self, choice: &ManagerChoice) -> Result<RegistrationStatus, ApiError> {
+        self.call("PUT", "/manager", Some(choice))
+    }
 }
 
 #[cfg(test)]
@@ -145,6 +156,7 @@ pub(crate) mod tests {
         pub local: Local,
         pub pending: Mutex<Option<NetworkForm>>,
         pub adopted: Mutex<bool>,
+        pub manager: Mutex<Option<ManagerChoice>>,
     }
 
     impl TestBackend {
@@ -153,6 +165,7 @@ pub(crate) mod tests {
                 local: Local::new(),
                 pending: Mutex::new(None),
                 adopted: Mutex::new(true),
+                manager: Mutex::new(None),
             }
         }
     }
@@ -224,6 +237,29 @@ pub(crate) mod tests {
             *self.adopted.lock().unwrap() = false;
             self.status().map(|s| s.adoption)
         }
+        fn registration(&self) -> Result<RegistrationStatus, ApiError> {
+            let choice = self.manager.lock().unwrap().clone();
+            Ok(RegistrationStatus {
+                manager: choice.as_ref().map(|c| c.manager.clone()),
+                manager_ca: choice.map(|c| c.manager_ca),
+                ..RegistrationStatus::default()
+            })
+        }
+        fn probe_manager(&self, probe: &ManagerProbe) -> Result<ManagerCa, ApiError> {
+            match probe.manager.strip_prefix("https://") {
+                Some(_) => Ok(ManagerCa {
+                    manager_ca: format!("sha256:{}", "cd".repeat(32)),
+                }),
+                None => Err(ApiError::Invalid(vec![FieldError {
+                    field: "manager".into(),
+                    message: "not an https:// URL".into(),
+                }])),
+            }
+        }
+        fn choose_manager(&self, choice: &ManagerChoice) -> Result<RegistrationStatus, ApiError> {
+            *self.manager.lock().unwrap() = Some(choice.clone());
+            self.registration()
+        }
     }
 
     fn socket_path(tag: &str) -> PathBuf {
@@ -289,6 +325,23 @@ pub(crate) mod tests {
                 token: "tok-123".into()
             }
         );
+
+        assert_eq!(client.registration().unwrap().manager, None);
+        let probe = |url: &str| {
+            client.probe_manager(&ManagerProbe {
+                manager: url.into(),
+            })
+        };
+        let ca = probe("https://m.example").unwrap().manager_ca;
+        assert!(matches!(probe("m.example"), Err(ApiError::Invalid(e)) if e[0].field == "manager"));
+        let choice = ManagerChoice {
+            manager: "https://m.example".into(),
+            manager_ca: ca.clone(),
+            join_token: Some("j".into()),
+        };
+        let status = client.choose_manager(&choice).unwrap();
+        assert_eq!(status.manager_ca, Some(ca));
+        assert_eq!(*backend.manager.lock().unwrap(), Some(choice));
         std::fs::remove_file(&path).unwrap();
     }
 

@@ -2,8 +2,8 @@
 //! 0600, root only), served by the agent process, used by `keel console`.
 //!
 //! Only what the console needs is here: read the status, read and change the management network
-//! (preview, apply with rollback, confirm), test the network, read the logs, and release the host
-//! from its manager. The agent implements `ConsoleBackend` by delegating to its adoption state and
+//! (preview, apply with rollback, confirm), test the network, read the logs, name the manager
+//! to register with (after showing its CA fingerprint), and release the host from its manager. The agent implements `ConsoleBackend` by delegating to its adoption state and
 //! the network module; `serve` puts any backend on the socket and `Client` is the console's end.
 //! `facts`, `kmsg` and `nettest` are the parts that need neither: what the host can read about
 //! itself, the kernel log, and the network tests. `Local` bundles them for both the agent's
@@ -19,11 +19,13 @@ pub mod types;
 use std::sync::Mutex;
 use std::time::Duration;
 
+use crate::agent::api::RegistrationStatus;
+use crate::agent::registration::ManagerChoice;
 pub use client::Client;
 pub use server::serve;
 use types::{
-    Adoption, Applied, FieldError, HostFacts, LogPage, NetworkForm, NetworkState, Preview, Status,
-    TestKind, TestRequest, TestResult,
+    Adoption, Applied, FieldError, HostFacts, LogPage, ManagerCa, ManagerProbe, NetworkForm,
+    NetworkState, Preview, Status, TestKind, TestRequest, TestResult,
 };
 
 /// Where the agent serves the console.
@@ -78,6 +80,14 @@ pub trait ConsoleBackend: Send + Sync {
     fn logs(&self, after: Option<u64>) -> Result<LogPage, ApiError>;
     /// `POST /adoption/reset`: forget the manager and issue a new adoption token.
     fn reset_adoption(&self) -> Result<Adoption, ApiError>;
+    /// `GET /manager`: where the host is in registering with its manager.
+    fn registration(&self) -> Result<RegistrationStatus, ApiError>;
+    /// `POST /manager/probe`: the CA fingerprint of the manager at a URL, from a TLS handshake
+    /// that sends it nothing.
+    fn probe_manager(&self, probe: &ManagerProbe) -> Result<ManagerCa, ApiError>;
+    /// `PUT /manager`: register with this manager from now on (saved; wins over the kernel
+    /// command line).
+    fn choose_manager(&self, choice: &ManagerChoice) -> Result<RegistrationStatus, ApiError>;
 }
 
 /// What needs no agent state: host facts, the kernel log, and network tests against the

@@ -8,9 +8,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::types::{Invalid, NetworkForm, ResetRequest, TestRequest};
+use super::types::{Invalid, ManagerProbe, NetworkForm, ResetRequest, TestRequest};
 use super::{ApiError, ConsoleBackend};
 use crate::agent::http::{self, Limits, Request, Response, Route};
+use crate::agent::registration::ManagerChoice;
 
 /// At most this many requests are served at once (two consoles, a few polls each).
 const MAX_CONNECTIONS: usize = 8;
@@ -37,6 +38,9 @@ enum Handler {
     Test,
     Logs,
     Reset,
+    Registration,
+    ProbeManager,
+    ChooseManager,
 }
 
 const ROUTES: &[Route<Handler>] = &[
@@ -48,6 +52,9 @@ const ROUTES: &[Route<Handler>] = &[
     route("POST", "/network/test", Handler::Test),
     route("GET", "/logs", Handler::Logs),
     route("POST", "/adoption/reset", Handler::Reset),
+    route("GET", "/manager", Handler::Registration),
+    route("POST", "/manager/probe", Handler::ProbeManager),
+    route("PUT", "/manager", Handler::ChooseManager),
 ];
 
 const fn route(method: &'static str, path: &'static str, handler: Handler) -> Route<Handler> {
@@ -121,6 +128,15 @@ pub fn handle(backend: &dyn ConsoleBackend, request: &Request) -> Response {
                 page
             })),
             Err(m) => Response::error(400, &m),
+        },
+        Handler::Registration => answer(backend.registration()),
+        Handler::ProbeManager => match request.json::<ManagerProbe>() {
+            Ok(probe) => answer(backend.probe_manager(&probe)),
+            Err(r) => r,
+        },
+        Handler::ChooseManager => match request.json::<ManagerChoice>() {
+            Ok(choice) => answer(backend.choose_manager(&choice)),
+            Err(r) => r,
         },
         Handler::Reset => match request.json::<ResetRequest>() {
             Ok(ResetRequest { confirm: true }) => answer(backend.reset_adoption()),

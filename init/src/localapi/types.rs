@@ -265,6 +265,21 @@ pub struct ResetRequest {
     pub confirm: bool,
 }
 
+/// `POST /manager/probe` body.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ManagerProbe {
+    /// `https://host[:port][/path]`.
+    pub manager: String,
+}
+
+/// `POST /manager/probe` answer: the fingerprint to show the operator for Accept/Reject.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ManagerCa {
+    pub manager_ca: String,
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
