@@ -38,88 +38,41 @@ fn adopt_and_manage_a_host() {
     let fp = agent.fingerprint().to_string();
     let cfg = dir.join("config");
 
-    fails(
-        &cfg,
-        &[
+    let adopt = |token: &'static str, fp: &str, name: Option<&'static str>| -> Vec<String> {
+        let mut args = vec![
             "host",
             "adopt",
             &addr,
             "--token",
-            TOKEN,
+            token,
             "--fingerprint",
-            &fp,
-        ],
-        "keelctl ca init",
-    );
+            fp,
+        ];
+        args.extend(name.iter().flat_map(|n| ["--name", *n]));
+        args.into_iter().map(String::from).collect()
+    };
+    let run = |args: Vec<String>, want: Option<&str>| {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        match want {
+            Some(want) => fails(&cfg, &args, want),
+            None => {
+                ok(&cfg, &args);
+            }
+        }
+    };
+    run(adopt(TOKEN, &fp, None), Some("keelctl ca init"));
     ok(&cfg, &["ca", "init"]);
     fails(&cfg, &["ca", "init"], "--force");
     let other = keel_init::agent::fingerprint::Fingerprint::of_spki(b"someone else").to_string();
-    fails(
-        &cfg,
-        &[
-            "host",
-            "adopt",
-            &addr,
-            "--token",
-            TOKEN,
-            "--fingerprint",
-            &other,
-        ],
-        "mismatch",
-    );
-    fails(
-        &cfg,
-        &[
-            "host",
-            "adopt",
-            &addr,
-            "--token",
-            "wrong-token-000000000",
-            "--fingerprint",
-            &fp,
-        ],
-        "401",
-    );
-    fails(
-        &cfg,
-        &[
-            "host",
-            "adopt",
-            &addr,
-            "--token",
-            TOKEN,
-            "--fingerprint",
-            "sha256:zz",
-        ],
-        "--fingerprint",
-    );
-    ok(
-        &cfg,
-        &[
-            "host",
-            "adopt",
-            &addr,
-            "--token",
-            TOKEN,
-            "--fingerprint",
-            &fp,
-            "--name",
-            "h1",
-        ],
-    );
-    fails(
-        &cfg,
-        &[
-            "host",
-            "adopt",
-            &addr,
-            "--token",
-            TOKEN,
-            "--fingerprint",
-            &fp,
-        ],
-        "409",
-    );
+    for (args, want) in [
+        (adopt(TOKEN, &other, None), Some("mismatch")),
+        (adopt("wrong-token-000000000", &fp, None), Some("401")),
+        (adopt(TOKEN, "sha256:zz", None), Some("--fingerprint")),
+        (adopt(TOKEN, &fp, Some("h1")), None),
+        (adopt(TOKEN, &fp, None), Some("409")),
+    ] {
+        run(args, want);
+    }
 
     let info = ok(&cfg, &["host", "info"]);
     assert!(info.contains(&fp), "{info}");

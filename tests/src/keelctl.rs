@@ -122,6 +122,34 @@ impl Keelctl {
         assert!(out.contains(kind), "{out}");
     }
 
+    /// Uploads the test guest's kernel and initramfs from `payload` (the test image's
+    /// `overlay/usr/lib/keel-tests`) as `vmlinuz` and `initrd.img`.
+    pub fn upload_guest(&self, payload: &Path) {
+        self.upload("kernel", &payload.join("vmlinuz"));
+        self.upload("initrd", &payload.join("initrd.img"));
+    }
+
+    /// Creates and starts VM `name` running the test guest (256 MiB, waiting for its power
+    /// button once up), with `devices` (`--disk`, `--nic` arguments) added.
+    pub fn start_guest(&self, name: &str, devices: &[&str]) {
+        let mut args = vec![
+            "vm",
+            "create",
+            name,
+            "--kernel",
+            "vmlinuz",
+            "--initrd",
+            "initrd.img",
+            "--memory",
+            "256",
+            "--cmdline",
+            "console=ttyS0 quiet panic=-1 keel_guest.mode=wait-button",
+            "--start",
+        ];
+        args.extend(devices);
+        self.ok(&args);
+    }
+
     /// Polls `vm get` until `done` holds.
     pub fn wait_vm(&self, name: &str, what: &str, done: impl Fn(&Value) -> bool) -> Value {
         let deadline = Instant::now() + GUEST;

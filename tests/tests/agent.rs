@@ -97,35 +97,25 @@ fn manager_adopts_the_host_and_runs_a_vm_that_survives_an_agent_restart() -> Res
     assert_eq!(info["fingerprint"], fingerprint.as_str());
     assert_eq!(info["capabilities"]["kvm"], true);
     network_changes(&k, &k.config);
-    k.upload("kernel", &payload.join("vmlinuz"));
-    k.upload("initrd", &payload.join("initrd.img"));
+    k.upload_guest(&payload);
     let image = k.config.join("data.img");
     std::fs::write(&image, vec![0x6bu8; 1 << 20]).unwrap_or_else(|e| panic!("{e}"));
     k.upload("disk", &image);
     assert_eq!(k.json(&["image", "list"])["store"], "ram");
 
-    k.ok(&[
-        "vm",
-        "create",
+    k.start_guest(
         "g1",
-        "--kernel",
-        "vmlinuz",
-        "--initrd",
-        "initrd.img",
-        "--memory",
-        "256",
-        "--cmdline",
-        "console=ttyS0 quiet panic=-1 keel_guest.mode=wait-button",
         // A private copy of the disk image, the image itself shared read-only, a NIC on the
         // management bridge (not QEMU's 52:54:00:12:34:56: that is the Keel host's own NIC).
-        "--disk",
-        "data.img,serial=private",
-        "--disk",
-        "data.img,shared,ro",
-        "--nic",
-        "keelbr0,mac=52:54:00:ab:cd:01",
-        "--start",
-    ]);
+        &[
+            "--disk",
+            "data.img,serial=private",
+            "--disk",
+            "data.img,shared,ro",
+            "--nic",
+            "keelbr0,mac=52:54:00:ab:cd:01",
+        ],
+    );
     k.wait_console("g1", MARKER, 1);
     // The guest finds them all (and the entropy device) on PCI.
     let console = k.ok(&["vm", "console", "g1"]);

@@ -62,6 +62,22 @@ impl Manager {
         manager
     }
 
+    /// A manager on `port` of this machine, which the guest reaches as 10.0.2.2, adopting the
+    /// host at 10.0.2.15:8443 through QEMU's forward to `api_port`.
+    fn for_qemu(k: &Keelctl, port: u16, api_port: u16) -> Manager {
+        let listen = format!("127.0.0.1:{port}");
+        let map = format!("10.0.2.15:8443=127.0.0.1:{api_port}");
+        let args = [
+            "--listen",
+            &listen,
+            "--name",
+            "10.0.2.2",
+            "--address-map",
+            &map,
+        ];
+        Manager::start(k, &args)
+    }
+
     fn lines(&self) -> Vec<String> {
         self.log.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
@@ -155,18 +171,7 @@ fn the_host_registers_with_its_pinned_manager_and_is_adopted() -> Result<(), Err
     host.send("\x1b")?;
 
     // The real manager: registered and adopted without anyone typing.
-    let map = format!("10.0.2.15:8443=127.0.0.1:{api_port}");
-    let manager = Manager::start(
-        &k,
-        &[
-            "--listen",
-            &listen,
-            "--name",
-            "10.0.2.2",
-            "--address-map",
-            &map,
-        ],
-    );
+    let manager = Manager::for_qemu(&k, port, api_port);
     host.wait_for_line(&format!("keel-agent: registered with {url}"), RETRY)?;
     let adopted = manager.wait_log("keelctl manager: adopted", RETRY);
     let id = adopted.rsplit(' ').next().unwrap_or_default().to_string();
@@ -179,23 +184,8 @@ fn the_host_registers_with_its_pinned_manager_and_is_adopted() -> Result<(), Err
     assert_eq!(hosts[0]["join_token"], true, "{hosts}");
 
     // A VM runs on the registered host.
-    let payload = image.dir.join("overlay/usr/lib/keel-tests");
-    k.upload("kernel", &payload.join("vmlinuz"));
-    k.upload("initrd", &payload.join("initrd.img"));
-    k.ok(&[
-        "vm",
-        "create",
-        "g1",
-        "--kernel",
-        "vmlinuz",
-        "--initrd",
-        "initrd.img",
-        "--memory",
-        "256",
-        "--cmdline",
-        "console=ttyS0 quiet panic=-1 keel_guest.mode=wait-button",
-        "--start",
-    ]);
+    k.upload_guest(&image.dir.join("overlay/usr/lib/keel-tests"));
+    k.start_guest("g1", &[]);
     k.wait_console("g1", GUEST_WAITING, 1);
 
     // The host's API says so too, to anyone (no token in it).
@@ -246,19 +236,7 @@ fn the_operator_names_the_manager_on_the_console() -> Result<(), Error> {
     host.wait_for_line("keel ready: api=https://", BOOT)?;
     let api_port = host.host_port(8443).unwrap_or_default();
     drop(held);
-    let listen = format!("127.0.0.1:{port}");
-    let map = format!("10.0.2.15:8443=127.0.0.1:{api_port}");
-    let manager = Manager::start(
-        &k,
-        &[
-            "--listen",
-            &listen,
-            "--name",
-            "10.0.2.2",
-            "--address-map",
-            &map,
-        ],
-    );
+    let manager = Manager::for_qemu(&k, port, api_port);
 
     open_console(&mut host, BOOT)?;
     press(&mut host, &["3"])?;

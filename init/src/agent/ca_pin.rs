@@ -10,16 +10,11 @@
 //! the manager has sent it nothing.
 
 use super::fingerprint::Fingerprint;
-use super::tls::{provider, TlsError};
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use super::tls::{checked_client_config, provider, ServerCheck, TlsError};
 use rustls::client::{verify_server_cert_signed_by_trust_anchor, verify_server_name};
-use rustls::crypto::WebPkiSupportedAlgorithms;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::server::ParsedCertificate;
-use rustls::{
-    CertificateError, ClientConfig, DigitallySignedStruct, OtherError, RootCertStore, ServerConfig,
-    SignatureScheme,
-};
+use rustls::{CertificateError, ClientConfig, OtherError, RootCertStore, ServerConfig};
 use std::fmt;
 use std::sync::Arc;
 
@@ -138,25 +133,17 @@ enum CaCheck {
     Probe,
 }
 
-#[derive(Debug)]
-struct ManagerVerifier {
-    check: CaCheck,
-    algs: WebPkiSupportedAlgorithms,
-}
-
-impl ServerCertVerifier for ManagerVerifier {
-    fn verify_server_cert(
+impl ServerCheck for CaCheck {
+    fn check(
         &self,
         end_entity: &CertificateDer<'_>,
         intermediates: &[CertificateDer<'_>],
         server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
         now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        match self.check {
+    ) -> Result<(), rustls::Error> {
+        match *self {
             CaCheck::Pin(pin) => {
-                verify_pinned_chain(pin, end_entity, intermediates, server_name, now)?;
-                Ok(ServerCertVerified::assertion())
+                verify_pinned_chain(pin, end_entity, intermediates, server_name, now)
             }
             CaCheck::Probe => {
                 let found = find_ca(end_entity, intermediates, server_name, now)?;
@@ -165,28 +152,6 @@ impl ServerCertVerifier for ManagerVerifier {
                 )))
             }
         }
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algs)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algs)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.algs.supported_schemes()
     }
 }
 
@@ -202,17 +167,7 @@ pub fn probe_ca_client_config() -> Result<Arc<ClientConfig>, TlsError> {
 }
 
 fn manager_client_config(check: CaCheck) -> Result<Arc<ClientConfig>, TlsError> {
-    let provider = provider();
-    let verifier = Arc::new(ManagerVerifier {
-        check,
-        algs: provider.signature_verification_algorithms,
-    });
-    let config = ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()?
-        .dangerous()
-        .with_custom_certificate_verifier(verifier)
-        .with_no_client_auth();
-    Ok(Arc::new(config))
+    checked_client_config(check, None)
 }
 
 /// The manager's registration endpoint: `chain` is its server certificate followed by the CA

@@ -20,6 +20,7 @@ use rustls::{
     CertificateError, ClientConfig, DigitallySignedStruct, OtherError, RootCertStore, ServerConfig,
     SignatureScheme,
 };
+use std::fmt;
 use std::sync::Arc;
 
 /// Why a configuration could not be built or a certificate was refused.
@@ -130,9 +131,30 @@ pub fn pinned_client_config(
     pin: Fingerprint,
     client_auth: Option<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)>,
 ) -> Result<Arc<ClientConfig>, TlsError> {
+    checked_client_config(HostKeyPin(pin), client_auth)
+}
+
+/// How a client judges the server's certificates; the handshake signatures are checked the
+/// usual way around it (`CheckedVerifier`).
+pub trait ServerCheck: fmt::Debug + Send + Sync {
+    /// `Ok` accepts the server; an error ends the handshake before any request.
+    fn check(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        now: UnixTime,
+    ) -> Result<(), rustls::Error>;
+}
+
+/// A client configuration that accepts the servers `check` accepts.
+pub fn checked_client_config(
+    check: impl ServerCheck + 'static,
+    client_auth: Option<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)>,
+) -> Result<Arc<ClientConfig>, TlsError> {
     let provider = provider();
-    let verifier = Arc::new(PinnedHostVerifier {
-        pin,
+    let verifier = Arc::new(CheckedVerifier {
+        check,
         algs: provider.signature_verification_algorithms,
     });
     let builder = ClientConfig::builder_with_provider(provider)
@@ -149,32 +171,50 @@ pub fn pinned_client_config(
 /// Accepts exactly the host key whose fingerprint is pinned, whatever names or issuer its
 /// certificate has.
 #[derive(Debug)]
-pub struct PinnedHostVerifier {
-    pin: Fingerprint,
-    algs: WebPkiSupportedAlgorithms,
-}
+struct HostKeyPin(Fingerprint);
 
-impl ServerCertVerifier for PinnedHostVerifier {
-    fn verify_server_cert(
+impl ServerCheck for HostKeyPin {
+    fn check(
         &self,
         end_entity: &CertificateDer<'_>,
         _intermediates: &[CertificateDer<'_>],
         _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
         _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
+    ) -> Result<(), rustls::Error> {
         let actual = Fingerprint::of_cert(end_entity)
             .map_err(|_| rustls::Error::InvalidCertificate(CertificateError::BadEncoding))?;
-        if actual != self.pin {
+        if actual != self.0 {
             let mismatch = PinMismatch {
-                expected: self.pin,
+                expected: self.0,
                 actual,
             };
             return Err(rustls::Error::InvalidCertificate(CertificateError::Other(
                 OtherError(Arc::new(mismatch)),
             )));
         }
-        Ok(ServerCertVerified::assertion())
+        Ok(())
+    }
+}
+
+/// A server certificate verifier made of a `ServerCheck` and the provider's signature checks.
+#[derive(Debug)]
+struct CheckedVerifier<C> {
+    check: C,
+    algs: WebPkiSupportedAlgorithms,
+}
+
+impl<C: ServerCheck> ServerCertVerifier for CheckedVerifier<C> {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        self.check
+            .check(end_entity, intermediates, server_name, now)
+            .map(|()| ServerCertVerified::assertion())
     }
 
     fn verify_tls12_signature(
