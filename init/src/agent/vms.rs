@@ -255,6 +255,9 @@ pub struct Vms {
     paths: VmPaths,
     store: Arc<Store>,
     entries: Mutex<BTreeMap<String, Entry>>,
+    /// VMs being defined: their private disk copies are made outside the table's lock, so that
+    /// copying a large image does not hold up every other VM operation. Locked after `entries`.
+    defining: Mutex<BTreeMap<String, VmSpec>>,
     log: fn(&str),
 }
 
@@ -272,6 +275,7 @@ impl Vms {
             paths,
             store,
             entries: Mutex::new(BTreeMap::new()),
+            defining: Mutex::new(BTreeMap::new()),
             log,
         });
         if vms.paths.jail.is_some() {
@@ -316,6 +320,10 @@ impl Vms {
 
     fn lock(&self) -> MutexGuard<'_, BTreeMap<String, Entry>> {
         self.entries.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn defining(&self) -> MutexGuard<'_, BTreeMap<String, VmSpec>> {
+        self.defining.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn dir(&self, name: &str) -> PathBuf {
@@ -418,20 +426,24 @@ impl Vms {
             .ok_or_else(|| VmError::NotFound(name.to_string()))
     }
 
-    /// Whether any VM definition uses this image.
+    /// Whether any VM definition, made or being made, uses this image.
     pub fn uses_image(&self, kind: ImageKind, name: &str) -> Option<String> {
-        self.lock()
+        let uses = |spec: &VmSpec| match kind {
+            ImageKind::Kernel => spec.kernel == name,
+            ImageKind::Initrd => spec.initrd.as_deref() == Some(name),
+            ImageKind::Disk => spec
+                .disks
+                .iter()
+                .any(|d| d.copy == DiskCopy::Shared && d.image == name),
+        };
+        let entries = self.lock();
+        let defining = self.defining();
+        entries
             .values()
-            .find(|e| match kind {
-                ImageKind::Kernel => e.spec.kernel == name,
-                ImageKind::Initrd => e.spec.initrd.as_deref() == Some(name),
-                ImageKind::Disk => e
-                    .spec
-                    .disks
-                    .iter()
-                    .any(|d| d.copy == DiskCopy::Shared && d.image == name),
-            })
-            .map(|e| e.spec.name.clone())
+            .map(|e| &e.spec)
+            .chain(defining.values())
+            .find(|spec| uses(spec))
+            .map(|spec| spec.name.clone())
     }
 
     /// Pids and names of the running VMMs.
@@ -444,22 +456,35 @@ impl Vms {
 
     pub fn define(&self, spec: VmSpec) -> Result<VmStatus, VmError> {
         validate(&spec)?;
+        {
+            let entries = self.lock();
+            let mut defining = self.defining();
+            if entries.contains_key(&spec.name) || defining.contains_key(&spec.name) {
+                return Err(VmError::Exists(spec.name));
+            }
+            defining.insert(spec.name.clone(), spec.clone());
+        }
+        let written = self.write_definition(&spec);
         let mut entries = self.lock();
-        if entries.contains_key(&spec.name) {
-            return Err(VmError::Exists(spec.name));
-        }
-        let path = self.paths.defs.join(format!("{}.json", spec.name));
-        let json = serde_json::to_vec_pretty(&spec)
-            .map_err(|e| VmError::Io("encode", path.clone(), io::Error::other(e)))?;
-        vm_devices::make_copies(&self.store, &self.store.vm_copies(), &spec)?;
-        if let Err(e) = write_atomic(&path, &json, 0o600) {
-            vm_devices::remove_copies(&self.store.vm_copies(), &spec.name);
-            return Err(VmError::Io("write", path.clone(), e.source));
-        }
+        self.defining().remove(&spec.name);
+        written?;
         let entry = Self::new_entry(spec);
         let status = entry.status();
         entries.insert(status.spec.name.clone(), entry);
         Ok(status)
+    }
+
+    /// The VM's private disk copies and its definition file; nothing of them on failure.
+    fn write_definition(&self, spec: &VmSpec) -> Result<(), VmError> {
+        let path = self.paths.defs.join(format!("{}.json", spec.name));
+        let json = serde_json::to_vec_pretty(spec)
+            .map_err(|e| VmError::Io("encode", path.clone(), io::Error::other(e)))?;
+        vm_devices::make_copies(&self.store, &self.store.vm_copies(), spec)?;
+        if let Err(e) = write_atomic(&path, &json, 0o600) {
+            vm_devices::remove_copies(&self.store.vm_copies(), &spec.name);
+            return Err(VmError::Io("write", path, e.source));
+        }
+        Ok(())
     }
 
     pub fn delete(&self, name: &str) -> Result<VmStatus, VmError> {
@@ -1007,6 +1032,22 @@ mod tests {
         assert_eq!(vms.get("b").unwrap_err().status(), 404);
         vms.delete("a").unwrap();
         assert!(open(&dir, "/bin/false").list().is_empty());
+    }
+
+    #[test]
+    fn a_vm_being_defined_holds_its_name_and_images_but_not_the_table() {
+        let dir = TestDir::new("vms-defining");
+        let vms = open(&dir, "/bin/false");
+        // As while "b"'s disk copies are made: the table is free, the name and kernel taken.
+        vms.defining().insert("b".into(), spec("b"));
+        assert!(vms.list().is_empty());
+        assert_eq!(vms.define(spec("b")).unwrap_err().status(), 409);
+        assert_eq!(vms.uses_image(ImageKind::Kernel, "k").as_deref(), Some("b"));
+        vms.define(spec("a")).unwrap();
+        vms.defining().clear();
+        vms.define(spec("b")).unwrap();
+        assert_eq!(vms.list().len(), 2);
+        assert!(vms.defining().is_empty());
     }
 
     #[test]
