@@ -10,7 +10,7 @@
 
 use super::api::VmJail;
 use super::taps;
-use super::vm_devices;
+use super::vm_devices::{self, VmDevices};
 use super::vms::VmError;
 use crate::jail::{CgroupEvents, CgroupLimits, Disk, Expose, JailSpec, JailStdio, Jailed, Jailer};
 use std::fs::{self, File, OpenOptions};
@@ -68,8 +68,8 @@ pub struct VmRun<'a> {
     pub kernel: &'a Path,
     pub initrd: Option<&'a Path>,
     pub cmdline: &'a str,
-    /// keel-vmm's `disks`, `nics` and `rng`, with host paths (`vm_devices::vmm_config`).
-    pub devices: &'a serde_json::Value,
+    /// Disks and NICs, with host paths (`vm_devices::vmm_config`).
+    pub devices: &'a VmDevices,
     /// The VM's run directory, `<run_dir>/<name>`.
     pub dir: &'a Path,
     /// The jail's uid and gid.
@@ -139,40 +139,14 @@ pub fn jail_info(jailer: &Jailer, name: &str, uid: u32, limits: &CgroupLimits) -
     }
 }
 
-/// The disks of `devices` (`vm_devices::vmm_config`), as the jail binds them.
-fn disks_of(devices: &serde_json::Value) -> Vec<Disk> {
-    devices["disks"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|d| {
-            Some(Disk {
-                path: PathBuf::from(d["path"].as_str()?),
-                read_only: d["read_only"].as_bool().unwrap_or(false),
-            })
-        })
-        .collect()
-}
-
-/// A NIC of `devices`: its tap, the guest's MAC, the bridge.
-struct Nic {
-    tap: String,
-    mac: String,
-    bridge: String,
-}
-
-fn nics_of(devices: &serde_json::Value) -> Vec<Nic> {
-    let text = |v: &serde_json::Value| v.as_str().map(String::from);
-    devices["nics"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|n| {
-            Some(Nic {
-                tap: text(&n["tap"])?,
-                mac: text(&n["mac"])?,
-                bridge: text(&n["bridge"])?,
-            })
+/// The disks of `devices`, as the jail binds them.
+fn disks_of(devices: &VmDevices) -> Vec<Disk> {
+    devices
+        .disks
+        .iter()
+        .map(|d| Disk {
+            path: d.path.clone(),
+            read_only: d.read_only,
         })
         .collect()
 }
@@ -192,7 +166,7 @@ pub fn jail_spec(vmm: &Path, run: &VmRun) -> JailSpec {
         run.memory_mib,
         run.vcpus,
     );
-    if nics_of(run.devices).is_empty() {
+    if run.devices.nics.is_empty() {
         spec.devices.retain(|d| d != Path::new("/dev/net/tun"));
     }
     spec
@@ -221,24 +195,34 @@ fn config(run: &VmRun, map: &dyn Fn(&Path) -> PathBuf, jailed: bool) -> serde_js
     if let Some(initrd) = run.initrd {
         config["initrd"] = serde_json::json!(map(initrd));
     }
-    for key in ["disks", "nics", "rng"] {
-        if !run.devices[key].is_null() {
-            config[key] = run.devices[key].clone();
-        }
-    }
-    for disk in config["disks"].as_array_mut().into_iter().flatten() {
-        if let Some(path) = disk["path"].as_str().map(PathBuf::from) {
-            disk["path"] = serde_json::json!(map(&path));
-        }
-    }
-    if jailed {
-        // The agent made the taps and put them in their bridges.
-        for nic in config["nics"].as_array_mut().into_iter().flatten() {
-            if let Some(nic) = nic.as_object_mut() {
-                nic.remove("bridge");
+    let disks: Vec<serde_json::Value> = run
+        .devices
+        .disks
+        .iter()
+        .map(|d| {
+            let mut disk = serde_json::json!({"path": map(&d.path), "read_only": d.read_only});
+            if let Some(serial) = &d.serial {
+                disk["serial"] = serde_json::json!(serial);
             }
-        }
-    }
+            disk
+        })
+        .collect();
+    let nics: Vec<serde_json::Value> = run
+        .devices
+        .nics
+        .iter()
+        .map(|n| {
+            let mut nic = serde_json::json!({"tap": n.tap, "mac": n.mac});
+            // A jailed VMM finds its tap made and bridged by the agent.
+            if !jailed {
+                nic["bridge"] = serde_json::json!(n.bridge);
+            }
+            nic
+        })
+        .collect();
+    config["disks"] = serde_json::json!(disks);
+    config["nics"] = serde_json::json!(nics);
+    config["rng"] = serde_json::json!(true);
     config
 }
 
@@ -355,13 +339,13 @@ fn give_files(run: &VmRun) -> Result<(), VmError> {
 
 /// Loads tun and makes the VM's taps (none without NICs); on failure none is left.
 fn make_taps(run: &VmRun) -> Result<Vec<String>, VmError> {
-    let nics = nics_of(run.devices);
+    let nics = &run.devices.nics;
     if nics.is_empty() {
         return Ok(Vec::new());
     }
     vm_devices::ensure_tun().map_err(taps::TapError::Module)?;
     let mut made: Vec<String> = Vec::new();
-    for nic in &nics {
+    for nic in nics {
         let created = taps::host_side_mac(&nic.mac)
             .ok_or_else(|| taps::TapError::Mac(nic.mac.clone()))
             .and_then(|mac| taps::create(&nic.tap, mac, run.uid, run.uid, &nic.bridge));
@@ -456,6 +440,7 @@ pub fn process_uid(pid: u32) -> Option<u32> {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::super::atomic::testdir::TestDir;
+    use super::super::vm_devices::{DiskDevice, NicDevice};
     use super::*;
     use std::os::unix::net::UnixListener;
 
@@ -492,14 +477,25 @@ mod tests {
 
     #[test]
     fn the_jail_holds_the_vm_files_and_the_config_names_them_inside() {
-        let devices = serde_json::json!({
-            "disks": [
-                {"path": "/data/copies/g1/disk0.img", "read_only": false},
-                {"path": "/data/disk/seed", "read_only": true, "serial": "seed"}
+        let devices = VmDevices {
+            disks: vec![
+                DiskDevice {
+                    path: "/data/copies/g1/disk0.img".into(),
+                    read_only: false,
+                    serial: None,
+                },
+                DiskDevice {
+                    path: "/data/disk/seed".into(),
+                    read_only: true,
+                    serial: Some("seed".into()),
+                },
             ],
-            "nics": [{"tap": "kt01234567n0", "mac": "52:54:00:12:34:56", "bridge": "keelbr0"}],
-            "rng": true
-        });
+            nics: vec![NicDevice {
+                tap: "kt01234567n0".into(),
+                mac: "52:54:00:12:34:56".into(),
+                bridge: "keelbr0".into(),
+            }],
+        };
         let run = VmRun {
             name: "g1",
             vcpus: 2,
@@ -523,7 +519,7 @@ mod tests {
                 "/dev/urandom".into()
             ]
         );
-        let without = serde_json::json!({"disks": [], "nics": [], "rng": true});
+        let without = VmDevices::default();
         let no_nics = VmRun {
             devices: &without,
             ..run.clone()

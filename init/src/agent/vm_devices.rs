@@ -240,12 +240,32 @@ fn copy_keeping_holes(source: &File, target: &File) -> io::Result<()> {
     Ok(())
 }
 
-/// keel-vmm's `disks`, `nics` and `rng` for `spec`; disk paths from the store or the copies.
-pub fn vmm_config(
-    store: &Store,
-    copies: &Path,
-    spec: &VmSpec,
-) -> Result<serde_json::Value, DeviceError> {
+/// A disk of a VM run, as keel-vmm opens it (host path).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiskDevice {
+    pub path: PathBuf,
+    pub read_only: bool,
+    /// The serial the guest sees (`/dev/disk/by-id`), when given.
+    pub serial: Option<String>,
+}
+
+/// A NIC of a VM run: its tap, the guest's MAC, and the bridge the tap goes in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NicDevice {
+    pub tap: String,
+    pub mac: String,
+    pub bridge: String,
+}
+
+/// The devices of a VM run (an entropy device comes with every VM).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct VmDevices {
+    pub disks: Vec<DiskDevice>,
+    pub nics: Vec<NicDevice>,
+}
+
+/// The devices of `spec`'s run; disk paths from the store or the copies.
+pub fn vmm_config(store: &Store, copies: &Path, spec: &VmSpec) -> Result<VmDevices, DeviceError> {
     let mut disks = Vec::new();
     for (i, disk) in spec.disks.iter().enumerate() {
         let path = match disk.copy {
@@ -261,25 +281,23 @@ pub fn vmm_config(
             }
             DiskCopy::Shared => store.path(super::api::ImageKind::Disk, &disk.image)?,
         };
-        let mut entry = serde_json::json!({"path": path, "read_only": disk.read_only});
-        if let Some(serial) = &disk.serial {
-            entry["serial"] = serde_json::json!(serial);
-        }
-        disks.push(entry);
+        disks.push(DiskDevice {
+            path,
+            read_only: disk.read_only,
+            serial: disk.serial.clone(),
+        });
     }
-    let nics: Vec<serde_json::Value> = spec
+    let nics = spec
         .nics
         .iter()
         .enumerate()
-        .map(|(i, nic)| {
-            serde_json::json!({
-                "tap": tap_name(&spec.name, i),
-                "mac": mac_of(&spec.name, i, nic),
-                "bridge": nic.bridge,
-            })
+        .map(|(i, nic)| NicDevice {
+            tap: tap_name(&spec.name, i),
+            mac: mac_of(&spec.name, i, nic),
+            bridge: nic.bridge.clone(),
         })
         .collect();
-    Ok(serde_json::json!({"disks": disks, "nics": nics, "rng": true}))
+    Ok(VmDevices { disks, nics })
 }
 
 /// Makes /dev/net/tun available: Debian builds `tun` as a module, and Keel has no modprobe for
@@ -458,14 +476,24 @@ mod tests {
             .unwrap();
         assert!(fs::read(&image).unwrap().starts_with(b"boot sector"));
 
-        let config = vmm_config(&store, &copies, &s).unwrap();
-        assert_eq!(config["disks"][0]["path"], copy.to_str().unwrap());
-        assert_eq!(config["disks"][1]["path"], image.to_str().unwrap());
-        assert_eq!(config["disks"][1]["read_only"], true);
-        assert_eq!(config["disks"][1]["serial"], "data");
-        assert_eq!(config["nics"][0]["tap"], tap_name("web-1", 0));
-        assert_eq!(config["nics"][0]["bridge"], "keelbr0");
-        assert_eq!(config["rng"], true);
+        let devices = vmm_config(&store, &copies, &s).unwrap();
+        assert_eq!(
+            devices.disks,
+            [
+                DiskDevice {
+                    path: copy.clone(),
+                    read_only: false,
+                    serial: None
+                },
+                DiskDevice {
+                    path: image.clone(),
+                    read_only: true,
+                    serial: Some("data".into())
+                }
+            ]
+        );
+        assert_eq!(devices.nics[0].tap, tap_name("web-1", 0));
+        assert_eq!(devices.nics[0].bridge, "keelbr0");
 
         // A copy of a missing image fails and leaves nothing behind.
         let missing = spec(
