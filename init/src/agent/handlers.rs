@@ -313,7 +313,8 @@ impl Agent {
     }
 
     /// Creates the state partition, then copies what the host kept in RAM so far (identity,
-    /// adoption, VM definitions, saved network settings) onto it, so a reboot keeps them.
+    /// adoption, host ID and manager choice, VM definitions, saved network settings) onto it, so
+    /// a reboot keeps them.
     pub(super) fn host_state_create(&self, request: &Request) -> Response {
         let body: api::CreateStateRequest = match request.json() {
             Ok(body) => body,
@@ -328,7 +329,13 @@ impl Agent {
             let mut problems = crate::state::copy_into(
                 from,
                 &dir.join("agent"),
-                &[KEY_FILE, CERT_FILE, super::ADOPTION_FILE],
+                &[
+                    KEY_FILE,
+                    CERT_FILE,
+                    super::ADOPTION_FILE,
+                    super::super::register::HOST_ID_FILE,
+                    super::super::registration::SAVED_FILE,
+                ],
             );
             if let (Some(parent), Some(name)) = (
                 self.config.vm_defs.parent(),
