@@ -10,7 +10,8 @@
 //! (its disks, read-only where asked, and /dev/net/tun for its NIC, whose tap the agent made for
 //! its uid and bridged) and its cgroup limits set, and, after the agent restart, squeezes its
 //! cgroup's memory.max so the kernel OOM-kills it: the agent reports that through the API and
-//! its log. The firewall is read through the API. Last, the host's ACPI power-off makes the
+//! its log, and still shows the guest's console from before the restart. The firewall is read
+//! through the API. Last, the host's ACPI power-off makes the
 //! agent shut the running guest down before the host goes.
 
 use std::path::Path;
@@ -150,6 +151,8 @@ fn manager_adopts_the_host_and_runs_a_vm_that_survives_an_agent_restart() -> Res
     assert!(again.text.ends_with("adopt-token=-"), "{again:?}");
     let after = k.wait_vm("g1", "taken back", |vm| vm_state(vm) == "paused");
     assert_eq!(after["pid"], before["pid"], "{after}");
+    // The new agent shows what the guest printed before it (kept in the VM's run directory).
+    assert_eq!(k.console_count("g1", MARKER), 2);
     assert_eq!(k.json(&["image", "list"])["store"], "ram");
     // Running again, the runner squeezes its memory cap: the kernel OOM-kills keel-vmm in its
     // group, and the agent (not its parent any more) reports it.
@@ -172,7 +175,6 @@ fn manager_adopts_the_host_and_runs_a_vm_that_survives_an_agent_restart() -> Res
         "{killed}"
     );
     // A host shutdown shuts the running guests down before the agent exits.
-    // The console history lives in the agent: the restarted one has only what came after it.
     let seen = k.console_count("g1", MARKER);
     k.ok(&["vm", "start", "g1"]);
     k.wait_console("g1", MARKER, seen + 1);

@@ -1,11 +1,16 @@
 //! A VM's serial console as the agent keeps it: the recent output in a bounded ring, and live
 //! followers that get every new chunk. keel-vmm serves the console on a unix socket to one client
 //! at a time; the agent is that client, so any number of managers can read through the API.
+//!
+//! The output also goes to `console.log` in the VM's run directory (in RAM, like the VM), so that
+//! an agent that restarts and takes a running VM back still shows what it printed before.
 
 use std::collections::VecDeque;
-use std::io::Read;
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::net::UnixStream;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread;
@@ -15,11 +20,65 @@ use std::time::{Duration, Instant};
 pub const HISTORY: usize = 64 * 1024;
 /// Chunks a follower may fall behind before it is dropped (a stalled reader never blocks the VM).
 const FOLLOWER_BACKLOG: usize = 256;
+/// The history file in a VM's run directory.
+pub const LOG_FILE: &str = "console.log";
+/// The history file is rewritten with the ring's bytes when it grows past this.
+const LOG_MAX: u64 = 4 * HISTORY as u64;
+
+/// The file the history is appended to.
+struct LogFile {
+    path: PathBuf,
+    /// Opened at the first output (the run directory is made when the VM starts).
+    file: Option<File>,
+    len: u64,
+}
+
+impl LogFile {
+    fn open(path: &Path) -> std::io::Result<File> {
+        OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(path)
+    }
+
+    /// Appends `bytes`; past `LOG_MAX`, starts the file over from `ring`. Errors (a full or
+    /// missing run directory) lose history, never output to followers.
+    fn append(&mut self, bytes: &[u8], ring: &VecDeque<u8>) {
+        if self.file.is_none() {
+            self.file = Self::open(&self.path).ok();
+            self.len = self
+                .file
+                .as_ref()
+                .and_then(|f| f.metadata().ok())
+                .map_or(0, |m| m.len());
+        }
+        let Some(file) = self.file.as_mut() else {
+            return;
+        };
+        if file.write_all(bytes).is_err() {
+            self.file = None;
+            return;
+        }
+        self.len += bytes.len() as u64;
+        if self.len > LOG_MAX {
+            let (front, back) = ring.as_slices();
+            let tmp = self.path.with_extension("log.tmp");
+            let rewritten =
+                fs::write(&tmp, [front, back].concat()).and_then(|()| fs::rename(&tmp, &self.path));
+            self.file = None;
+            if rewritten.is_err() {
+                let _ = fs::remove_file(&self.path);
+            }
+        }
+    }
+}
 
 #[derive(Default)]
 struct Inner {
     ring: VecDeque<u8>,
     followers: Vec<SyncSender<Arc<[u8]>>>,
+    log: Option<LogFile>,
 }
 
 /// One VM's console output.
@@ -29,6 +88,22 @@ pub struct Console {
 }
 
 impl Console {
+    /// A console whose history is also kept in `path`, starting from what it holds (a VM taken
+    /// back after an agent restart).
+    pub fn with_log(path: PathBuf) -> Self {
+        let console = Self::default();
+        if let Ok(bytes) = fs::read(&path) {
+            let start = bytes.len().saturating_sub(HISTORY);
+            console.lock().ring.extend(&bytes[start..]);
+        }
+        console.lock().log = Some(LogFile {
+            path,
+            file: None,
+            len: 0,
+        });
+        console
+    }
+
     fn lock(&self) -> MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -41,6 +116,10 @@ impl Console {
         let overflow = (inner.ring.len() + keep).saturating_sub(HISTORY);
         inner.ring.drain(..overflow);
         inner.ring.extend(tail);
+        let Inner { ring, log, .. } = &mut *inner;
+        if let Some(log) = log {
+            log.append(bytes, ring);
+        }
         let chunk: Arc<[u8]> = Arc::from(bytes);
         inner
             .followers
@@ -121,6 +200,32 @@ mod tests {
         let h = c.history();
         assert_eq!(h.len(), HISTORY);
         assert!(h.ends_with(b"xxend"));
+    }
+
+    #[test]
+    fn the_history_outlives_the_console_in_its_log_file() {
+        let dir = super::super::atomic::testdir::TestDir::new("console-log");
+        let path = dir.path().join(LOG_FILE);
+        let c = Console::with_log(path.clone());
+        c.push(b"booting\n");
+        c.push(b"login: ");
+        drop(c);
+        // An agent that restarts finds it; new output goes after it.
+        let again = Console::with_log(path.clone());
+        assert_eq!(again.history(), b"booting\nlogin: ");
+        // The file is started over from the ring before it grows past LOG_MAX.
+        let line = vec![b'y'; 1000];
+        for _ in 0..(LOG_MAX as usize / line.len() + 2) {
+            again.push(&line);
+        }
+        again.push(b"last");
+        let len = fs::metadata(&path).unwrap().len();
+        assert!(len <= LOG_MAX + 4, "{len}");
+        assert_eq!(Console::with_log(path.clone()).history(), again.history());
+        // No run directory (a VM never started): history in memory only.
+        let lost = Console::with_log(dir.path().join("gone").join(LOG_FILE));
+        lost.push(b"still here");
+        assert_eq!(lost.history(), b"still here");
     }
 
     #[test]

@@ -330,7 +330,12 @@ impl Vms {
         self.paths.run.join(name)
     }
 
-    fn new_entry(spec: VmSpec) -> Entry {
+    /// VM `name`'s console, its history kept in its run directory too.
+    fn console_of(&self, name: &str) -> Console {
+        Console::with_log(self.dir(name).join(super::console::LOG_FILE))
+    }
+
+    fn new_entry(spec: VmSpec, console: Console) -> Entry {
         Entry {
             spec,
             run: None,
@@ -339,7 +344,7 @@ impl Vms {
             generation: 0,
             stopping: false,
             backoff: Duration::from_secs(1),
-            console: Arc::new(Console::default()),
+            console: Arc::new(console),
             jail: None,
         }
     }
@@ -347,7 +352,8 @@ impl Vms {
     /// A stored definition, and its keel-vmm if one still runs.
     fn adopt_definition(self: &Arc<Self>, spec: VmSpec) {
         let name = spec.name.clone();
-        let mut entry = Self::new_entry(spec);
+        let console = self.console_of(&spec.name);
+        let mut entry = Self::new_entry(spec, console);
         if let Some((pid, state)) = self.find_running(&name) {
             entry.run = Some(Run { pid, state });
             entry.generation = 1;
@@ -468,7 +474,8 @@ impl Vms {
         let mut entries = self.lock();
         self.defining().remove(&spec.name);
         written?;
-        let entry = Self::new_entry(spec);
+        let console = self.console_of(&spec.name);
+        let entry = Self::new_entry(spec, console);
         let status = entry.status();
         entries.insert(status.spec.name.clone(), entry);
         Ok(status)
@@ -908,10 +915,13 @@ mod tests {
     #[test]
     fn a_writable_disk_belongs_to_one_running_vm() {
         let running = |name: &str, disks: Vec<super::super::api::VmDisk>| {
-            let mut e = Vms::new_entry(VmSpec {
-                disks,
-                ..spec(name)
-            });
+            let mut e = Vms::new_entry(
+                VmSpec {
+                    disks,
+                    ..spec(name)
+                },
+                Console::default(),
+            );
             e.run = Some(Run {
                 pid: 1,
                 state: VmState::Running,
