@@ -31,11 +31,5 @@ fn run() -> Result<(), Error> {
 }
 
 fn main() -> ExitCode {
-    match run() {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("bench failed: {e:?}");
-            ExitCode::FAILURE
-        }
-    }
+    keel_tests::bench_main(run)
 }

@@ -18,3 +18,14 @@ pub use machine::Qemu;
 pub use paths::Image;
 pub use qemu::{Boot, Firmware, QemuBuilder};
 pub use qmp::{Qmp, QmpError};
+
+/// A benchmark's `main`: runs it, and on failure says why and exits non-zero.
+pub fn bench_main(run: fn() -> Result<(), Error>) -> std::process::ExitCode {
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("bench failed: {e:?}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
