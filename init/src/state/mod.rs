@@ -250,12 +250,31 @@ fn mount(loader: &mut Option<modules::Loader>, candidate: &Candidate, target: &P
 pub fn init(release: &str) -> (Status, Vec<String>) {
     let mut loader = loader(release);
     let found = find(&mut loader);
+    let (status, mut lines) = first_usable(&found, |candidate| {
+        mount(&mut loader, candidate, Path::new(STATE_DIR))
+    });
+    lines.push(status.console_line());
+    if let Err(e) = record(&status, Path::new(STATUS_FILE)) {
+        lines.push(format!("keel: state: cannot record status: {e}"));
+    }
+    (status, lines)
+}
+
+/// Mounts the candidates in order until one works: a damaged partition sorting first does not
+/// hide a good one (made on another disk after the first failed). Returns the outcome (the last
+/// failure when none works) and console lines for the ones passed over.
+fn first_usable(
+    found: &[Candidate],
+    mut mount: impl FnMut(&Candidate) -> Status,
+) -> (Status, Vec<String>) {
     let mut lines = Vec::new();
-    let status = match found.split_first() {
-        None => Status::None,
-        Some((first, others)) => {
-            if !others.is_empty() {
-                let names: Vec<String> = others
+    let mut status = Status::None;
+    for (i, candidate) in found.iter().enumerate() {
+        status = mount(candidate);
+        let rest = &found[i + 1..];
+        match &status {
+            Status::Mounted { .. } if !rest.is_empty() => {
+                let names: Vec<String> = rest
                     .iter()
                     .map(|c| c.device.display().to_string())
                     .collect();
@@ -264,12 +283,15 @@ pub fn init(release: &str) -> (Status, Vec<String>) {
                     names.join(", ")
                 ));
             }
-            mount(&mut loader, first, Path::new(STATE_DIR))
+            Status::Damaged { device, reason } if !rest.is_empty() => {
+                lines.push(format!(
+                    "keel: state: {device} is damaged ({reason}); trying the next one"
+                ));
+                continue;
+            }
+            _ => {}
         }
-    };
-    lines.push(status.console_line());
-    if let Err(e) = record(&status, Path::new(STATUS_FILE)) {
-        lines.push(format!("keel: state: cannot record status: {e}"));
+        break;
     }
     (status, lines)
 }
@@ -370,6 +392,62 @@ fn record(status: &Status, path: &Path) -> Result<(), String> {
 mod tests {
     use super::*;
     use crate::agent::atomic::testdir::TestDir;
+
+    #[test]
+    fn the_first_partition_that_mounts_wins() {
+        let cand = |name: &str| Candidate {
+            device: PathBuf::from(format!("/dev/{name}")),
+            fstype: FsType::Ext4,
+        };
+        let mounted = |c: &Candidate| Status::Mounted {
+            device: c.device.display().to_string(),
+            path: STATE_DIR.into(),
+            fstype: "ext4".into(),
+            boot_count: 1,
+        };
+        let damaged = |c: &Candidate| Status::Damaged {
+            device: c.device.display().to_string(),
+            reason: "bad superblock".into(),
+        };
+        // (partitions, which are damaged, the one mounted, lines before the status line)
+        type Case = (
+            &'static [&'static str],
+            &'static [&'static str],
+            Option<&'static str>,
+            usize,
+        );
+        let cases: &[Case] = &[
+            (&[], &[], None, 0),
+            (&["sda3"], &[], Some("/dev/sda3"), 0),
+            (&["sda3", "sdb1"], &[], Some("/dev/sda3"), 1),
+            (&["sda3", "sdb1"], &["sda3"], Some("/dev/sdb1"), 1),
+            (&["sda3", "sdb1", "sdc1"], &["sda3"], Some("/dev/sdb1"), 2),
+            (&["sda3", "sdb1"], &["sda3", "sdb1"], None, 1),
+        ];
+        for (names, bad, want, lines) in cases {
+            let found: Vec<Candidate> = names.iter().map(|n| cand(n)).collect();
+            let mut tried = Vec::new();
+            let (status, said) = first_usable(&found, |c| {
+                tried.push(c.device.clone());
+                let name = c.device.file_name().unwrap().to_str().unwrap();
+                if bad.contains(&name) {
+                    damaged(c)
+                } else {
+                    mounted(c)
+                }
+            });
+            let got = match &status {
+                Status::Mounted { device, .. } => Some(device.as_str()),
+                _ => None,
+            };
+            assert_eq!(got, *want, "{names:?} {bad:?}");
+            assert_eq!(said.len(), *lines, "{names:?} {bad:?}: {said:?}");
+            if want.is_none() && !names.is_empty() {
+                assert!(matches!(status, Status::Damaged { .. }), "{status:?}");
+                assert_eq!(tried.len(), names.len(), "every one tried");
+            }
+        }
+    }
 
     #[test]
     fn console_lines() {
