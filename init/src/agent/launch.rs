@@ -14,7 +14,7 @@ use super::vm_devices::{self, VmDevices};
 use super::vms::VmError;
 use crate::jail::{CgroupEvents, CgroupLimits, Disk, Expose, JailSpec, JailStdio, Jailed, Jailer};
 use std::fs::{self, File, OpenOptions};
-use std::io;
+use std::io::{self, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt, OpenOptionsExt, PermissionsExt};
 use std::os::unix::net::UnixStream;
@@ -226,6 +226,30 @@ fn config(run: &VmRun, map: &dyn Fn(&Path) -> PathBuf, jailed: bool) -> serde_js
     config
 }
 
+/// The line the agent writes to `vmm.log` before each run, so that what a run logged can be told
+/// from what earlier runs did.
+pub const RUN_MARK: &str = "keel-agent: keel-vmm starting";
+
+/// What `vmm.log` says of how its last run ended, for a keel-vmm that is not the agent's child
+/// (taken back after an agent restart, so no wait status): the exit status keel-vmm logged when
+/// it stopped the VM, and the run's last line.
+pub fn logged_exit(log: &str) -> (Option<i32>, Option<String>) {
+    let run = log.rsplit_once(RUN_MARK).map_or(log, |(_, after)| after);
+    let status = run.lines().rev().find_map(|line| {
+        let (_, code) = line
+            .strip_prefix("keel-vmm: VM stopped: ")?
+            .rsplit_once("(exit status ")?;
+        code.strip_suffix(')')?.parse().ok()
+    });
+    let last = run
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| !l.is_empty())
+        .map(String::from);
+    (status, last)
+}
+
 /// Writes `vm.json`, opens `vmm.log` and starts keel-vmm: jailed when `jailer` is given (the
 /// agent on a host), else as a plain child in a process group of its own.
 pub fn launch(jailer: Option<&Jailer>, vmm: &Path, run: &VmRun) -> Result<Launched, VmError> {
@@ -254,6 +278,9 @@ pub fn launch(jailer: Option<&Jailer>, vmm: &Path, run: &VmRun) -> Result<Launch
         .mode(0o600)
         .open(&log_path)
         .map_err(io_err("open", &log_path))?;
+    (&log)
+        .write_all(format!("{RUN_MARK}\n").as_bytes())
+        .map_err(io_err("write", &log_path))?;
     let log2 = log.try_clone().map_err(io_err("open", &log_path))?;
     let config_arg = if spec.is_some() {
         PathBuf::from(CONFIG_IN_JAIL)
@@ -473,6 +500,37 @@ mod tests {
         let err = connect(&file).unwrap_err().to_string();
         assert!(err.contains("not a socket"), "{err}");
         assert!(connect(&dir.path().join("missing")).is_err());
+    }
+
+    #[test]
+    fn the_last_run_in_vmm_log_tells_how_it_ended() {
+        let earlier = format!("{RUN_MARK}\nkeel-vmm: VM stopped: GuestPowerOff (exit status 0)\n");
+        let cases: Vec<(String, Option<i32>, Option<&str>)> = vec![
+            (String::new(), None, None),
+            (
+                format!("{earlier}{RUN_MARK}\nkeel-vmm: VM stopped: GuestReboot (exit status 3)\n"),
+                Some(3),
+                Some("keel-vmm: VM stopped: GuestReboot (exit status 3)"),
+            ),
+            // Killed: no status of its own, and the earlier run's does not count.
+            (
+                format!("{earlier}{RUN_MARK}\nkeel-vmm: boot time: 12 us\n\n"),
+                None,
+                Some("keel-vmm: boot time: 12 us"),
+            ),
+            (
+                format!("{RUN_MARK}\nkeel-vmm: VM stopped: X (exit status x)\n"),
+                None,
+                Some("keel-vmm: VM stopped: X (exit status x)"),
+            ),
+        ];
+        for (log, status, last) in cases {
+            assert_eq!(
+                logged_exit(&log),
+                (status, last.map(String::from)),
+                "{log:?}"
+            );
+        }
     }
 
     #[test]

@@ -630,11 +630,18 @@ impl Vms {
             .name("keel-vm-watch".into())
             .spawn(move || {
                 wait_pid_gone(pid);
-                let exit = (
-                    None,
-                    "ended while not the agent's child; status unknown".into(),
-                    false,
-                );
+                let log = fs::read(vms.dir(&name).join("vmm.log")).unwrap_or_default();
+                let exit = match launch::logged_exit(&String::from_utf8_lossy(&log)) {
+                    (Some(code), _) => exit_reason(ExitStatus::from_raw(code << 8)),
+                    (None, last) => (
+                        None,
+                        format!(
+                            "ended while not the agent's child; status unknown{}",
+                            last.map_or(String::new(), |l| format!(" (vmm.log ends: {l})"))
+                        ),
+                        false,
+                    ),
+                };
                 vms.exited(&name, generation, exit);
             });
     }
