@@ -240,6 +240,13 @@ impl ConsoleBackend for AgentConsole {
         Ok(self.agent()?.registration())
     }
 
+    fn forget_manager(&self) -> Result<RegistrationStatus, ApiError> {
+        self.registration_service()?
+            .forget()
+            .map_err(|e| ApiError::Failed(e.to_string()))?;
+        Ok(self.agent()?.registration())
+    }
+
     fn reset_adoption(&self) -> Result<Adoption, ApiError> {
         let agent = self.agent()?;
         agent

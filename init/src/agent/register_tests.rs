@@ -406,4 +406,48 @@ fn the_console_fetches_the_ca_then_chooses_the_manager_without_a_reboot() {
         1,
         "the first manager hears no more"
     );
+    drop(got);
+
+    // Forgetting the console's choice brings the command line's manager back at once.
+    console.forget_manager().unwrap();
+    assert!(!saved.exists());
+    let status = wait_registration(&agent, |s| {
+        s.state == RegistrationState::Registered
+            && s.source == Some(RegistrationSource::CommandLine)
+    });
+    assert_eq!(status.manager_ca, Some(pin_of(&other)));
+    assert_eq!(first_got.lock().unwrap().len(), 2);
+}
+
+#[test]
+fn forgetting_the_only_manager_stops_registering() {
+    use super::registration::{CommandLine, ManagerChoice, Registration};
+
+    let dir = TestDir::new("register-forget");
+    let agent = agent(&dir);
+    let ca = ca();
+    let (addr, received) = manager(&ca, &["127.0.0.1"]);
+    let registration = Registration::start(
+        Arc::clone(&agent),
+        dir.path().join("state"),
+        &CommandLine::default(),
+        None,
+        8443,
+        || vec![IpAddr::from([10, 0, 2, 15])],
+        |_| {},
+    )
+    .unwrap();
+    wait_registration(&agent, |s| s.state == RegistrationState::Disabled);
+    let choice = ManagerChoice {
+        manager: format!("https://127.0.0.1:{}", addr.port()),
+        manager_ca: pin_of(&ca),
+        join_token: None,
+    };
+    registration.choose(&choice).unwrap();
+    wait_registration(&agent, |s| s.state == RegistrationState::Registered);
+    registration.forget().unwrap();
+    let status = wait_registration(&agent, |s| s.state == RegistrationState::Disabled);
+    assert_eq!(status, RegistrationStatus::default());
+    assert!(registration.settings().is_none());
+    assert_eq!(received.lock().unwrap().len(), 1);
 }

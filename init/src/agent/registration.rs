@@ -7,7 +7,7 @@
 //! back-off does not delay the new manager.
 
 use super::api::{RegistrationSource, RegistrationState, RegistrationStatus};
-use super::atomic::{write_atomic, AtomicError};
+use super::atomic::{remove_durable, write_atomic, AtomicError};
 use super::register::{self, Registrar, Settings, SettingsError};
 use super::server::Agent;
 use serde::{Deserialize, Serialize};
@@ -113,12 +113,16 @@ pub fn load_saved(dir: &Path) -> Result<Option<ManagerChoice>, SavedError> {
 struct Current {
     generation: u64,
     settings: Layered,
+    /// Without settings: why not (unusable ones), for the API and the console.
+    refusal: Option<RegistrationStatus>,
 }
 
 /// The registration of this host: what it is set to, and the thread acting on it.
 pub struct Registration {
     agent: Arc<Agent>,
     state_dir: PathBuf,
+    /// The kernel command line's layer, in force again when the console's choice is forgotten.
+    cmdline: CommandLine,
     hostname: Option<String>,
     api_port: u16,
     addresses: fn() -> Vec<IpAddr>,
@@ -148,6 +152,7 @@ impl Registration {
         let registration = Arc::new(Self {
             agent,
             state_dir,
+            cmdline: cmdline.clone(),
             hostname,
             api_port,
             addresses,
@@ -155,12 +160,15 @@ impl Registration {
             current: Mutex::new(Current {
                 generation: 0,
                 settings: None,
+                refusal: None,
             }),
             changed: Condvar::new(),
         });
         match settings {
             Ok(settings) => registration.lock().settings = settings,
-            Err(reason) => registration.refuse(cmdline.manager.clone(), reason),
+            Err(reason) => {
+                registration.lock().refusal = Some(registration.refuse(&cmdline.manager, reason));
+            }
         }
         let worker = Arc::clone(&registration);
         std::thread::Builder::new()
@@ -173,15 +181,15 @@ impl Registration {
         self.current.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Says why the host does not register, on the console and in the API.
-    fn refuse(&self, manager: Option<String>, reason: String) {
+    /// Says on the console why the host does not register; the status to show in the API.
+    fn refuse(&self, manager: &Option<String>, reason: String) -> RegistrationStatus {
         (self.log)(&format!("keel-agent: not registering: {reason}"));
-        self.agent.set_registration(RegistrationStatus {
+        RegistrationStatus {
             state: RegistrationState::Error,
-            manager,
+            manager: manager.clone(),
             reason: Some(reason),
             ..RegistrationStatus::default()
-        });
+        }
     }
 
     /// The settings in force.
@@ -195,11 +203,31 @@ impl Registration {
         let text = serde_json::to_vec_pretty(choice)
             .map_err(|e| SavedError::Parse(self.state_dir.join(SAVED_FILE), e))?;
         write_atomic(&self.state_dir.join(SAVED_FILE), &text, 0o600)?;
+        self.switch(settings.map(|s| (s, RegistrationSource::Console)), None);
+        Ok(())
+    }
+
+    /// Forgets the console's choice: the kernel command line's manager, if any, is in force
+    /// again (none: the host stops registering).
+    pub fn forget(&self) -> Result<(), SavedError> {
+        remove_durable(&self.state_dir.join(SAVED_FILE))?;
+        match layered(&self.cmdline, None) {
+            Ok(settings) => self.switch(settings, None),
+            Err(e) => {
+                let refusal = self.refuse(&self.cmdline.manager, e.to_string());
+                self.switch(None, Some(refusal));
+            }
+        }
+        Ok(())
+    }
+
+    /// Puts `settings` in force and wakes the registration thread to start over with them.
+    fn switch(&self, settings: Layered, refusal: Option<RegistrationStatus>) {
         let mut current = self.lock();
         current.generation = current.generation.wrapping_add(1);
-        current.settings = settings.map(|s| (s, RegistrationSource::Console));
+        current.settings = settings;
+        current.refusal = refusal;
         self.changed.notify_all();
-        Ok(())
     }
 
     /// Waits up to `timeout` unless the settings change first; whether they did.
@@ -224,13 +252,17 @@ impl Registration {
     /// The thread: registers with the settings in force, starting over whenever they change.
     fn work(&self) {
         loop {
-            let (generation, settings) = {
+            let (generation, settings, refusal) = {
                 let current = self.lock();
-                (current.generation, current.settings.clone())
+                let refusal = current.refusal.clone();
+                (current.generation, current.settings.clone(), refusal)
             };
             if let Some((settings, source)) = settings {
                 self.register(settings, source, generation);
             } else {
+                // Published by this thread, so that a registrar round still running when the
+                // settings changed cannot overwrite it.
+                self.agent.set_registration(refusal.unwrap_or_default());
                 self.changed_within(generation, None);
             }
         }
@@ -241,7 +273,9 @@ impl Registration {
         let host_id = match register::load_or_create_host_id(&self.state_dir) {
             Ok(id) => id,
             Err(e) => {
-                self.refuse(Some(settings.manager.as_str().to_string()), e.to_string());
+                let manager = Some(settings.manager.as_str().to_string());
+                self.agent
+                    .set_registration(self.refuse(&manager, e.to_string()));
                 self.changed_within(generation, None);
                 return;
             }

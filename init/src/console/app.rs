@@ -180,6 +180,7 @@ pub enum Effect {
     LoadManager,
     ProbeManager(ManagerProbe),
     ChooseManager(ManagerChoice),
+    ForgetManager,
     Run(Action),
     /// Clear the terminal and draw everything again (Ctrl-L).
     Redraw,

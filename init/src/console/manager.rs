@@ -7,12 +7,13 @@ use std::collections::BTreeMap;
 
 use super::app::Effect;
 use super::keys::Key;
-use crate::agent::api::RegistrationStatus;
+use crate::agent::api::{RegistrationSource, RegistrationStatus};
 use crate::agent::registration::ManagerChoice;
 use crate::localapi::types::{ManagerCa, ManagerProbe};
 use crate::localapi::ApiError;
 
-/// Rows of the Manager screen; Accept and Reject only while a fingerprint waits for an answer.
+/// Rows of the Manager screen; Accept and Reject only while a fingerprint waits for an answer,
+/// Forget only while the manager in force was chosen on the console.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Row {
     Url,
@@ -20,6 +21,7 @@ pub enum Row {
     Fetch,
     Accept,
     Reject,
+    Forget,
 }
 
 impl Row {
@@ -30,6 +32,7 @@ impl Row {
             Row::Fetch => "[ Fetch the manager's CA fingerprint ]",
             Row::Accept => "[ Accept: pin this CA and register ]",
             Row::Reject => "[ Reject: send nothing ]",
+            Row::Forget => "[ Forget this choice: back to the kernel command line ]",
         }
     }
 
@@ -39,7 +42,7 @@ impl Row {
             Row::Url => "manager",
             Row::JoinToken => "join_token",
             Row::Fetch | Row::Accept => "manager_ca",
-            Row::Reject => "",
+            Row::Reject | Row::Forget => "",
         }
     }
 }
@@ -68,16 +71,20 @@ pub struct ManagerScreen {
 impl ManagerScreen {
     /// The rows shown now.
     pub fn rows(&self) -> &'static [Row] {
-        if self.probed.is_some() {
-            &[
+        let chosen_here = self
+            .status
+            .as_ref()
+            .is_some_and(|s| s.source == Some(RegistrationSource::Console));
+        match (self.probed.is_some(), chosen_here) {
+            (true, _) => &[
                 Row::Url,
                 Row::JoinToken,
                 Row::Fetch,
                 Row::Accept,
                 Row::Reject,
-            ]
-        } else {
-            &[Row::Url, Row::JoinToken, Row::Fetch]
+            ],
+            (false, true) => &[Row::Url, Row::JoinToken, Row::Fetch, Row::Forget],
+            (false, false) => &[Row::Url, Row::JoinToken, Row::Fetch],
         }
     }
 
@@ -166,6 +173,10 @@ impl ManagerScreen {
                 }
                 None => Vec::new(),
             },
+            Row::Forget => {
+                self.message = vec![String::from("Forgetting the console's choice...")];
+                vec![Effect::ForgetManager]
+            }
             Row::Reject => {
                 self.probed = None;
                 self.select(Row::Url);
@@ -224,6 +235,22 @@ impl ManagerScreen {
                 self.status = Some(status);
             }
             Err(e) => self.on_error("Saving the manager", e),
+        }
+    }
+
+    /// The answer to Forget.
+    pub fn on_forgotten(&mut self, answer: Result<RegistrationStatus, ApiError>) {
+        match answer {
+            Ok(status) => {
+                self.message = vec![match &status.manager {
+                    Some(m) => format!("Forgotten: the kernel command line's manager {m} is back."),
+                    None => String::from("Forgotten: this host registers with no manager now."),
+                }];
+                self.url = status.manager.clone().unwrap_or_default();
+                self.status = Some(status);
+                self.select(Row::Url);
+            }
+            Err(e) => self.on_error("Forgetting the manager", e),
         }
     }
 
@@ -336,6 +363,30 @@ mod tests {
             m.select(Row::Fetch);
             assert_eq!(m.on_key(Enter).len(), 1);
         }
+    }
+
+    #[test]
+    fn a_choice_made_here_can_be_forgotten() {
+        let mut m = ManagerScreen::default();
+        let mut status = RegistrationStatus {
+            manager: Some("https://a.example".into()),
+            source: Some(RegistrationSource::CommandLine),
+            ..RegistrationStatus::default()
+        };
+        m.on_registration(Ok(status.clone()));
+        assert!(!m.rows().contains(&Row::Forget), "nothing to forget");
+        status.source = Some(RegistrationSource::Console);
+        m.on_registration(Ok(status));
+        assert_eq!(m.rows().last(), Some(&Row::Forget));
+        m.select(Row::Forget);
+        assert_eq!(m.on_key(Enter), [Effect::ForgetManager]);
+        m.on_forgotten(Ok(RegistrationStatus::default()));
+        assert_eq!(
+            m.message,
+            ["Forgotten: this host registers with no manager now."]
+        );
+        assert_eq!((m.url.as_str(), m.current()), ("", Row::Url));
+        assert!(!m.rows().contains(&Row::Forget));
     }
 
     #[test]

@@ -106,6 +106,7 @@ impl Sources {
             Effect::ChooseManager(choice) => {
                 app.manager.on_chosen(self.agent.choose_manager(&choice));
             }
+            Effect::ForgetManager => app.manager.on_forgotten(self.agent.forget_manager()),
             Effect::Test(request) => {
                 let answer = match self.agent.test(&request) {
                     Err(ApiError::Unreachable(..)) => Ok(self.local.test(&request, None)),

@@ -125,6 +125,9 @@ impl ConsoleBackend for Client {
     fn choose_manager(&self, choice: &ManagerChoice) -> Result<RegistrationStatus, ApiError> {
         self.call("PUT", "/manager", Some(choice))
     }
+    fn forget_manager(&self) -> Result<RegistrationStatus, ApiError> {
+        self.call("DELETE", "/manager", NO_BODY)
+    }
 }
 
 #[cfg(test)]
@@ -260,6 +263,10 @@ pub(crate) mod tests {
             *self.manager.lock().unwrap() = Some(choice.clone());
             self.registration()
         }
+        fn forget_manager(&self) -> Result<RegistrationStatus, ApiError> {
+            *self.manager.lock().unwrap() = None;
+            self.registration()
+        }
     }
 
     fn socket_path(tag: &str) -> PathBuf {
@@ -342,6 +349,7 @@ pub(crate) mod tests {
         let status = client.choose_manager(&choice).unwrap();
         assert_eq!(status.manager_ca, Some(ca));
         assert_eq!(*backend.manager.lock().unwrap(), Some(choice));
+        assert_eq!(client.forget_manager().unwrap().manager, None);
         std::fs::remove_file(&path).unwrap();
     }
 

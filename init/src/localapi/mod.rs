@@ -88,6 +88,9 @@ pub trait ConsoleBackend: Send + Sync {
     /// `PUT /manager`: register with this manager from now on (saved; wins over the kernel
     /// command line).
     fn choose_manager(&self, choice: &ManagerChoice) -> Result<RegistrationStatus, ApiError>;
+    /// `DELETE /manager`: forget the console's choice; the kernel command line's manager, if
+    /// any, is in force again.
+    fn forget_manager(&self) -> Result<RegistrationStatus, ApiError>;
 }
 
 /// What needs no agent state: host facts, the kernel log, and network tests against the

@@ -41,6 +41,7 @@ enum Handler {
     Registration,
     ProbeManager,
     ChooseManager,
+    ForgetManager,
 }
 
 const ROUTES: &[Route<Handler>] = &[
@@ -55,6 +56,7 @@ const ROUTES: &[Route<Handler>] = &[
     route("GET", "/manager", Handler::Registration),
     route("POST", "/manager/probe", Handler::ProbeManager),
     route("PUT", "/manager", Handler::ChooseManager),
+    route("DELETE", "/manager", Handler::ForgetManager),
 ];
 
 const fn route(method: &'static str, path: &'static str, handler: Handler) -> Route<Handler> {
@@ -138,6 +140,7 @@ pub fn handle(backend: &dyn ConsoleBackend, request: &Request) -> Response {
             Ok(choice) => answer(backend.choose_manager(&choice)),
             Err(r) => r,
         },
+        Handler::ForgetManager => answer(backend.forget_manager()),
         Handler::Reset => match request.json::<ResetRequest>() {
             Ok(ResetRequest { confirm: true }) => answer(backend.reset_adoption()),
             Ok(_) => Response::error(400, "Resetting the adoption needs {\"confirm\": true}"),
