@@ -10,6 +10,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use keel_tests::keelctl::{ready_fields, Keelctl};
+use keel_tests::screen::{open_console, press, wait_for_screen, DOWN};
 use keel_tests::{paths, Boot, Error, Firmware, Image, Qemu, QemuBuilder};
 
 /// Firmware plus GRUB plus a TCG boot; OVMF alone takes a few seconds.
@@ -337,12 +338,39 @@ fn usb_state_keeps_adoption_and_network_settings_across_a_reboot() -> Result<(),
     Ok(())
 }
 
-/// A blank second disk: the host runs from RAM, the manager adopts it and creates a state
-/// partition on the disk through the API (a confirmation naming another disk is refused); it is
-/// mounted at once, and the next boot finds it, with the host still adopted by the same manager.
+/// A blank disk again, and the operator at the console: System, "Create state partition",
+/// the disk is offered with what erasing it does, y; the next boot finds the partition.
 #[test]
-fn state_partition_created_through_the_api_is_found_at_boot() -> Result<(), Error> {
-    let disk = scratch("create").join("blank.img");
+fn state_partition_created_on_the_console_is_found_at_boot() -> Result<(), Error> {
+    let disk = blank_disk("console")?;
+    let mut vm = boot_with_agent("media-console-1", &disk)?;
+    vm.wait_for_line("keel: state: none, running from RAM only", BOOT)?;
+    agent_ready(&mut vm)?;
+    open_console(&mut vm, BOOT)?;
+    press(&mut vm, &["6"])?;
+    wait_for_screen(&vm, &["State partition: none; settings live in RAM"]);
+    press(&mut vm, &[DOWN, "\r"])?;
+    wait_for_screen(&vm, &["Disks (Up/Down: choose", "/dev/vda"]);
+    press(&mut vm, &["\r"])?;
+    wait_for_screen(
+        &vm,
+        &["This erases /dev/vda (256 MiB)", "Press y to ERASE it"],
+    );
+    press(&mut vm, &["y"])?;
+    wait_for_screen(&vm, &["State partition /dev/vda1 created and mounted"]);
+    clean_power_off(&mut vm)?;
+
+    let mut vm = boot_with_agent("media-console-2", &disk)?;
+    vm.wait_for_line(
+        "keel: state: /dev/vda1 mounted at /var/lib/keel/state (boot 2)",
+        BOOT,
+    )?;
+    clean_power_off(&mut vm)
+}
+
+/// A sparse blank disk of 256 MiB in this test's scratch directory.
+fn blank_disk(name: &str) -> Result<PathBuf, Error> {
+    let disk = scratch(name).join("blank.img");
     let file = std::fs::File::create(&disk).map_err(|source| Error::Create {
         path: disk.clone(),
         source,
@@ -351,6 +379,15 @@ fn state_partition_created_through_the_api_is_found_at_boot() -> Result<(), Erro
         path: disk.clone(),
         source,
     })?;
+    Ok(disk)
+}
+
+/// A blank second disk: the host runs from RAM, the manager adopts it and creates a state
+/// partition on the disk through the API (a confirmation naming another disk is refused); it is
+/// mounted at once, and the next boot finds it, with the host still adopted by the same manager.
+#[test]
+fn state_partition_created_through_the_api_is_found_at_boot() -> Result<(), Error> {
+    let disk = blank_disk("create")?;
     let k = Keelctl::with_new_ca("media-create");
 
     let mut vm = boot_with_agent("media-create-1", &disk)?;

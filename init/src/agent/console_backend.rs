@@ -6,17 +6,18 @@
 
 use std::sync::{Arc, OnceLock};
 
-use super::api::RegistrationStatus;
+use super::api::{CreateStateRequest, RegistrationStatus};
 use super::netform::{change_of, form_of};
 use super::register::{self, ManagerUrl, SettingsError};
 use super::registration::{ManagerChoice, Registration, SavedError};
 use super::server::Agent;
 use crate::localapi::types::{
     Adoption, Applied, FieldError, LogPage, ManagerCa, ManagerProbe, NetworkForm, NetworkState,
-    Pending, Preview, Status, TestKind, TestRequest, TestResult, VmSummary,
+    Pending, Preview, StateView, Status, TestKind, TestRequest, TestResult, VmSummary,
 };
 use crate::localapi::{ApiError, ConsoleBackend, Local};
 use crate::net::{self, ApplyOptions, NetError, Refusal};
+use crate::state::Status as StateStatus;
 
 /// The console backend of the agent. It serves from the agent's start, before the host has an
 /// address and the agent opens (`attach`), so that the operator can set up the network that
@@ -245,6 +246,26 @@ impl ConsoleBackend for AgentConsole {
             .forget()
             .map_err(|e| ApiError::Failed(e.to_string()))?;
         Ok(self.agent()?.registration())
+    }
+
+    fn state(&self) -> Result<StateView, ApiError> {
+        Ok(StateView {
+            status: crate::state::status(),
+            disks: crate::state::disk_offers(),
+        })
+    }
+
+    fn create_state(&self, request: &CreateStateRequest) -> Result<StateStatus, ApiError> {
+        self.agent()?
+            .create_state(request)
+            .map_err(|e| match e.status() {
+                409 => ApiError::Conflict(e.to_string()),
+                400 | 404 => ApiError::Invalid(vec![FieldError {
+                    field: "disk".into(),
+                    message: e.to_string(),
+                }]),
+                _ => ApiError::Failed(e.to_string()),
+            })
     }
 
     fn reset_adoption(&self) -> Result<Adoption, ApiError> {

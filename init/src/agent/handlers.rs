@@ -312,18 +312,25 @@ impl Agent {
         Response::json(200, &crate::state::status())
     }
 
-    /// Creates the state partition, then copies what the host kept in RAM so far (identity,
-    /// adoption, host ID and manager choice, VM definitions, saved network settings) onto it, so
-    /// a reboot keeps them.
     pub(super) fn host_state_create(&self, request: &Request) -> Response {
         let body: api::CreateStateRequest = match request.json() {
             Ok(body) => body,
             Err(response) => return response,
         };
-        let status = match crate::state::create_on(&body.disk, body.size_mib, &body.confirm) {
-            Ok(status) => status,
-            Err(e) => return Response::error(e.status(), &e.to_string()),
-        };
+        match self.create_state(&body) {
+            Ok(status) => Response::json(200, &status),
+            Err(e) => Response::error(e.status(), &e.to_string()),
+        }
+    }
+
+    /// Creates the state partition, then copies what the host kept in RAM so far (identity,
+    /// adoption, host ID and manager choice, VM definitions, saved network settings) onto it, so
+    /// a reboot keeps them. For the API and the console.
+    pub fn create_state(
+        &self,
+        request: &api::CreateStateRequest,
+    ) -> Result<crate::state::Status, crate::state::create::CreateError> {
+        let status = crate::state::create_on(&request.disk, request.size_mib, &request.confirm)?;
         if let Some(dir) = status.dir() {
             let from = &self.config.state_dir;
             let mut problems = crate::state::copy_into(
@@ -359,7 +366,7 @@ impl Agent {
                 ));
             }
         }
-        Response::json(200, &status)
+        Ok(status)
     }
 
     /// PID 1 reboots on SIGTERM (see pid1::shutdown).

@@ -15,6 +15,8 @@ use crate::localapi::ApiError;
 
 use super::keys::Key;
 use super::manager::ManagerScreen;
+use super::state::StateScreen;
+use crate::agent::api::CreateStateRequest;
 
 /// The screens, in menu order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -144,17 +146,25 @@ impl TestRow {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Action {
     ResetAdoption,
+    /// Asks its own questions (`super::state`) instead of y/n.
+    CreateState,
     Reboot,
     PowerOff,
 }
 
 impl Action {
-    pub const ALL: [Action; 3] = [Action::ResetAdoption, Action::Reboot, Action::PowerOff];
+    pub const ALL: [Action; 4] = [
+        Action::ResetAdoption,
+        Action::CreateState,
+        Action::Reboot,
+        Action::PowerOff,
+    ];
 
     /// Its name in messages.
     pub fn name(self) -> &'static str {
         match self {
             Action::ResetAdoption => "Reset adoption",
+            Action::CreateState => "Create state partition",
             Action::Reboot => "Reboot",
             Action::PowerOff => "Power off",
         }
@@ -163,6 +173,7 @@ impl Action {
     pub fn label(self) -> &'static str {
         match self {
             Action::ResetAdoption => "Reset adoption (release this host from its manager)",
+            Action::CreateState => "Create the state partition (settings survive reboots)",
             Action::Reboot => "Reboot",
             Action::PowerOff => "Power off",
         }
@@ -181,6 +192,8 @@ pub enum Effect {
     ProbeManager(ManagerProbe),
     ChooseManager(ManagerChoice),
     ForgetManager,
+    LoadState,
+    CreateState(CreateStateRequest),
     Run(Action),
     /// Clear the terminal and draw everything again (Ctrl-L).
     Redraw,
@@ -221,6 +234,8 @@ pub struct App {
     pub log_scroll: usize,
 
     pub action: usize,
+    /// Creating the state partition, from the System screen.
+    pub state: StateScreen,
     /// The action waiting for y/n.
     pub confirming: Option<Action>,
     pub system_message: Option<String>,
@@ -278,6 +293,7 @@ impl App {
             logs: Vec::new(),
             log_scroll: 0,
             action: 0,
+            state: StateScreen::default(),
             confirming: None,
             system_message: None,
         }
@@ -318,9 +334,11 @@ impl App {
     fn switch(&mut self, screen: Screen) -> Vec<Effect> {
         self.screen = screen;
         self.confirming = None;
+        self.state.cancel();
         match screen {
             Screen::Network => vec![Effect::LoadNetwork],
             Screen::Manager => vec![Effect::LoadManager],
+            Screen::System => vec![Effect::LoadState],
             _ => Vec::new(),
         }
     }
@@ -515,6 +533,9 @@ impl App {
     }
 
     fn system_key(&mut self, key: Key) -> Vec<Effect> {
+        if self.state.active() {
+            return self.state.on_key(key);
+        }
         if let Some(action) = self.confirming {
             return match key {
                 Key::Char('y' | 'Y') => {
@@ -534,6 +555,10 @@ impl App {
         match key {
             Key::Up | Key::BackTab => self.action = (self.action + n - 1) % n,
             Key::Down | Key::Tab => self.action = (self.action + 1) % n,
+            Key::Enter if Action::ALL[self.action] == Action::CreateState => {
+                self.system_message = None;
+                return self.state.begin();
+            }
             Key::Enter => {
                 self.confirming = Some(Action::ALL[self.action]);
                 self.system_message = None;
@@ -918,10 +943,12 @@ mod tests {
                 None,
             ),
             (
-                &[Down, Enter, Char('y')],
+                &[Down, Down, Enter, Char('y')],
                 vec![Effect::Run(Action::Reboot)],
                 None,
             ),
+            // Its own questions, after the disks are read.
+            (&[Down, Enter], vec![Effect::LoadState], None),
             (
                 &[Up, Enter, Char('Y')],
                 vec![Effect::Run(Action::PowerOff)],

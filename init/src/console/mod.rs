@@ -9,6 +9,7 @@
 pub mod app;
 pub mod keys;
 pub mod manager;
+pub mod state;
 pub mod term;
 pub mod view;
 
@@ -107,6 +108,11 @@ impl Sources {
                 app.manager.on_chosen(self.agent.choose_manager(&choice));
             }
             Effect::ForgetManager => app.manager.on_forgotten(self.agent.forget_manager()),
+            Effect::LoadState => app.state.on_state(self.agent.state()),
+            Effect::CreateState(request) => {
+                app.state.on_created(self.agent.create_state(&request));
+                app.state.on_state(self.agent.state());
+            }
             Effect::Test(request) => {
                 let answer = match self.agent.test(&request) {
                     Err(ApiError::Unreachable(..)) => Ok(self.local.test(&request, None)),
@@ -134,7 +140,8 @@ impl Sources {
                 };
                 app.on_action(action, answer);
             }
-            Effect::Redraw => {}
+            // Creating the state partition asks its own questions (Effect::CreateState).
+            Effect::Run(Action::CreateState) | Effect::Redraw => {}
         }
     }
 }

@@ -9,8 +9,11 @@ use ratatui::Frame;
 
 use super::app::{Action, App, Field, Screen, TestRow};
 use super::manager::Row;
+use super::state::{StateScreen, Step};
 use crate::agent::api::{RegistrationState, RegistrationStatus};
+use crate::localapi::types::StateView;
 use crate::localapi::types::{Adoption, HostFacts, Ipv4Mode, Link, LogSource, Nic, TestKind};
+use crate::state::Status as StateStatus;
 
 fn bold(text: impl Into<String>) -> Span<'static> {
     Span::styled(text.into(), Style::default().add_modifier(Modifier::BOLD))
@@ -413,8 +416,57 @@ fn log_lines(app: &App, height: usize) -> Vec<Line<'static>> {
         .collect()
 }
 
+/// The state partition as the System screen shows it.
+fn state_line(view: &StateView) -> String {
+    match &view.status {
+        StateStatus::Mounted {
+            device, boot_count, ..
+        } => format!("State partition: {device}, mounted (boot {boot_count})"),
+        StateStatus::None => {
+            String::from("State partition: none; settings live in RAM and are lost at reboot")
+        }
+        StateStatus::Damaged { device, reason } => {
+            format!("State partition: {device} is damaged ({reason}); settings live in RAM")
+        }
+    }
+}
+
+/// The disk choice and the erase question of "Create state partition".
+fn create_state_lines(state: &StateScreen) -> Vec<Line<'static>> {
+    let mut lines = Vec::new();
+    if matches!(state.step, Step::Choosing | Step::Confirming) {
+        lines.push(Line::from(
+            "Disks (Up/Down: choose, Enter: take it, n: cancel):",
+        ));
+        let chosen = state.chosen().map(|d| d.device.clone());
+        for disk in state.view.iter().flat_map(|v| &v.disks) {
+            let text = format!("  {:<14} {:>8} MiB", disk.device, disk.size_mib);
+            let on = chosen.as_deref() == Some(disk.device.as_str());
+            let mut spans = vec![selected(text, on)];
+            if let Some(why) = &disk.refused {
+                spans.push(Span::raw(format!("  cannot: {why}")));
+            }
+            lines.push(Line::from(spans));
+        }
+    }
+    if state.step == Step::Confirming {
+        if let Some(plan) = state.chosen().and_then(|d| d.plan.as_deref()) {
+            // The API's summary ends by saying what to type; here a y does.
+            let plan = plan.split(" Type ").next().unwrap_or(plan);
+            lines.push(Line::from(bold(plan.to_string())));
+            lines.push(Line::from(bold(
+                "Press y to ERASE it and create the partition, n to cancel.",
+            )));
+        }
+    }
+    lines
+}
+
 fn system_lines(app: &App) -> Vec<Line<'static>> {
     let mut lines: Vec<Line> = agent_line(app).into_iter().collect();
+    if let Some(view) = &app.state.view {
+        lines.push(Line::from(state_line(view)));
+    }
     for (i, action) in Action::ALL.iter().enumerate() {
         lines.push(Line::from(vec![
             Span::raw(" "),
@@ -422,6 +474,10 @@ fn system_lines(app: &App) -> Vec<Line<'static>> {
         ]));
     }
     lines.push(Line::from(""));
+    lines.extend(create_state_lines(&app.state));
+    if let Some(m) = &app.state.message {
+        lines.push(Line::from(m.clone()));
+    }
     if let Some(action) = app.confirming {
         lines.push(Line::from(bold(format!(
             "{}: are you sure? Press y to go ahead, n to cancel.",
@@ -642,6 +698,54 @@ mod tests {
         ] {
             assert!(s.contains(want), "{want:?} missing:\n{s}");
         }
+    }
+
+    #[test]
+    fn system_screen_asks_before_erasing_a_disk() {
+        use crate::state::create::DiskOffer;
+        let mut app = App::new();
+        app.on_key(Key::Char('6'));
+        let view = StateView {
+            status: StateStatus::None,
+            disks: vec![
+                DiskOffer {
+                    device: "/dev/vda".into(),
+                    size_mib: 107,
+                    plan: None,
+                    refused: Some("/dev/vda holds the boot medium".into()),
+                },
+                DiskOffer {
+                    device: "/dev/vdb".into(),
+                    size_mib: 256,
+                    plan: Some(
+                        "This erases /dev/vdb (256 MiB), everything on it, and creates one \
+                         256 MiB ext4 partition labelled KEEL-STATE. Type /dev/vdb to confirm."
+                            .into(),
+                    ),
+                    refused: None,
+                },
+            ],
+        };
+        app.state.on_state(Ok(view.clone()));
+        let s = screen(&app, 80, 24);
+        assert!(
+            s.contains("State partition: none; settings live in RAM"),
+            "{s}"
+        );
+        app.on_key(Key::Down);
+        app.on_key(Key::Enter);
+        app.state.on_state(Ok(view));
+        app.on_key(Key::Enter);
+        let s = screen(&app, 80, 24);
+        for want in [
+            "  /dev/vdb            256 MiB",
+            "cannot: /dev/vda holds the boot medium",
+            "This erases /dev/vdb (256 MiB), everything on it",
+            "Press y to ERASE it and create the partition, n to cancel.",
+        ] {
+            assert!(s.contains(want), "{want:?} missing:\n{s}");
+        }
+        assert!(!s.contains("Type /dev/vdb"), "{s}");
     }
 
     #[test]

@@ -10,12 +10,13 @@ use serde::Serialize;
 
 use super::types::{
     Adoption, Applied, Invalid, LogPage, ManagerCa, ManagerProbe, NetworkForm, NetworkState,
-    Preview, ResetRequest, Status, TestRequest, TestResult,
+    Preview, ResetRequest, StateView, Status, TestRequest, TestResult,
 };
 use super::{ApiError, ConsoleBackend};
-use crate::agent::api::RegistrationStatus;
+use crate::agent::api::{CreateStateRequest, RegistrationStatus};
 use crate::agent::http::{self, ErrorBody, Limits};
 use crate::agent::registration::ManagerChoice;
+use crate::state::Status as StateStatus;
 
 /// Longer than the slowest request: a network test (2 s) or an apply.
 const TIMEOUT: Duration = Duration::from_secs(15);
@@ -127,6 +128,12 @@ impl ConsoleBackend for Client {
     }
     fn forget_manager(&self) -> Result<RegistrationStatus, ApiError> {
         self.call("DELETE", "/manager", NO_BODY)
+    }
+    fn state(&self) -> Result<StateView, ApiError> {
+        self.call("GET", "/state", NO_BODY)
+    }
+    fn create_state(&self, request: &CreateStateRequest) -> Result<StateStatus, ApiError> {
+        self.call("POST", "/state/create", Some(request))
     }
 }
 
@@ -267,6 +274,21 @@ pub(crate) mod tests {
             *self.manager.lock().unwrap() = None;
             self.registration()
         }
+        fn state(&self) -> Result<StateView, ApiError> {
+            Ok(StateView {
+                status: StateStatus::None,
+                disks: vec![],
+            })
+        }
+        fn create_state(&self, request: &CreateStateRequest) -> Result<StateStatus, ApiError> {
+            if request.confirm != request.disk {
+                return Err(ApiError::Invalid(vec![FieldError {
+                    field: "confirm".into(),
+                    message: "does not name the disk".into(),
+                }]));
+            }
+            Err(ApiError::Conflict(format!("{} is in use", request.disk)))
+        }
     }
 
     fn socket_path(tag: &str) -> PathBuf {
@@ -350,6 +372,20 @@ pub(crate) mod tests {
         assert_eq!(status.manager_ca, Some(ca));
         assert_eq!(*backend.manager.lock().unwrap(), Some(choice));
         assert_eq!(client.forget_manager().unwrap().manager, None);
+        assert_eq!(client.state().unwrap().status, StateStatus::None);
+        let create = |confirm: &str| CreateStateRequest {
+            disk: "/dev/vdb".into(),
+            confirm: confirm.into(),
+            size_mib: None,
+        };
+        assert!(matches!(
+            client.create_state(&create("/dev/vda")),
+            Err(ApiError::Invalid(_))
+        ));
+        assert_eq!(
+            client.create_state(&create("/dev/vdb")),
+            Err(ApiError::Conflict("/dev/vdb is in use".into()))
+        );
         std::fs::remove_file(&path).unwrap();
     }
 

@@ -3,7 +3,8 @@
 //!
 //! Only what the console needs is here: read the status, read and change the management network
 //! (preview, apply with rollback, confirm), test the network, read the logs, name the manager
-//! to register with (after showing its CA fingerprint), and release the host from its manager. The agent implements `ConsoleBackend` by delegating to its adoption state and
+//! to register with (after showing its CA fingerprint), create the state partition, and release
+//! the host from its manager. The agent implements `ConsoleBackend` by delegating to its adoption state and
 //! the network module; `serve` puts any backend on the socket and `Client` is the console's end.
 //! `facts`, `kmsg` and `nettest` are the parts that need neither: what the host can read about
 //! itself, the kernel log, and the network tests. `Local` bundles them for both the agent's
@@ -19,13 +20,14 @@ pub mod types;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use crate::agent::api::RegistrationStatus;
+use crate::agent::api::{CreateStateRequest, RegistrationStatus};
 use crate::agent::registration::ManagerChoice;
+use crate::state::Status as StateStatus;
 pub use client::Client;
 pub use server::serve;
 use types::{
     Adoption, Applied, FieldError, HostFacts, LogPage, ManagerCa, ManagerProbe, NetworkForm,
-    NetworkState, Preview, Status, TestKind, TestRequest, TestResult,
+    NetworkState, Preview, StateView, Status, TestKind, TestRequest, TestResult,
 };
 
 /// Where the agent serves the console.
@@ -91,6 +93,10 @@ pub trait ConsoleBackend: Send + Sync {
     /// `DELETE /manager`: forget the console's choice; the kernel command line's manager, if
     /// any, is in force again.
     fn forget_manager(&self) -> Result<RegistrationStatus, ApiError>;
+    /// `GET /state`: the state partition and the disks that could hold one.
+    fn state(&self) -> Result<StateView, ApiError>;
+    /// `POST /state/create`: erase the disk named twice and make the state partition on it.
+    fn create_state(&self, request: &CreateStateRequest) -> Result<StateStatus, ApiError>;
 }
 
 /// What needs no agent state: host facts, the kernel log, and network tests against the

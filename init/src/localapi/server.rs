@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use super::types::{Invalid, ManagerProbe, NetworkForm, ResetRequest, TestRequest};
 use super::{ApiError, ConsoleBackend};
+use crate::agent::api::CreateStateRequest;
 use crate::agent::http::{self, Limits, Request, Response, Route};
 use crate::agent::registration::ManagerChoice;
 
@@ -42,6 +43,8 @@ enum Handler {
     ProbeManager,
     ChooseManager,
     ForgetManager,
+    State,
+    CreateState,
 }
 
 const ROUTES: &[Route<Handler>] = &[
@@ -57,6 +60,8 @@ const ROUTES: &[Route<Handler>] = &[
     route("POST", "/manager/probe", Handler::ProbeManager),
     route("PUT", "/manager", Handler::ChooseManager),
     route("DELETE", "/manager", Handler::ForgetManager),
+    route("GET", "/state", Handler::State),
+    route("POST", "/state/create", Handler::CreateState),
 ];
 
 const fn route(method: &'static str, path: &'static str, handler: Handler) -> Route<Handler> {
@@ -141,6 +146,11 @@ pub fn handle(backend: &dyn ConsoleBackend, request: &Request) -> Response {
             Err(r) => r,
         },
         Handler::ForgetManager => answer(backend.forget_manager()),
+        Handler::State => answer(backend.state()),
+        Handler::CreateState => match request.json::<CreateStateRequest>() {
+            Ok(create) => answer(backend.create_state(&create)),
+            Err(r) => r,
+        },
         Handler::Reset => match request.json::<ResetRequest>() {
             Ok(ResetRequest { confirm: true }) => answer(backend.reset_adoption()),
             Ok(_) => Response::error(400, "Resetting the adoption needs {\"confirm\": true}"),

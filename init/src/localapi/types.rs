@@ -265,6 +265,15 @@ pub struct ResetRequest {
     pub confirm: bool,
 }
 
+/// `GET /state`: the state partition as PID 1 found it (or as created since), and the disks
+/// one could be created on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StateView {
+    pub status: crate::state::Status,
+    pub disks: Vec<crate::state::create::DiskOffer>,
+}
+
 /// `POST /manager/probe` body.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -196,6 +196,49 @@ impl Plan {
     }
 }
 
+/// A whole disk offered for the state partition (the console lists them): the plan for it with
+/// the default size, or why it cannot hold one.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiskOffer {
+    /// `/dev/sdb`: also the word that confirms.
+    pub device: String,
+    pub size_mib: u64,
+    /// What creating the partition there does (`Plan::summary`), when it can be done.
+    pub plan: Option<String>,
+    /// Why it cannot, otherwise: in use, the boot medium, too small.
+    pub refused: Option<String>,
+}
+
+/// Every whole disk under `sys_class_block` (not partitions, loops, optical drives, …), each
+/// with its plan or the reason it is refused, sorted by name.
+pub fn offers(sys_class_block: &Path, dev: &Path, mounts: &str) -> Vec<DiskOffer> {
+    let mut names: Vec<String> = std::fs::read_dir(sys_class_block)
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+        .iter()
+        .filter_map(|name| read_disk(sys_class_block, dev, name, mounts).ok())
+        .map(|disk| {
+            let (plan, refused) = match plan(&disk, None) {
+                Ok(p) => (Some(p.summary()), None),
+                Err(e) => (None, Some(e.to_string())),
+            };
+            DiskOffer {
+                device: format!("/dev/{}", disk.name),
+                size_mib: disk.size_bytes >> 20,
+                plan,
+                refused,
+            }
+        })
+        .collect()
+}
+
 /// Describes disk `name` from `sys_class_block`, its nodes in `dev` and the mount table text.
 pub fn read_disk(
     sys_class_block: &Path,
@@ -495,6 +538,23 @@ mod tests {
         for (name, want) in cases {
             assert_eq!(read_disk(&sys, &dev, name, ""), Err(want), "{name}");
         }
+        // Offered: whole disks only, each with its plan or why not.
+        std::fs::create_dir_all(sys.join("vdc")).unwrap();
+        std::fs::write(sys.join("vdc/size"), "2097152\n").unwrap();
+        std::fs::create_dir_all(sys.join("loop0")).unwrap();
+        let offered = offers(&sys, &dev, "");
+        let devices: Vec<&str> = offered.iter().map(|o| o.device.as_str()).collect();
+        assert_eq!(devices, ["/dev/sdb", "/dev/vdc"]);
+        // sdb: its partition is held by dm-0.
+        let refused = offered[0].refused.as_deref().unwrap_or_default();
+        assert!(refused.contains("dm-0"), "{refused}");
+        assert_eq!(offered[0].plan, None);
+        assert_eq!(offered[1].size_mib, 1024);
+        let plan = offered[1].plan.as_deref().unwrap_or_default();
+        assert!(
+            plan.starts_with("This erases /dev/vdc (1024 MiB)"),
+            "{plan}"
+        );
     }
 
     #[test]

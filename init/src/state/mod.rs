@@ -306,6 +306,12 @@ pub fn dir_or_ram() -> PathBuf {
         .map_or_else(|| PathBuf::from(RAM_DIR), Path::to_path_buf)
 }
 
+/// The whole disks of this host, each with the plan for a state partition on it or why not.
+pub fn disk_offers() -> Vec<create::DiskOffer> {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+    create::offers(Path::new("/sys/class/block"), Path::new("/dev"), &mounts)
+}
+
 /// Creates a state partition on `disk` (`/dev/vdb` or `vdb`) once `confirm` names it, mounts it
 /// at `STATE_DIR` and records it, so that services writing after this keep their settings (see
 /// `copy_into` for what they wrote before). Refused while a state partition is mounted.
