@@ -134,7 +134,6 @@ pub struct Registration {
 impl Registration {
     /// Works out the settings in force and starts the registration thread. Unusable settings
     /// are reported on the console and in the API; the thread then waits for the console.
-    #[allow(clippy::too_many_arguments)]
     pub fn start(
         agent: Arc<Agent>,
         state_dir: PathBuf,
