@@ -234,6 +234,10 @@ fn ui(options: &Options) -> std::io::Result<()> {
                 if effect == Effect::Redraw {
                     terminal.clear()?;
                     cleared = Instant::now();
+                } else {
+                    // Show what the key did ("Asking ... for its CA certificate") before a
+                    // request that may take seconds (a manager probe, a network test).
+                    terminal.draw(|f| view::draw(f, &app))?;
                 }
                 sources.perform(&mut app, effect);
             }
