@@ -23,7 +23,8 @@ pub mod console_backend;
 pub mod datastore;
 pub mod fingerprint;
 pub mod hostinfo;
-pub mod http;
+/// Keel's one HTTP/1.1 implementation, re-exported under its old path.
+pub use keel_http as http;
 pub mod identity;
 pub mod images;
 pub mod launch;
