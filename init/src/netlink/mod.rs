@@ -72,3 +72,49 @@ impl Error {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_read_as_the_operation_then_the_cause() {
+        let refused = Error::Kernel {
+            what: "create bond bond0".into(),
+            source: io::Error::from_raw_os_error(libc::EOPNOTSUPP),
+            ext: ExtAck {
+                message: Some("Unknown device type".into()),
+                ..ExtAck::default()
+            },
+        };
+        assert_eq!(
+            refused.to_string(),
+            format!(
+                "create bond bond0: {}: Unknown device type",
+                io::Error::from_raw_os_error(libc::EOPNOTSUPP)
+            )
+        );
+        assert_eq!(refused.errno(), Some(libc::EOPNOTSUPP));
+        let timeout = Error::Timeout {
+            what: "netlink link dump".into(),
+            timeout: socket::TIMEOUT,
+        };
+        assert_eq!(
+            timeout.to_string(),
+            "netlink link dump: no reply from the kernel within 5s"
+        );
+        assert_eq!(timeout.errno(), None);
+        assert_eq!(
+            Error::NoLink("eth9".into()).to_string(),
+            "no link named eth9"
+        );
+        let malformed = Error::Malformed {
+            what: "reply".into(),
+            detail: "message length",
+        };
+        assert_eq!(
+            malformed.about("route dump").to_string(),
+            "route dump: malformed netlink data: message length"
+        );
+    }
+}
