@@ -9,7 +9,7 @@ use crate::netlink::attr::attrs;
 use crate::netlink::message::{NLM_F_CREATE, NLM_F_EXCL, NLM_F_REPLACE};
 use crate::netlink::{Error, Message, Socket};
 
-pub(crate) const RTM_NEWLINK: u16 = 16;
+const RTM_NEWLINK: u16 = 16;
 const RTM_DELLINK: u16 = 17;
 const RTM_GETLINK: u16 = 18;
 const RTM_NEWADDR: u16 = 20;

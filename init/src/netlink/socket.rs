@@ -85,7 +85,7 @@ impl Kernel {
         let timeout = timeout.max(Duration::from_millis(1));
         let timeval = libc::timeval {
             tv_sec: libc::time_t::try_from(timeout.as_secs()).unwrap_or(libc::time_t::MAX),
-            tv_usec: libc::suseconds_t::from(timeout.subsec_micros()),
+            tv_usec: timeout.subsec_micros() as libc::suseconds_t,
         };
         set_option(&fd, libc::SOL_SOCKET, libc::SO_RCVTIMEO, &timeval)?;
         // Best effort: a kernel without them still answers, with less to say.
