@@ -7,5 +7,6 @@ pub mod firewall;
 pub mod jail;
 pub mod localapi;
 pub mod net;
+pub mod netlink;
 pub mod pid1;
 pub mod state;

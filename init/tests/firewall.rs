@@ -89,3 +89,26 @@ fn only_allowed_ports_answer() {
         assert!(reaches(9000), "loopback is trusted");
     });
 }
+
+#[test]
+fn a_refused_batch_names_the_message_and_changes_nothing() {
+    if !is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let (err, loaded) = in_new_netns(|| {
+        firewall::apply().unwrap();
+        // A chain name longer than nf_tables allows (NFT_CHAIN_MAXNAMELEN, 256 with the NUL).
+        let mut ruleset = firewall::ruleset();
+        ruleset.chains[0].name = "c".repeat(300).leak();
+        let err = nft::load(&ruleset).unwrap_err();
+        (err, nft::read_back(firewall::TABLE).unwrap())
+    });
+    let text = err.to_string();
+    assert!(text.starts_with("the kernel refused chain ccc"), "{text}");
+    // The kernel's extended ack points at the attribute: NFTA_CHAIN_NAME.
+    assert!(text.contains("(attribute type 3 at byte "), "{text}");
+    assert!(err.errno().is_some(), "{err:?}");
+    // The batch is one transaction: the table loaded before is still in force.
+    assert_eq!(loaded, nft::expected(&firewall::ruleset()));
+}

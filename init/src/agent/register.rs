@@ -243,7 +243,7 @@ pub fn load_or_create_host_id(dir: &Path) -> Result<String, HostIdError> {
 
 /// The host's addresses worth announcing: not loopback, not link-local, sorted.
 pub fn host_addresses() -> Vec<IpAddr> {
-    let Ok(state) = crate::net::netlink::Netlink::open().and_then(|mut n| n.state()) else {
+    let Ok(state) = crate::net::rtnetlink::Rtnetlink::open().and_then(|mut n| n.state()) else {
         return Vec::new();
     };
     let mut addrs: Vec<IpAddr> = state

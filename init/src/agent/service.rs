@@ -101,7 +101,10 @@ fn log(line: &str) {
 /// The first IPv4 address that is not loopback, in interface order (PID 1's host networking
 /// configures them; docs/network.md).
 fn first_ipv4() -> Option<Ipv4Addr> {
-    let state = crate::net::netlink::Netlink::open().ok()?.state().ok()?;
+    let state = crate::net::rtnetlink::Rtnetlink::open()
+        .ok()?
+        .state()
+        .ok()?;
     state
         .links
         .iter()

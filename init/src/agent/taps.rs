@@ -5,8 +5,8 @@
 //! keel-vmm, inside the jail, only attaches to it (`TUNSETIFF` on an existing tap its uid owns
 //! needs no capability). The agent deletes the tap when the run ends.
 
-use crate::net::netlink::Netlink;
 use crate::net::plan::Op;
+use crate::net::rtnetlink::Rtnetlink;
 use std::fs::OpenOptions;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd};
@@ -144,7 +144,7 @@ pub fn create(name: &str, mac: [u8; 6], uid: u32, gid: u32, bridge: &str) -> Res
         remove(name);
         return Err(e);
     }
-    let result = Netlink::open()
+    let result = Rtnetlink::open()
         .map_err(|e| e.to_string())
         .and_then(|mut nl| {
             nl.apply(&Op::SetMaster {

@@ -1,11 +1,10 @@
 //! The host's ingress firewall: a default-deny nftables table `inet keel`, built from Rust and
-//! loaded over netlink in one atomic batch (no `nft`, no shell). PID 1 applies it at boot; the
+//! loaded over netlink (Keel's codec, `crate::netlink`) in one atomic batch (no `nft`, no shell). PID 1 applies it at boot; the
 //! agent shows it through `describe()`. See docs/hardening.md.
 //!
 //! Bridged VM traffic never reaches the input hook (frames between a VM's TAP device and the
 //! uplink are switched by the bridge, not delivered to the host), so VM bridges need no rule here.
 
-pub mod netlink;
 pub mod nft;
 
 use serde::Serialize;
@@ -226,7 +225,7 @@ pub fn describe() -> Description {
 }
 
 /// Loads Keel's ruleset into the kernel, replacing any earlier `inet keel` table atomically.
-pub fn apply() -> Result<(), netlink::NetlinkError> {
+pub fn apply() -> Result<(), crate::netlink::Error> {
     nft::load(&ruleset())
 }
 

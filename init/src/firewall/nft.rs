@@ -1,8 +1,10 @@
 //! A `Ruleset` as nf_tables netlink messages (the encoding `nft` itself produces), loading it in
 //! one atomic batch, and reading the table back.
 
-use super::netlink::{self, Message, NetlinkError, Socket};
 use super::{Chain, Hook, Match, Rule, Ruleset, Verdict};
+use crate::netlink::attr::{self, attrs};
+use crate::netlink::message::{NLM_F_ACK, NLM_F_APPEND, NLM_F_CREATE};
+use crate::netlink::{Error, Message, Socket};
 
 const NFNL_SUBSYS_NFTABLES: u16 = 10;
 const NFNL_MSG_BATCH_BEGIN: u16 = 0x10;
@@ -54,8 +56,14 @@ fn kind(msg: u16) -> u16 {
     (NFNL_SUBSYS_NFTABLES << 8) | msg
 }
 
+/// `struct nfgenmsg`: the family, version 0, the resource id (big-endian).
+fn nfgenmsg(family: u8, res_id: u16) -> [u8; 4] {
+    let [hi, lo] = res_id.to_be_bytes();
+    [family, 0, hi, lo]
+}
+
 fn nft_message(msg: u16, flags: u16) -> Message {
-    Message::new(kind(msg), netlink::NLM_F_REQUEST | flags, NFPROTO_INET, 0)
+    Message::new(kind(msg), flags, &nfgenmsg(NFPROTO_INET, 0))
 }
 
 fn verdict_code(v: Verdict) -> u32 {
@@ -75,14 +83,14 @@ fn expr(m: &mut Message, name: &str, data: impl FnOnce(&mut Message)) {
 
 fn cmp(m: &mut Message, op: u32, value: &[u8]) {
     expr(m, "cmp", |m| {
-        m.u32(1, NFT_REG_1).u32(2, op);
+        m.u32_be(1, NFT_REG_1).u32_be(2, op);
         m.begin(3).attr(NFTA_DATA_VALUE, value).end();
     });
 }
 
 fn meta(m: &mut Message, key: u32) {
     expr(m, "meta", |m| {
-        m.u32(2, key).u32(1, NFT_REG_1);
+        m.u32_be(2, key).u32_be(1, NFT_REG_1);
     });
 }
 
@@ -91,10 +99,10 @@ fn expressions(m: &mut Message, rule: &Rule) {
     match rule.matches {
         Match::CtState(mask) => {
             expr(m, "ct", |m| {
-                m.u32(1, NFT_REG_1).u32(2, NFT_CT_STATE);
+                m.u32_be(1, NFT_REG_1).u32_be(2, NFT_CT_STATE);
             });
             expr(m, "bitwise", |m| {
-                m.u32(1, NFT_REG_1).u32(2, NFT_REG_1).u32(3, 4);
+                m.u32_be(1, NFT_REG_1).u32_be(2, NFT_REG_1).u32_be(3, 4);
                 m.begin(4).attr(NFTA_DATA_VALUE, &mask.to_ne_bytes()).end();
                 m.begin(5).attr(NFTA_DATA_VALUE, &0u32.to_ne_bytes()).end();
             });
@@ -112,19 +120,19 @@ fn expressions(m: &mut Message, rule: &Rule) {
             meta(m, NFT_META_L4PROTO);
             cmp(m, NFT_CMP_EQ, &[proto]);
             expr(m, "payload", |m| {
-                m.u32(1, NFT_REG_1)
-                    .u32(2, NFT_PAYLOAD_TRANSPORT_HEADER)
-                    .u32(3, 2)
-                    .u32(4, 2);
+                m.u32_be(1, NFT_REG_1)
+                    .u32_be(2, NFT_PAYLOAD_TRANSPORT_HEADER)
+                    .u32_be(3, 2)
+                    .u32_be(4, 2);
             });
             cmp(m, NFT_CMP_EQ, &port.to_be_bytes());
         }
     }
     expr(m, "immediate", |m| {
-        m.u32(1, NFT_REG_VERDICT);
+        m.u32_be(1, NFT_REG_VERDICT);
         m.begin(2)
             .begin(NFTA_DATA_VERDICT)
-            .u32(NFTA_VERDICT_CODE, verdict_code(rule.verdict))
+            .u32_be(NFTA_VERDICT_CODE, verdict_code(rule.verdict))
             .end()
             .end();
     });
@@ -136,18 +144,29 @@ pub fn expression_names(rule: &Rule) -> Vec<String> {
     m.begin(NFTA_RULE_EXPRESSIONS);
     expressions(&mut m, rule);
     m.end();
-    let bytes = m.finish(0);
+    let Ok(bytes) = m.encode(0, 0) else {
+        return Vec::new();
+    };
     let body = bytes.get(20..).unwrap_or_default();
-    netlink::attr(body, NFTA_RULE_EXPRESSIONS)
-        .map(names_of)
+    attr::find(body, NFTA_RULE_EXPRESSIONS)
+        .map(|list| names_of(list.payload))
         .unwrap_or_default()
 }
 
 fn names_of(list: &[u8]) -> Vec<String> {
-    netlink::attrs(list)
-        .into_iter()
-        .filter_map(|(_, e)| netlink::attr_str(e, NFTA_EXPR_NAME))
+    attrs(list)
+        .filter_map(|e| Some(attr::find(e.payload, NFTA_EXPR_NAME)?.str()))
         .collect()
+}
+
+/// The text of string attribute `kind` in `data`.
+fn attr_str(data: &[u8], kind: u16) -> Option<String> {
+    Some(attr::find(data, kind)?.str())
+}
+
+/// The value of big-endian u32 attribute `kind` in `data`.
+fn attr_u32(data: &[u8], kind: u16) -> Option<u32> {
+    attr::find(data, kind)?.u32_be()
 }
 
 fn hook_number(hook: Hook) -> u32 {
@@ -157,20 +176,20 @@ fn hook_number(hook: Hook) -> u32 {
 }
 
 fn chain_message(table: &str, chain: &Chain) -> Message {
-    let mut m = nft_message(NFT_MSG_NEWCHAIN, netlink::NLM_F_CREATE | netlink::NLM_F_ACK);
+    let mut m = nft_message(NFT_MSG_NEWCHAIN, NLM_F_CREATE | NLM_F_ACK);
     m.str(NFTA_CHAIN_TABLE, table)
         .str(NFTA_CHAIN_NAME, chain.name);
     m.begin(NFTA_CHAIN_HOOK)
-        .u32(NFTA_HOOK_HOOKNUM, hook_number(chain.hook))
-        .u32(NFTA_HOOK_PRIORITY, chain.priority as u32)
+        .u32_be(NFTA_HOOK_HOOKNUM, hook_number(chain.hook))
+        .u32_be(NFTA_HOOK_PRIORITY, chain.priority as u32)
         .end();
-    m.u32(NFTA_CHAIN_POLICY, verdict_code(chain.policy))
+    m.u32_be(NFTA_CHAIN_POLICY, verdict_code(chain.policy))
         .str(NFTA_CHAIN_TYPE, "filter");
     m
 }
 
 fn rule_message(table: &str, chain: &str, rule: &Rule) -> Message {
-    let flags = netlink::NLM_F_CREATE | netlink::NLM_F_APPEND | netlink::NLM_F_ACK;
+    let flags = NLM_F_CREATE | NLM_F_APPEND | NLM_F_ACK;
     let mut m = nft_message(NFT_MSG_NEWRULE, flags);
     m.str(NFTA_RULE_TABLE, table).str(NFTA_RULE_CHAIN, chain);
     m.begin(NFTA_RULE_EXPRESSIONS);
@@ -189,9 +208,9 @@ pub fn batch(ruleset: &Ruleset) -> (Vec<Message>, Vec<String>) {
     let table = ruleset.table;
     let mut messages = Vec::new();
     let mut names = Vec::new();
-    let mut new_table = nft_message(NFT_MSG_NEWTABLE, netlink::NLM_F_CREATE | netlink::NLM_F_ACK);
+    let mut new_table = nft_message(NFT_MSG_NEWTABLE, NLM_F_CREATE | NLM_F_ACK);
     new_table.str(NFTA_TABLE_NAME, table);
-    let mut del_table = nft_message(NFT_MSG_DELTABLE, netlink::NLM_F_ACK);
+    let mut del_table = nft_message(NFT_MSG_DELTABLE, NLM_F_ACK);
     del_table.str(NFTA_TABLE_NAME, table);
     messages.extend([new_table.clone(), del_table, new_table]);
     names.extend([
@@ -211,20 +230,23 @@ pub fn batch(ruleset: &Ruleset) -> (Vec<Message>, Vec<String>) {
 }
 
 fn batch_marker(kind: u16) -> Message {
-    Message::new(kind, netlink::NLM_F_REQUEST, 0, NFNL_SUBSYS_NFTABLES)
+    Message::new(kind, 0, &nfgenmsg(0, NFNL_SUBSYS_NFTABLES))
 }
 
 /// Loads `ruleset` in one transaction: either all of it is in force afterwards, or nothing
 /// changed.
-pub fn load(ruleset: &Ruleset) -> Result<(), NetlinkError> {
+pub fn load(ruleset: &Ruleset) -> Result<(), Error> {
     let (messages, names) = batch(ruleset);
-    let mut socket = Socket::open()?;
-    socket.batch(
-        &batch_marker(NFNL_MSG_BATCH_BEGIN),
-        &messages,
-        &batch_marker(NFNL_MSG_BATCH_END),
-        &names,
-    )
+    let mut all = Vec::with_capacity(messages.len() + 2);
+    all.push(batch_marker(NFNL_MSG_BATCH_BEGIN));
+    all.extend(messages);
+    all.push(batch_marker(NFNL_MSG_BATCH_END));
+    // Only the kernel's refusal of the whole batch answers a marker.
+    let mut all_names = Vec::with_capacity(all.len());
+    all_names.push("the batch".to_string());
+    all_names.extend(names);
+    all_names.push("the batch".to_string());
+    Socket::open(libc::NETLINK_NETFILTER)?.batch(&all, &all_names)
 }
 
 /// A chain of the table as the kernel holds it.
@@ -239,24 +261,24 @@ pub struct LoadedChain {
 }
 
 /// Reads table `inet <table>` back from the kernel: its chains and their rules, in order.
-pub fn read_back(table: &str) -> Result<Vec<LoadedChain>, NetlinkError> {
-    let mut socket = Socket::open()?;
-    let mut request = nft_message(NFT_MSG_GETCHAIN, netlink::NLM_F_DUMP);
+pub fn read_back(table: &str) -> Result<Vec<LoadedChain>, Error> {
+    let mut socket = Socket::open(libc::NETLINK_NETFILTER)?;
+    let mut request = nft_message(NFT_MSG_GETCHAIN, 0);
     request.str(NFTA_CHAIN_TABLE, table);
     let mut chains = Vec::new();
     for payload in socket.dump(&request, "chain dump")? {
         let body = payload.get(4..).unwrap_or_default();
-        if netlink::attr_str(body, NFTA_CHAIN_TABLE).as_deref() != Some(table) {
+        if attr_str(body, NFTA_CHAIN_TABLE).as_deref() != Some(table) {
             continue;
         }
-        let hook = netlink::attr(body, NFTA_CHAIN_HOOK);
+        let hook = attr::find(body, NFTA_CHAIN_HOOK).map(|h| h.payload);
         chains.push(LoadedChain {
-            name: netlink::attr_str(body, NFTA_CHAIN_NAME).unwrap_or_default(),
-            hook: hook.and_then(|h| netlink::attr_u32(h, NFTA_HOOK_HOOKNUM)),
+            name: attr_str(body, NFTA_CHAIN_NAME).unwrap_or_default(),
+            hook: hook.and_then(|h| attr_u32(h, NFTA_HOOK_HOOKNUM)),
             priority: hook
-                .and_then(|h| netlink::attr_u32(h, NFTA_HOOK_PRIORITY))
+                .and_then(|h| attr_u32(h, NFTA_HOOK_PRIORITY))
                 .map(|p| p as i32),
-            policy: netlink::attr_u32(body, NFTA_CHAIN_POLICY).map(|p| {
+            policy: attr_u32(body, NFTA_CHAIN_POLICY).map(|p| {
                 if p == NF_ACCEPT {
                     Verdict::Accept
                 } else {
@@ -266,19 +288,19 @@ pub fn read_back(table: &str) -> Result<Vec<LoadedChain>, NetlinkError> {
             rules: Vec::new(),
         });
     }
-    let mut request = nft_message(NFT_MSG_GETRULE, netlink::NLM_F_DUMP);
+    let mut request = nft_message(NFT_MSG_GETRULE, 0);
     request.str(NFTA_RULE_TABLE, table);
     for payload in socket.dump(&request, "rule dump")? {
         let body = payload.get(4..).unwrap_or_default();
-        if netlink::attr_str(body, NFTA_RULE_TABLE).as_deref() != Some(table) {
+        if attr_str(body, NFTA_RULE_TABLE).as_deref() != Some(table) {
             continue;
         }
-        let chain = netlink::attr_str(body, NFTA_RULE_CHAIN).unwrap_or_default();
-        let names = netlink::attr(body, NFTA_RULE_EXPRESSIONS)
-            .map(names_of)
+        let chain = attr_str(body, NFTA_RULE_CHAIN).unwrap_or_default();
+        let names = attr::find(body, NFTA_RULE_EXPRESSIONS)
+            .map(|list| names_of(list.payload))
             .unwrap_or_default();
-        let comment = netlink::attr(body, NFTA_RULE_USERDATA)
-            .and_then(|u| u.get(2..))
+        let comment = attr::find(body, NFTA_RULE_USERDATA)
+            .and_then(|u| u.payload.get(2..))
             .map(|c| {
                 String::from_utf8_lossy(c)
                     .trim_end_matches('\0')
@@ -316,6 +338,7 @@ pub fn expected(ruleset: &Ruleset) -> Vec<LoadedChain> {
 mod tests {
     use super::*;
     use crate::firewall::{ruleset, IPPROTO_TCP};
+    use crate::netlink::message::parse_messages;
 
     #[test]
     fn rules_compile_to_nft_expressions() {
@@ -344,15 +367,12 @@ mod tests {
         assert_eq!(messages.len(), 3 + 1 + 8);
         assert_eq!(names[1], "replacing table inet keel");
         assert_eq!(names[11], "rule \"tcp dport 8443 accept\" in chain input");
-        let bytes = messages[11].finish(5);
-        let msg = &netlink::split(&bytes).unwrap()[0];
+        let bytes = messages[11].encode(5, 0).unwrap();
+        let msg = &parse_messages(&bytes).unwrap()[0];
         assert_eq!(msg.kind, kind(NFT_MSG_NEWRULE));
         let body = &msg.payload[4..];
-        assert_eq!(
-            netlink::attr_str(body, NFTA_RULE_CHAIN).as_deref(),
-            Some("input")
-        );
-        let udata = netlink::attr(body, NFTA_RULE_USERDATA).unwrap();
+        assert_eq!(attr_str(body, NFTA_RULE_CHAIN).as_deref(), Some("input"));
+        let udata = attr::find(body, NFTA_RULE_USERDATA).unwrap().payload;
         assert_eq!(udata, b"\x00\x17agent API (mutual TLS)\x00");
     }
 }

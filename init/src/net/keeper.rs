@@ -11,8 +11,8 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use super::dhcp::{Action, Client, Lease, CLIENT_PORT, SERVER_PORT};
-use super::netlink::Netlink;
 use super::plan::{IpNet, PROTO_DHCP};
+use super::rtnetlink::Rtnetlink;
 
 const ETH_P_IP: u16 = 0x0800;
 /// How often the thread looks at its stop flag.
@@ -265,8 +265,8 @@ fn run(interface: &str, hostname: Option<String>, stop: &AtomicBool, report: &Re
     }
 }
 
-fn open(interface: &str) -> Result<(Netlink, PacketSocket, [u8; 6]), String> {
-    let mut nl = Netlink::open().map_err(|e| e.to_string())?;
+fn open(interface: &str) -> Result<(Rtnetlink, PacketSocket, [u8; 6]), String> {
+    let mut nl = Rtnetlink::open().map_err(|e| e.to_string())?;
     let state = nl.state().map_err(|e| e.to_string())?;
     let link = state
         .link(interface)
@@ -304,7 +304,7 @@ fn lease_net(lease: &Lease) -> IpNet {
     }
 }
 
-fn deconfigure(nl: &mut Netlink, interface: &str, lease: &Lease) {
+fn deconfigure(nl: &mut Rtnetlink, interface: &str, lease: &Lease) {
     if let Some(router) = lease.router {
         let _ = nl.default_route(false, interface, router.into(), PROTO_DHCP);
     }
@@ -312,16 +312,14 @@ fn deconfigure(nl: &mut Netlink, interface: &str, lease: &Lease) {
 }
 
 fn perform(
-    nl: &mut Netlink,
+    nl: &mut Rtnetlink,
     socket: &PacketSocket,
     interface: &str,
     action: &Action,
     report: &Report,
 ) -> Result<(), String> {
-    let exists = |r: Result<(), super::netlink::NetlinkError>| match r {
-        Err(super::netlink::NetlinkError::Op(_, e)) if e.raw_os_error() == Some(libc::EEXIST) => {
-            Ok(())
-        }
+    let exists = |r: Result<(), crate::netlink::Error>| match r {
+        Err(e) if e.errno() == Some(libc::EEXIST) => Ok(()),
         other => other.map_err(|e| e.to_string()),
     };
     match action {
@@ -389,7 +387,7 @@ mod tests {
     #[test]
     fn keeps_a_lease_over_a_real_link() {
         testns::run_isolated("net::keeper::tests::keeps_a_lease_over_a_real_link", || {
-            let mut nl = Netlink::open().unwrap();
+            let mut nl = Rtnetlink::open().unwrap();
             testns::veth("cli0", "srv0");
             for name in ["cli0", "srv0"] {
                 nl.apply(&Op::SetUp { name: name.into() }).unwrap();

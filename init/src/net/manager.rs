@@ -15,11 +15,12 @@ use super::dhcp::Lease;
 use super::keeper::{Event, Keeper, Report};
 use super::layers::{self, Nic};
 use super::model::{Ipv4, NetConfig};
-use super::netlink::{Netlink, NetlinkError};
 use super::plan::{plan, Op, PlanError, State};
+use super::rtnetlink::Rtnetlink;
 use super::safe::{decide, probe, Decision};
 use super::store::{write_resolv_conf, Store, StoreError};
 use super::validate::{validate, Invalid};
+use crate::netlink::Error as NetlinkError;
 
 /// How long a change waits for its confirmation by default.
 pub const DEFAULT_CONFIRM: Duration = Duration::from_secs(60);
@@ -280,7 +281,7 @@ impl Manager {
     ) -> Result<Manager, NetError> {
         let (net, warnings) = layers::parse_cmdline(cmdline);
         warnings.iter().for_each(|w| log(w));
-        let mut nl = Netlink::open()?;
+        let mut nl = Rtnetlink::open()?;
         let (nics, raised) = nics_with_link(&mut nl)?;
         let lower = layers::merge(
             &layers::defaults(&nics),
@@ -381,7 +382,7 @@ impl Manager {
                 }
             }
         }
-        let mut nl = Netlink::open()?;
+        let mut nl = Rtnetlink::open()?;
         let state = nl.state()?;
         let ops = plan(&state, Some(&inner.running), desired)?;
         let recreated: Vec<&str> = ops
@@ -483,7 +484,7 @@ impl Manager {
     pub fn preview(&self, change: &NetConfig) -> Result<Vec<String>, NetError> {
         let inner = lock(&self.inner);
         let (_, desired) = Self::desired(&inner, change)?;
-        let state = Netlink::open()?.state()?;
+        let state = Rtnetlink::open()?.state()?;
         Ok(plan(&state, Some(&inner.running), &desired)?
             .iter()
             .map(ToString::to_string)
@@ -632,7 +633,7 @@ impl Manager {
     /// The status the console and the API show.
     pub fn status(&self) -> Result<Status, NetError> {
         let inner = lock(&self.inner);
-        let state = Netlink::open()?.state()?;
+        let state = Rtnetlink::open()?.state()?;
         let d = lock(&self.dynamic);
         let (dns_servers, search) = d.resolver();
         let name_of = |index: u32| {
@@ -688,7 +689,7 @@ impl Manager {
 
 /// Brings every NIC up and waits briefly for link, so the defaults can pick one that has it.
 /// Returns the NICs and the names of those it brought up (IPv6 off, so none autoconfigures).
-fn nics_with_link(nl: &mut Netlink) -> Result<(Vec<Nic>, Vec<String>), NetError> {
+fn nics_with_link(nl: &mut Rtnetlink) -> Result<(Vec<Nic>, Vec<String>), NetError> {
     let state = nl.state()?;
     let mut raised = Vec::new();
     for nic in state.nics().filter(|l| !l.up) {
@@ -739,7 +740,7 @@ mod tests {
             || {
                 let dir = std::env::temp_dir().join(format!("keel-net-mgr-{}", std::process::id()));
                 let _ = std::fs::remove_dir_all(&dir);
-                let mut nl = Netlink::open().unwrap();
+                let mut nl = Rtnetlink::open().unwrap();
                 testns::veth("eth0", "gw0");
                 testns::veth("spare0", "spare1");
                 nl.apply(&Op::SetUp { name: "gw0".into() }).unwrap();

@@ -1,8 +1,8 @@
 //! Host networking: the typed configuration (`model`), its layers (`layers`), validation
 //! (`validate`), the plan from the running state to the desired configuration (`plan`), rtnetlink
-//! to carry it out (`netlink`), the DHCPv4 client (`dhcp`, `keeper`), safe changes with rollback
-//! (`safe`), the saved configuration and resolv.conf (`store`), and the manager tying them
-//! together (`manager`), which PID 1 runs.
+//! to carry it out (`rtnetlink`, over the shared codec `crate::netlink`), the DHCPv4 client
+//! (`dhcp`, `keeper`), safe changes with rollback (`safe`), the saved configuration and
+//! resolv.conf (`store`), and the manager tying them together (`manager`), which PID 1 runs.
 //!
 //! The functions below are the API the agent and the console use: `status` (read),
 //! `preview`/`apply` (change, with rollback unless confirmed), `confirm`. In PID 1 they call the
@@ -15,8 +15,8 @@ pub mod keeper;
 pub mod layers;
 pub mod manager;
 pub mod model;
-pub mod netlink;
 pub mod plan;
+pub mod rtnetlink;
 pub mod safe;
 pub mod store;
 #[cfg(test)]

@@ -78,8 +78,8 @@ pub fn probe(gateway: Option<Option<IpAddr>>, manager: Option<&str>, timeout: Du
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use crate::net::netlink::Netlink;
     use crate::net::plan::{IpNet, Op};
+    use crate::net::rtnetlink::Rtnetlink;
     use crate::net::testns;
 
     #[test]
@@ -110,7 +110,7 @@ mod tests {
     #[test]
     fn probes_for_real() {
         testns::run_isolated("net::safe::tests::probes_for_real", || {
-            let mut nl = Netlink::open().unwrap();
+            let mut nl = Rtnetlink::open().unwrap();
             testns::veth("a0", "b0");
             let net = |t: &str| IpNet {
                 addr: t.parse().unwrap(),

@@ -11,7 +11,7 @@ use std::ffi::CString;
 use std::os::unix::process::CommandExt;
 use std::process::Command;
 
-use super::netlink::Netlink;
+use super::rtnetlink::Rtnetlink;
 
 const ENV: &str = "KEEL_TESTNS";
 
@@ -69,5 +69,5 @@ pub fn run_isolated(name: &str, body: impl FnOnce()) {
 
 /// Creates a veth pair in the current (private) namespace.
 pub fn veth(a: &str, b: &str) {
-    Netlink::open().unwrap().create_veth(a, b).unwrap();
+    Rtnetlink::open().unwrap().create_veth(a, b).unwrap();
 }
