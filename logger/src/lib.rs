@@ -59,20 +59,6 @@ pub fn priority(facility: Facility, level: Level) -> u8 {
     (facility as u8) * 8 + severity(level)
 }
 
-/// The name syslog tools give a severity (`err`, `warning`, `info`, `debug`, …).
-pub fn severity_name(severity: u8) -> &'static str {
-    match severity {
-        0 => "emerg",
-        1 => "alert",
-        2 => "crit",
-        3 => "err",
-        4 => "warning",
-        5 => "notice",
-        6 => "info",
-        _ => "debug",
-    }
-}
-
 /// How records are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Style {
@@ -399,11 +385,6 @@ mod tests {
         for (facility, level, want) in cases {
             assert_eq!(priority(facility, level), want, "{facility:?} {level}");
         }
-        let names: Vec<&str> = (0..8).map(severity_name).collect();
-        assert_eq!(
-            names,
-            ["emerg", "alert", "crit", "err", "warning", "notice", "info", "debug"]
-        );
     }
 
     #[test]
