@@ -92,6 +92,8 @@ mod tests {
         let json = r#"{"seq":1,"level":6,"micros":2,"source":"kernel","message":"m"}"#;
         let entry: LogEntry = serde_json::from_str(json).unwrap();
         assert_eq!(serde_json::to_string(&entry).unwrap(), json);
-        assert!(serde_json::from_str::<LogEntry>(&json.replace("\"m\"}", "\"m\",\"x\":1}")).is_err());
+        assert!(
+            serde_json::from_str::<LogEntry>(&json.replace("\"m\"}", "\"m\",\"x\":1}")).is_err()
+        );
     }
 }

@@ -355,15 +355,12 @@ impl Agent {
                 dir,
                 &[crate::net::store::CONFIG_FILE],
             ));
-            let log = self.config.log;
-            log(&format!(
+            log::info!(
                 "keel-agent: state partition created: {}",
                 status.console_line()
-            ));
+            );
             for problem in problems {
-                log(&format!(
-                    "keel-agent: cannot copy to the state partition: {problem}"
-                ));
+                log::warn!("keel-agent: cannot copy to the state partition: {problem}");
             }
         }
         Ok(status)

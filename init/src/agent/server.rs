@@ -70,8 +70,6 @@ pub struct AgentConfig {
     pub jail: Option<Jailer>,
     /// The process to signal for host reboot and power-off (PID 1); `None` refuses them.
     pub power_pid: Option<i32>,
-    /// Where to report events (VM exits, recoveries).
-    pub log: fn(&str),
 }
 
 impl AgentConfig {
@@ -92,7 +90,6 @@ impl AgentConfig {
             vmm: PathBuf::from("/usr/bin/keel-vmm"),
             jail: None,
             power_pid: None,
-            log: |_| {},
             state_dir,
         }
     }
@@ -340,7 +337,7 @@ impl Agent {
             run: config.run_dir.clone(),
             jail: config.jail.clone(),
         };
-        let vms = Vms::open(paths, Arc::clone(&store), config.log)?;
+        let vms = Vms::open(paths, Arc::clone(&store))?;
         Ok(Arc::new(Self {
             vms,
             store,
@@ -410,10 +407,10 @@ impl Agent {
         if expired {
             if let Ok(secret) = Secret::random() {
                 let token = Token::new(secret, now, self.config.token_ttl);
-                (self.config.log)(&format!(
+                log::info!(
                     "keel-agent: the adoption token expired; the new one is {}",
                     token.secret().expose()
-                ));
+                );
                 state.adoption.release(token);
             }
         }

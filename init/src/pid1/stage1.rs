@@ -216,10 +216,7 @@ fn switch() -> Result<std::convert::Infallible, Stage1Error> {
     if root_is_ram() {
         if let Ok(meta) = std::fs::metadata(root) {
             let freed = remove_contents(root, meta.dev(), newroot);
-            console::say(&format!(
-                "keel: stage 1: freed {} KiB of initramfs",
-                freed / 1024
-            ));
+            log::info!("keel: stage 1: freed {} KiB of initramfs", freed / 1024);
         }
     }
     let newroot_c = cpath(newroot).map_err(|e| Stage1Error::SwitchRoot("chdir", e))?;
