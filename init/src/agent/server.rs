@@ -32,6 +32,8 @@ use std::time::Duration;
 
 #[path = "handlers.rs"]
 mod handlers;
+#[path = "host_logs.rs"]
+mod host_logs;
 #[path = "host_network.rs"]
 mod host_network;
 pub use handlers::OPENAPI_JSON;
@@ -219,6 +221,12 @@ const ROUTES: &[Route<(Access, Handler)>] = &[
         api::HOST_FIREWALL,
         Access::Manager,
         Agent::host_firewall,
+    ),
+    endpoint(
+        "GET",
+        keel_api::logs::HOST_LOGS,
+        Access::Manager,
+        Agent::host_logs,
     ),
     endpoint(
         "GET",
