@@ -682,7 +682,7 @@ pub(crate) mod tests {
         crate::logging::logger()
             .output(sink.clone())
             .install()
-            .expect("the only test in this binary that installs the logger");
+            .unwrap(); // The only test in this binary that installs the logger.
         let q = GuestQueue::new(16);
         let mut d = device(&q, Box::new(Echo { fail: false }));
         bring_up_with_used_ring(&mut d, 16, 0x7_0000_0000);
