@@ -170,6 +170,8 @@ fn stage2(signals: &libc::sigset_t) -> ! {
         .collect();
     console::ensure_std_fds();
     console::open();
+    let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+    console::quiet_kernel_echo(&cmdline);
     problems.iter().for_each(|p| error!("{p}"));
     // Ctrl-Alt-Del sends SIGINT to PID 1 instead of rebooting at once.
     // SAFETY: reboot(RB_DISABLE_CAD) only changes a kernel flag.
@@ -177,8 +179,6 @@ fn stage2(signals: &libc::sigset_t) -> ! {
     // Service output goes to /dev/kmsg line by line; the default rate limit would drop it.
     let _ = std::fs::write("/proc/sys/kernel/printk_devkmsg", "on\n");
 
-    let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
-    console::quiet_kernel_echo(&cmdline);
     let parsed = cmdline::parse(&cmdline);
     parsed.warnings.iter().for_each(|w| warn!("{w}"));
     let params = parsed.params;

@@ -199,6 +199,7 @@ fn switch() -> Result<std::convert::Infallible, Stage1Error> {
     }
     console::ensure_std_fds();
     console::open();
+    console::quiet_kernel_echo(&std::fs::read_to_string("/proc/cmdline").unwrap_or_default());
     modules::load_early(Path::new(EARLY_ORDER), Path::new(EARLY_DIR))?;
     let device = attach_loop(Path::new(ROOT_IMAGE))?;
     let newroot = Path::new(NEWROOT);
