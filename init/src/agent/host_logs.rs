@@ -1,5 +1,5 @@
 //! `GET /v1/host/logs?after=SEQ[&follow=true]`: the host's log records from /dev/kmsg
-//! (`localapi::kmsg` reads them), one JSON `LogEntry` per line. With `follow` the records
+//! (`localapi::kmsg` reads them; the newest `KEEP` of them), one JSON `LogEntry` per line. With `follow` the records
 //! after SEQ come first, then each new one as the kernel logs it, until the client leaves.
 
 use super::super::http::{self, HttpError};
@@ -58,7 +58,8 @@ fn client_left(tcp: &TcpStream, timeout: Duration) -> bool {
     let ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
     // SAFETY: `fd` is one valid pollfd for the duration of the call.
     let ready = unsafe { libc::poll(&mut fd, 1, ms) };
-    ready != 0
+    ready > 0
+        || (ready < 0 && std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted)
 }
 
 impl Agent {
