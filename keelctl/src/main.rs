@@ -158,6 +158,16 @@ enum HostCmd {
     Stats,
     /// The host's ingress firewall, in nft syntax
     Firewall,
+    /// The host's log (the kernel's and Keel's records) with levels, as
+    /// `[  12.345678] err keel-agent: …`; `-o json`: a JSON array (JSON lines with --follow)
+    Logs {
+        /// Only the records after this sequence number (`seq` in the JSON)
+        #[arg(long)]
+        after: Option<u64>,
+        /// Then keep printing new records as the host logs them, until interrupted
+        #[arg(long)]
+        follow: bool,
+    },
     /// The host's state partition: mounted (settings survive a reboot), none or damaged
     State,
     /// Create a state partition on a local disk of the host, erasing the whole disk
@@ -596,6 +606,27 @@ fn host_cmd(config: &Config, host: Option<&str>, fmt: Format, cmd: HostCmd) -> R
         HostCmd::Firewall => {
             let rules: serde_json::Value = Target::open(config, host)?.get(api::HOST_FIREWALL)?;
             output::print(fmt, &rules, output::firewall)
+        }
+        HostCmd::Logs { after, follow } => {
+            let t = Target::open(config, host)?;
+            let mut query = Vec::new();
+            query.extend(after.map(|seq| format!("after={seq}")));
+            if follow {
+                query.push("follow=true".to_string());
+            }
+            let mut path = keel_api::logs::HOST_LOGS.to_string();
+            if !query.is_empty() {
+                path = format!("{path}?{}", query.join("&"));
+            }
+            if follow {
+                let mut out = output::LogStream::print(fmt, io::stdout().lock());
+                return t.client.stream_get(&path, &mut out).map_err(|e| t.err(e));
+            }
+            let mut records = output::LogStream::collect();
+            t.client
+                .stream_get(&path, &mut records)
+                .map_err(|e| t.err(e))?;
+            output::print(fmt, &records.entries, |e| output::log_lines(e))
         }
         HostCmd::State => {
             let state: keel_init::state::Status =

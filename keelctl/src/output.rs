@@ -1,6 +1,7 @@
 //! Tables for people, JSON (`-o json`) for scripts.
 
 use clap::ValueEnum;
+use keel_api::logs::LogEntry;
 use keel_init::agent::api::{HostInfo, HostStats, Image, ImageList, VmStatus};
 use keel_init::net::Status as NetStatus;
 use serde::Serialize;
@@ -32,6 +33,66 @@ pub fn print<T: Serialize>(
             write(&format!("{json}\n"))
         }
         Format::Table => write(&table(value)),
+    }
+}
+
+/// Log records as `[  12.345678] err keel-agent: …` lines.
+pub fn log_lines(entries: &[LogEntry]) -> String {
+    entries.iter().map(|e| e.line() + "\n").collect()
+}
+
+/// Takes the host's log records (JSON lines) as they arrive: keeps them in `entries` to print
+/// at the end ([`LogStream::collect`]), or prints each at once (`--follow`,
+/// [`LogStream::print`]) as a line (table) or as the JSON line it came as (`-o json`).
+pub struct LogStream<W: Write> {
+    out: Option<(Format, W)>,
+    pending: Vec<u8>,
+    pub entries: Vec<LogEntry>,
+}
+
+impl LogStream<io::Sink> {
+    pub fn collect() -> Self {
+        Self {
+            out: None,
+            pending: Vec::new(),
+            entries: Vec::new(),
+        }
+    }
+}
+
+impl<W: Write> LogStream<W> {
+    pub fn print(fmt: Format, out: W) -> Self {
+        Self {
+            out: Some((fmt, out)),
+            pending: Vec::new(),
+            entries: Vec::new(),
+        }
+    }
+}
+
+impl<W: Write> Write for LogStream<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.pending.extend_from_slice(buf);
+        while let Some(end) = self.pending.iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = self.pending.drain(..=end).collect();
+            let entry: LogEntry = serde_json::from_slice(&line)
+                .map_err(|e| io::Error::other(format!("the host sent a bad log record: {e}")))?;
+            match &mut self.out {
+                None => self.entries.push(entry),
+                Some((Format::Json, out)) => out.write_all(&line)?,
+                Some((Format::Table, out)) => {
+                    out.write_all(format!("{}\n", entry.line()).as_bytes())?
+                }
+            }
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match &mut self.out {
+            Some((_, out)) => out.flush(),
+            None => Ok(()),
+        }
     }
 }
 
@@ -411,5 +472,39 @@ mod tests {
         assert!(text.contains("tcp dport 8443 accept"), "{text}");
         assert!(text.contains("# agent API"), "{text}");
         assert!(text.ends_with("  }\n}\n"), "{text}");
+    }
+
+    #[test]
+    fn log_records_print_with_levels_as_they_arrive() {
+        let wire = concat!(
+            r#"{"seq":4,"level":3,"micros":12345678,"source":"keel","message":"keel-agent: x"}"#,
+            "\n",
+            r#"{"seq":5,"level":6,"micros":12400000,"source":"kernel","message":"eth0: up"}"#,
+            "\n"
+        );
+        // Split mid-record, as a stream may be.
+        let (a, b) = wire.split_at(30);
+        let mut table = LogStream::print(Format::Table, Vec::new());
+        table.write_all(a.as_bytes()).unwrap_or_default();
+        table.write_all(b.as_bytes()).unwrap_or_default();
+        let printed = table.out.map(|(_, out)| out).unwrap_or_default();
+        assert_eq!(
+            String::from_utf8_lossy(&printed),
+            "[   12.345678] err keel-agent: x\n[   12.400000] info eth0: up\n"
+        );
+        let mut json = LogStream::print(Format::Json, Vec::new());
+        json.write_all(wire.as_bytes()).unwrap_or_default();
+        assert_eq!(
+            json.out.map(|(_, out)| out).unwrap_or_default(),
+            wire.as_bytes()
+        );
+        let mut kept = LogStream::collect();
+        kept.write_all(wire.as_bytes()).unwrap_or_default();
+        assert_eq!(
+            kept.entries.iter().map(|e| e.seq).collect::<Vec<_>>(),
+            [4, 5]
+        );
+        assert_eq!(log_lines(&kept.entries), String::from_utf8_lossy(&printed));
+        assert!(LogStream::collect().write_all(b"nope\n").is_err());
     }
 }

@@ -80,6 +80,31 @@ fn adopt_and_manage_a_host() {
         serde_json::from_str(&ok(&cfg, &["host", "stats", "-o", "json"])).unwrap();
     assert!(stats["memory_total"].as_u64().unwrap() > 0);
 
+    // The host's log with levels (root can write a record of its own to the kernel log).
+    let marker = format!("keel-agent: cli-logs-{}", std::process::id());
+    let wrote = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/kmsg")
+        .and_then(|mut f| std::io::Write::write_all(&mut f, format!("<28>{marker}\n").as_bytes()));
+    if wrote.is_ok() {
+        let logs = ok(&cfg, &["host", "logs"]);
+        let line = logs.lines().find(|l| l.ends_with(&marker)).unwrap();
+        assert!(
+            line.starts_with('[') && line.contains(&format!("] warning {marker}")),
+            "{line}"
+        );
+        let records: Vec<serde_json::Value> =
+            serde_json::from_str(&ok(&cfg, &["host", "logs", "-o", "json"])).unwrap();
+        let mine = records
+            .iter()
+            .find(|r| r["message"] == marker.as_str())
+            .unwrap();
+        assert_eq!(mine["level"], 4);
+        let after = mine["seq"].as_u64().unwrap().to_string();
+        let later = ok(&cfg, &["host", "logs", "--after", &after]);
+        assert!(!later.contains(&marker), "{later}");
+    }
+
     let kernel = dir.join("vmlinuz");
     std::fs::write(&kernel, vec![1u8; 300 * 1024]).unwrap();
     ok(

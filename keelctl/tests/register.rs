@@ -92,7 +92,6 @@ impl Host {
             api_port: self.server.local_addr().port(),
             agent: Arc::clone(&self.agent),
             addresses: || vec![IpAddr::from([127, 0, 0, 1])],
-            log: |_| {},
             reannounce: keel_init::agent::register::REANNOUNCE_EVERY,
         }
     }

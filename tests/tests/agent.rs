@@ -137,6 +137,29 @@ fn manager_adopts_the_host_and_runs_a_vm_that_survives_an_agent_restart() -> Res
     let firewall = k.ok(&["host", "firewall"]);
     assert!(firewall.contains("policy drop;"), "{firewall}");
     assert!(firewall.contains("tcp dport 8443 accept"), "{firewall}");
+    // The host's log through the agent, each line with its level: PID 1's, the agent's.
+    let logs = k.ok(&["host", "logs"]);
+    for want in [
+        "] info keel: boot complete in ",
+        "] info keel ready: api=https://",
+    ] {
+        assert!(
+            logs.lines().any(|l| l.starts_with('[') && l.contains(want)),
+            "no {want:?} in {logs}"
+        );
+    }
+    let records = k.json(&["host", "logs"]);
+    let ready = records.as_array().and_then(|all| {
+        all.iter().find(|r| {
+            r["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("keel ready: "))
+        })
+    });
+    assert!(
+        ready.is_some_and(|r| r["level"] == 6 && r["source"] == "keel"),
+        "{records}"
+    );
     k.ok(&["vm", "shutdown", "g1"]);
     let stopped = k.wait_vm("g1", "stopped", |vm| vm_state(vm) == "stopped");
     assert_eq!(stopped["last_exit"]["code"], 0, "{stopped}");

@@ -11,6 +11,7 @@ pub mod builder;
 pub mod config;
 pub mod devices;
 pub mod exit;
+pub mod logging;
 pub mod seccomp;
 pub mod vmm;
 pub mod vstate;

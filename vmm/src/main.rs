@@ -7,6 +7,7 @@ use std::process::ExitCode;
 
 use keel_vmm::config::VmConfig;
 use keel_vmm::exit::ExitReason;
+use log::error;
 
 const USAGE: &str = "\
 Usage: keel-vmm --config PATH [--api-sock PATH]
@@ -108,7 +109,11 @@ fn main() -> ExitCode {
     match command {
         Command::Help => println!("{USAGE}"),
         Command::Version => println!("keel-vmm {}", env!("CARGO_PKG_VERSION")),
-        Command::Run(args) => return ExitCode::from(run(&args).code()),
+        Command::Run(args) => {
+            // Only this logger writes to stderr (`vmm.log`) from here on; a second one cannot be.
+            let _ = keel_vmm::logging::logger().install();
+            return ExitCode::from(run(&args).code());
+        }
     }
     ExitCode::SUCCESS
 }
@@ -118,25 +123,25 @@ fn run(args: &RunArgs) -> ExitReason {
     let config = match VmConfig::from_file(&args.config) {
         Ok(config) => config,
         Err(e) => {
-            eprintln!("keel-vmm: {e}");
+            error!("{e}");
             return ExitReason::BadConfig;
         }
     };
     let kvm = match kvm_ioctls::Kvm::new() {
         Ok(kvm) => kvm,
         Err(e) => {
-            eprintln!("keel-vmm: cannot open /dev/kvm: {e}");
+            error!("cannot open /dev/kvm: {e}");
             return ExitReason::VmmError;
         }
     };
     let max_vcpus = u32::try_from(kvm.get_max_vcpus()).unwrap_or(u32::MAX);
     if let Err(e) = config.validate(max_vcpus) {
-        eprintln!("keel-vmm: {}: {e}", args.config.display());
+        error!("{}: {e}", args.config.display());
         return ExitReason::BadConfig;
     }
     // Compile the filters before any thread exists, so a broken filter file is a start-up error.
     if let Err(e) = keel_vmm::seccomp::prepare() {
-        eprintln!("keel-vmm: {e}");
+        error!("{e}");
         return ExitReason::VmmError;
     }
     keel_vmm::vmm::run(kvm, config, args.api_sock.as_deref())

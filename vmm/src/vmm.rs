@@ -177,7 +177,7 @@ impl MutEventSubscriber for SignalWatcher {
             )
         };
         if n == size as isize {
-            eprintln!("keel-vmm: signal {} received, powering off", info.ssi_signo);
+            log::info!("signal {} received, powering off", info.ssi_signo);
             self.exit.request(ExitReason::HostPowerOff);
         }
     }
@@ -293,7 +293,7 @@ impl RunningVmm {
                 break reason;
             }
             if let Err(e) = self.events.run() {
-                eprintln!("keel-vmm: event loop failed: {e}");
+                log::error!("event loop failed: {e}");
                 self.exit.request(ExitReason::VmmError);
             }
         };
@@ -308,14 +308,11 @@ pub fn run(kvm: Kvm, config: VmConfig, api_sock: Option<&Path>) -> ExitReason {
     let start = Instant::now();
     match run_inner(&kvm, &config, api_sock, start) {
         Ok(reason) => {
-            eprintln!(
-                "keel-vmm: VM stopped: {reason:?} (exit status {})",
-                reason.code()
-            );
+            log::info!("VM stopped: {reason:?} (exit status {})", reason.code());
             reason
         }
         Err(e) => {
-            eprintln!("keel-vmm: {e}");
+            log::error!("{e}");
             ExitReason::VmmError
         }
     }

@@ -104,9 +104,7 @@ pub fn prepare(dir: &Path, ram_mib: u64) -> io::Result<(StoreKind, String)> {
                     format!("data store: {source} ({LABEL}) on {}", dir.display()),
                 ))
             }
-            Err(e) => crate::pid1::console::log(&format!(
-                "keel-agent: cannot mount {source} ({LABEL}): {e}; using RAM"
-            )),
+            Err(e) => log::warn!("keel-agent: cannot mount {source} ({LABEL}): {e}; using RAM"),
         }
     }
     mount(

@@ -489,6 +489,101 @@ fn images_and_vms_over_tls() {
     );
 }
 
+/// Writes a record to the real kernel log (as keel-logger does: `<prio>text`); false without the
+/// right to (the test then has nothing to look for).
+fn kmsg_record(prio: u8, text: &str) -> bool {
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(crate::localapi::kmsg::DEVICE)
+        .and_then(|mut f| f.write_all(format!("<{prio}>{text}\n").as_bytes()))
+        .is_ok()
+}
+
+fn log_entries(body: &[u8]) -> Vec<keel_api::logs::LogEntry> {
+    String::from_utf8_lossy(body)
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect()
+}
+
+/// A sink for a followed stream that gives up (closing the stream) once `stop` appears.
+struct Until {
+    seen: Vec<u8>,
+    stop: String,
+}
+
+impl Write for Until {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.seen.extend_from_slice(buf);
+        if String::from_utf8_lossy(&self.seen).contains(&self.stop) {
+            return Err(std::io::Error::other("seen"));
+        }
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[test]
+fn host_logs_sends_the_kernel_log_with_levels_and_follows_it() {
+    let (host, client, _, cert) = adopted_with_certs("logs", "/bin/false");
+    let marker = format!("keel-agent: logs-test-{}", std::process::id());
+    if !kmsg_record(27, &marker) {
+        return; // Not root: no kernel log to write to.
+    }
+    let path = keel_api::logs::HOST_LOGS;
+    let got = client.request::<()>("GET", path, None).unwrap();
+    assert_eq!(got.status, 200, "{}", String::from_utf8_lossy(&got.body));
+    assert_eq!(got.header("content-type"), Some(keel_api::logs::JSON_LINES));
+    let all = log_entries(&got.body);
+    let mine = all.iter().find(|e| e.message == marker).unwrap();
+    assert_eq!(
+        (mine.level, mine.source),
+        (3, keel_api::logs::LogSource::Keel)
+    );
+    assert!(all.windows(2).all(|w| w[0].seq < w[1].seq));
+    let later = client
+        .request::<()>("GET", &format!("{path}?after={}", mine.seq), None)
+        .unwrap();
+    assert!(log_entries(&later.body).iter().all(|e| e.seq > mine.seq));
+    for bad in ["after=x", "after=-1", "follow=maybe"] {
+        let got = client
+            .request::<()>("GET", &format!("{path}?{bad}"), None)
+            .unwrap();
+        assert_eq!(got.status, 400, "{bad}");
+    }
+    let refused = host.status(None, "GET", path).unwrap();
+    assert_eq!(refused, 403, "only the manager reads the host's log");
+
+    // Follow: what came after the marker, then a record logged while the stream is open.
+    let next = format!("{marker}-followed");
+    let follower = {
+        let stop = next.clone();
+        let url = format!("{path}?after={}&follow=true", mine.seq);
+        let client = host.client(Some(&cert));
+        std::thread::spawn(move || {
+            let mut out = Until {
+                seen: Vec::new(),
+                stop,
+            };
+            let result = client.stream_get(&url, &mut out);
+            (result, out.seen)
+        })
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(kmsg_record(28, &next));
+    let (result, seen) = follower.join().unwrap();
+    assert!(
+        result.is_err(),
+        "the stream ends only when the client leaves"
+    );
+    let followed = log_entries(&seen[..seen.len() - 1]);
+    let last = followed.iter().find(|e| e.message == next);
+    assert!(last.is_some_and(|e| e.level == 4), "{followed:?}");
+    assert!(followed.iter().all(|e| e.seq > mine.seq));
+}
+
 #[test]
 fn host_network_routes_refuse_bad_input_and_say_when_networking_is_not_running() {
     let (_host, client) = adopted("net", "/bin/false");

@@ -1,5 +1,5 @@
 //! The manager's routes: VMs, images, host statistics and power, metrics, the OpenAPI document;
-//! and the two routes that stream (image upload, console follow) instead of holding a body.
+//! and the routes that stream (image upload, console and log follow) instead of holding a body.
 
 use super::super::api::{self, ImageKind, VmState};
 use super::super::hostinfo;
@@ -43,7 +43,8 @@ pub(super) fn empty_body(request: &Request) -> Option<Response> {
 }
 
 impl Agent {
-    /// Reads a request and answers it; uploads and console streams go straight to the socket.
+    /// Reads a request and answers it; uploads, console and log streams go straight to the
+    /// socket.
     pub(super) fn serve_stream(
         &self,
         stream: &mut Tls,
@@ -84,6 +85,11 @@ impl Agent {
             && is_follow(request)
         {
             return self.follow(&head, stream);
+        } else if request.method == "GET"
+            && http::path_matches(keel_api::logs::HOST_LOGS, &request.path)
+            && is_follow(request)
+        {
+            return self.follow_logs(request, stream);
         } else {
             match head.read_body(stream, &limits) {
                 Ok(request) => self.handle(&request, &peer),
@@ -239,9 +245,8 @@ impl Agent {
     }
 
     pub(super) fn vm_console(&self, request: &Request) -> Response {
-        let follow = http::query_param(request.query.as_deref(), "follow");
-        if follow.is_some_and(|f| !["", "1", "true", "yes", "0", "false", "no"].contains(&f)) {
-            return Response::error(400, "follow must be true or false");
+        if let Some(bad) = bad_follow(request) {
+            return bad;
         }
         match self.vms.console(first(request, api::VM_CONSOLE)) {
             Ok(console) => Response {
@@ -355,15 +360,12 @@ impl Agent {
                 dir,
                 &[crate::net::store::CONFIG_FILE],
             ));
-            let log = self.config.log;
-            log(&format!(
+            log::info!(
                 "keel-agent: state partition created: {}",
                 status.console_line()
-            ));
+            );
             for problem in problems {
-                log(&format!(
-                    "keel-agent: cannot copy to the state partition: {problem}"
-                ));
+                log::warn!("keel-agent: cannot copy to the state partition: {problem}");
             }
         }
         Ok(status)
@@ -378,6 +380,14 @@ impl Agent {
     pub(super) fn host_poweroff(&self, request: &Request) -> Response {
         self.power(request, libc::SIGUSR2, "power-off")
     }
+}
+
+/// The answer to a `follow` query parameter that is not a boolean.
+pub(super) fn bad_follow(request: &Request) -> Option<Response> {
+    let follow = http::query_param(request.query.as_deref(), "follow");
+    follow
+        .is_some_and(|f| !["", "1", "true", "yes", "0", "false", "no"].contains(&f))
+        .then(|| Response::error(400, "follow must be true or false"))
 }
 
 fn is_follow(request: &Request) -> bool {

@@ -423,14 +423,14 @@ fn spawn_child(
 
 /// After a jailed run ended: its final limit counters, then its cgroup, mount point and `taps`
 /// removed. Problems are logged, not fatal: the next start cleans up again.
-pub fn finish(jailer: &Jailer, name: &str, taps: &[String], log: fn(&str)) -> Option<CgroupEvents> {
+pub fn finish(jailer: &Jailer, name: &str, taps: &[String]) -> Option<CgroupEvents> {
     taps.iter().for_each(|t| taps::remove(t));
     let events = jailer
         .cgroup_events(name)
-        .map_err(|e| log(&format!("keel-agent: VM {name}: {e}")))
+        .map_err(|e| log::warn!("keel-agent: VM {name}: {e}"))
         .ok();
     if let Err(e) = jailer.cleanup(name) {
-        log(&format!("keel-agent: VM {name}: {e}"));
+        log::warn!("keel-agent: VM {name}: {e}");
     }
     events
 }

@@ -357,7 +357,6 @@ pub struct Registrar {
     pub agent: Arc<Agent>,
     /// The addresses to announce (`host_addresses` on a real host).
     pub addresses: fn() -> Vec<IpAddr>,
-    pub log: fn(&str),
     /// How long an unchanged registration stands before it is sent again (`REANNOUNCE_EVERY`).
     pub reannounce: Duration,
 }
@@ -440,7 +439,7 @@ impl Registrar {
                 if status.reason.as_deref() != Some(answer.message.as_str())
                     || status.state != RegistrationState::Registered
                 {
-                    (self.log)(&line);
+                    log::info!("{line}");
                 }
                 status.state = RegistrationState::Registered;
                 status.verdict = Some(answer.state);
@@ -454,10 +453,10 @@ impl Registrar {
                 let (state, reason) = failure.state();
                 let delay = backoff.fail();
                 if status.reason.as_deref() != Some(reason) {
-                    (self.log)(&format!(
+                    log::warn!(
                         "keel-agent: registration with {url}: {reason}; retrying (every {} s at most)",
                         RETRY_MAX.as_secs()
-                    ));
+                    );
                 }
                 status.state = state;
                 status.reason = Some(reason.to_string());

@@ -93,7 +93,6 @@ fn registrar(agent: &Arc<Agent>, url: &str, pin: &str, join: Option<&str>) -> Re
         api_port: 8443,
         agent: Arc::clone(agent),
         addresses: || vec![IpAddr::from([10, 0, 2, 15])],
-        log: |_| {},
         reannounce: super::register::REANNOUNCE_EVERY,
     }
 }
@@ -326,7 +325,6 @@ fn the_console_fetches_the_ca_then_chooses_the_manager_without_a_reboot() {
         None,
         8443,
         addresses,
-        |_| {},
     )
     .unwrap();
     let backend = Arc::new(AgentConsole::new());
@@ -434,7 +432,6 @@ fn forgetting_the_only_manager_stops_registering() {
         None,
         8443,
         || vec![IpAddr::from([10, 0, 2, 15])],
-        |_| {},
     )
     .unwrap();
     wait_registration(&agent, |s| s.state == RegistrationState::Disabled);

@@ -126,7 +126,6 @@ pub struct Registration {
     hostname: Option<String>,
     api_port: u16,
     addresses: fn() -> Vec<IpAddr>,
-    log: fn(&str),
     current: Mutex<Current>,
     changed: Condvar,
 }
@@ -141,7 +140,6 @@ impl Registration {
         hostname: Option<String>,
         api_port: u16,
         addresses: fn() -> Vec<IpAddr>,
-        log: fn(&str),
     ) -> Result<Arc<Self>, io::Error> {
         let saved = load_saved(&state_dir);
         let settings = match saved {
@@ -155,7 +153,6 @@ impl Registration {
             hostname,
             api_port,
             addresses,
-            log,
             current: Mutex::new(Current {
                 generation: 0,
                 settings: None,
@@ -182,7 +179,7 @@ impl Registration {
 
     /// Says on the console why the host does not register; the status to show in the API.
     fn refuse(&self, manager: &Option<String>, reason: String) -> RegistrationStatus {
-        (self.log)(&format!("keel-agent: not registering: {reason}"));
+        log::warn!("keel-agent: not registering: {reason}");
         RegistrationStatus {
             state: RegistrationState::Error,
             manager: manager.clone(),
@@ -279,12 +276,12 @@ impl Registration {
                 return;
             }
         };
-        (self.log)(&format!(
+        log::info!(
             "keel-agent: registering with {} as {host_id} (manager CA {}, from the {})",
             settings.manager.as_str(),
             settings.manager_ca,
             source.describe()
-        ));
+        );
         let registrar = Registrar {
             settings,
             source,
@@ -293,7 +290,6 @@ impl Registration {
             api_port: self.api_port,
             agent: Arc::clone(&self.agent),
             addresses: self.addresses,
-            log: self.log,
             reannounce: register::REANNOUNCE_EVERY,
         };
         registrar.run(|delay| !self.changed_within(generation, Some(delay)));

@@ -32,6 +32,8 @@ use std::time::Duration;
 
 #[path = "handlers.rs"]
 mod handlers;
+#[path = "host_logs.rs"]
+mod host_logs;
 #[path = "host_network.rs"]
 mod host_network;
 pub use handlers::OPENAPI_JSON;
@@ -70,8 +72,6 @@ pub struct AgentConfig {
     pub jail: Option<Jailer>,
     /// The process to signal for host reboot and power-off (PID 1); `None` refuses them.
     pub power_pid: Option<i32>,
-    /// Where to report events (VM exits, recoveries).
-    pub log: fn(&str),
 }
 
 impl AgentConfig {
@@ -92,7 +92,6 @@ impl AgentConfig {
             vmm: PathBuf::from("/usr/bin/keel-vmm"),
             jail: None,
             power_pid: None,
-            log: |_| {},
             state_dir,
         }
     }
@@ -225,6 +224,12 @@ const ROUTES: &[Route<(Access, Handler)>] = &[
     ),
     endpoint(
         "GET",
+        keel_api::logs::HOST_LOGS,
+        Access::Manager,
+        Agent::host_logs,
+    ),
+    endpoint(
+        "GET",
         api::HOST_NETWORK,
         Access::Manager,
         Agent::network_get,
@@ -340,7 +345,7 @@ impl Agent {
             run: config.run_dir.clone(),
             jail: config.jail.clone(),
         };
-        let vms = Vms::open(paths, Arc::clone(&store), config.log)?;
+        let vms = Vms::open(paths, Arc::clone(&store))?;
         Ok(Arc::new(Self {
             vms,
             store,
@@ -410,10 +415,10 @@ impl Agent {
         if expired {
             if let Ok(secret) = Secret::random() {
                 let token = Token::new(secret, now, self.config.token_ttl);
-                (self.config.log)(&format!(
+                log::info!(
                     "keel-agent: the adoption token expired; the new one is {}",
                     token.secret().expose()
-                ));
+                );
                 state.adoption.release(token);
             }
         }

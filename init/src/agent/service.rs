@@ -14,6 +14,8 @@ use super::registration::{CommandLine, Registration};
 use super::server::{Agent, AgentConfig};
 use crate::localapi;
 use crate::pid1::{cmdline, console};
+use keel_logger::Facility;
+use log::{error, info, warn};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -94,10 +96,6 @@ pub fn parse_args(args: &[String]) -> Result<Options, String> {
     Ok(o)
 }
 
-fn log(line: &str) {
-    console::log(line);
-}
-
 /// The first IPv4 address that is not loopback, in interface order (PID 1's host networking
 /// configures them; docs/network.md).
 fn first_ipv4() -> Option<Ipv4Addr> {
@@ -123,7 +121,7 @@ fn wait_for_address() -> Ipv4Addr {
             return ip;
         }
         if !said {
-            log("keel-agent: waiting for an IPv4 address");
+            info!("keel-agent: waiting for an IPv4 address");
             said = true;
         }
         std::thread::sleep(Duration::from_millis(250));
@@ -164,14 +162,9 @@ fn start_registration(
         params.hostname.clone(),
         options.port,
         register::host_addresses,
-        log,
     );
     started
-        .map_err(|e| {
-            log(&format!(
-                "keel-agent: cannot start the registration thread: {e}"
-            ))
-        })
+        .map_err(|e| error!("keel-agent: cannot start the registration thread: {e}"))
         .ok()
 }
 
@@ -181,14 +174,14 @@ fn start_registration(
 fn serve_console(backend: &Arc<AgentConsole>) {
     let listener = match localapi::server::bind(Path::new(localapi::SOCKET)) {
         Ok(listener) => listener,
-        Err(e) => return log(&format!("keel-agent: {e}")),
+        Err(e) => return error!("keel-agent: {e}"),
     };
     let backend: Arc<dyn localapi::ConsoleBackend> = backend.clone();
     let spawned = std::thread::Builder::new()
         .name("console-api".into())
         .spawn(move || localapi::server::serve_on(listener, backend));
     if let Err(e) = spawned {
-        log(&format!("keel-agent: cannot serve the console: {e}"));
+        error!("keel-agent: cannot serve the console: {e}");
     }
 }
 
@@ -201,6 +194,7 @@ pub fn run(args: &[String]) -> ExitCode {
     // Before any thread starts, so that all inherit the mask (keel-vmm gets a clean one).
     let signals = stop_signals();
     console::open();
+    console::init_logging(Facility::Daemon, console::say);
     let options = match parse_args(args) {
         Ok(o) => o,
         Err(e) => {
@@ -211,7 +205,7 @@ pub fn run(args: &[String]) -> ExitCode {
     match serve(&options, &signals) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            log(&format!("keel-agent: {e}"));
+            error!("keel-agent: {e}");
             ExitCode::FAILURE
         }
     }
@@ -228,7 +222,7 @@ fn serve(options: &Options, signals: &libc::sigset_t) -> Result<(), String> {
                 options.data_dir.display()
             )
         })?;
-    log(&format!("keel-agent: {store_line}"));
+    info!("keel-agent: {store_line}");
     let mut config = AgentConfig::new(options.state_dir.clone(), Vec::new());
     config.preset_token = params.adopt_token.clone();
     config.data_dir = options.data_dir.clone();
@@ -236,7 +230,6 @@ fn serve(options: &Options, signals: &libc::sigset_t) -> Result<(), String> {
     config.run_dir = options.run_dir.clone();
     config.vmm = options.vmm.clone();
     config.jail = Some(crate::jail::Jailer::default());
-    config.log = log;
     config.power_pid = (std::os::unix::process::parent_id() == 1).then_some(1);
     // The console serves from now on: the operator may have to set up the network that
     // the agent waits for.
@@ -250,17 +243,17 @@ fn serve(options: &Options, signals: &libc::sigset_t) -> Result<(), String> {
     }
     let agent = Agent::open(config, Arc::new(SystemClock)).map_err(|e| e.to_string())?;
     let fingerprint = agent.fingerprint();
-    log(&format!("keel-agent: host key fingerprint {fingerprint}"));
+    info!("keel-agent: host key fingerprint {fingerprint}");
     let listener = TcpListener::bind(SocketAddr::from((Ipv4Addr::UNSPECIFIED, options.port)))
         .map_err(|e| format!("cannot listen on port {}: {e}", options.port))?;
     let _server = agent
         .spawn(listener)
         .map_err(|e| format!("cannot start the listener: {e}"))?;
     let token = agent.token().unwrap_or_else(|| "-".into());
-    log(&format!(
+    info!(
         "keel ready: api=https://{ip}:{} fingerprint={fingerprint} adopt-token={token}",
         options.port
-    ));
+    );
     let registration = start_registration(&agent, &params, options);
     console_api.attach(Arc::clone(&agent), registration);
     loop {
@@ -270,12 +263,10 @@ fn serve(options: &Options, signals: &libc::sigset_t) -> Result<(), String> {
             break;
         }
     }
-    log("keel-agent: stopping: shutting the VMs down");
+    info!("keel-agent: stopping: shutting the VMs down");
     let forced = agent.stop_vms(VM_GRACE);
     if forced > 0 {
-        log(&format!(
-            "keel-agent: powered off {forced} VM(s) that did not shut down in time"
-        ));
+        warn!("keel-agent: powered off {forced} VM(s) that did not shut down in time");
     }
     Ok(())
 }

@@ -258,12 +258,11 @@ pub struct Vms {
     /// VMs being defined: their private disk copies are made outside the table's lock, so that
     /// copying a large image does not hold up every other VM operation. Locked after `entries`.
     defining: Mutex<BTreeMap<String, VmSpec>>,
-    log: fn(&str),
 }
 
 impl Vms {
-    /// Loads the definitions and takes back the VMs still running; `log` reports what happened.
-    pub fn open(paths: VmPaths, store: Arc<Store>, log: fn(&str)) -> Result<Arc<Self>, VmError> {
+    /// Loads the definitions and takes back the VMs still running, logging what happened.
+    pub fn open(paths: VmPaths, store: Arc<Store>) -> Result<Arc<Self>, VmError> {
         for dir in [&paths.defs, &paths.run] {
             fs::DirBuilder::new()
                 .recursive(true)
@@ -276,7 +275,6 @@ impl Vms {
             store,
             entries: Mutex::new(BTreeMap::new()),
             defining: Mutex::new(BTreeMap::new()),
-            log,
         });
         if vms.paths.jail.is_some() {
             let weak = Arc::downgrade(&vms);
@@ -298,10 +296,7 @@ impl Vms {
                 .and_then(|b| serde_json::from_slice::<VmSpec>(&b).map_err(|e| e.to_string()));
             match spec {
                 Ok(spec) => vms.adopt_definition(spec),
-                Err(e) => log(&format!(
-                    "keel-agent: skipping VM definition {}: {e}",
-                    path.display()
-                )),
+                Err(e) => log::warn!("keel-agent: skipping VM definition {}: {e}", path.display()),
             }
         }
         if vms.paths.jail.is_some() {
@@ -312,7 +307,7 @@ impl Vms {
                 .flat_map(|e| launch::tap_names(&e.spec.name, e.spec.nics.len()))
                 .collect();
             for tap in super::taps::sweep(&keep) {
-                log(&format!("keel-agent: removed tap {tap} of a VM that ended"));
+                log::info!("keel-agent: removed tap {tap} of a VM that ended");
             }
         }
         Ok(vms)
@@ -367,13 +362,11 @@ impl Vms {
                 .console
                 .attach(launch::sockets(&self.dir(&name)).1, START_WAIT);
             self.watch_pid(name.clone(), 1, pid);
-            (self.log)(&format!(
-                "keel-agent: took back VM {name} (keel-vmm pid {pid}, {state:?})"
-            ));
+            log::info!("keel-agent: took back VM {name} (keel-vmm pid {pid}, {state:?})");
         } else if let Some(jailer) = &self.paths.jail {
             // A jail whose VMM ended (or stopped answering) while no agent watched it.
             if let Err(e) = jailer.cleanup(&name) {
-                (self.log)(&format!("keel-agent: VM {name}: {e}"));
+                log::warn!("keel-agent: VM {name}: {e}");
             }
         }
         self.lock().insert(name, entry);
@@ -596,7 +589,7 @@ impl Vms {
             process.kill();
             if let Some(jailer) = &self.paths.jail {
                 let taps = launch::tap_names(&spec.name, spec.nics.len());
-                launch::finish(jailer, &spec.name, &taps, self.log);
+                launch::finish(jailer, &spec.name, &taps);
             }
             return Err(VmError::Io("write", pid_path, e));
         }
@@ -659,7 +652,7 @@ impl Vms {
             .jail
             .as_ref()
             .zip(taps)
-            .and_then(|(jailer, taps)| launch::finish(jailer, name, &taps, self.log));
+            .and_then(|(jailer, taps)| launch::finish(jailer, name, &taps));
         if events.is_some_and(|e| e.oom_kill > 0) {
             reason.push_str(" (OOM-killed at its cgroup memory limit)");
         }
@@ -673,14 +666,14 @@ impl Vms {
             }
             if let (Some(jail), Some(events)) = (entry.jail.as_mut(), events) {
                 if let Some(line) = launch::limit_report(name, &jail.events, &events) {
-                    (self.log)(&line);
+                    log::warn!("{line}");
                 }
                 jail.events = events;
             }
             entry.run = None;
             entry.console.close_followers();
             let _ = fs::remove_file(self.dir(name).join("pid"));
-            (self.log)(&format!("keel-agent: VM {name} stopped: {reason}"));
+            log::info!("keel-agent: VM {name} stopped: {reason}");
             entry.last_exit = Some(VmExit {
                 code,
                 reason,
@@ -708,7 +701,7 @@ impl Vms {
                 if entry.run.is_none() && !entry.stopping && entry.generation == generation {
                     entry.restarts += 1;
                     if let Err(e) = uid.and_then(|uid| self.spawn(entry, uid)) {
-                        (self.log)(&format!("keel-agent: cannot restart VM {name}: {e}"));
+                        log::error!("keel-agent: cannot restart VM {name}: {e}");
                     }
                 }
             }
@@ -826,7 +819,7 @@ fn monitor_limits(vms: Weak<Vms>) {
                 continue;
             };
             if let Some(line) = launch::limit_report(name, &jail.events, &events) {
-                (vms.log)(&line);
+                log::warn!("{line}");
             }
             jail.events = events;
         }
@@ -906,7 +899,7 @@ mod tests {
             run: dir.path().join("run"),
             jail: None,
         };
-        Vms::open(paths, store, |_| {}).unwrap()
+        Vms::open(paths, store).unwrap()
     }
 
     /// A shared (not copied) disk.

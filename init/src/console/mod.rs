@@ -160,6 +160,11 @@ fn wait_for_enter(out: &mut impl Write) -> std::io::Result<()> {
 
 /// Entry point of `keel console`: runs on the terminal on stdin/stdout until it hangs up.
 pub fn run(args: &[String]) -> ExitCode {
+    // To the kernel log; warnings and errors also to the terminal, where only they can appear
+    // (before the screen is drawn or after it is given up), never an info line over the screen.
+    let _ = keel_logger::Logger::kmsg(env!("CARGO_CRATE_NAME"), keel_logger::Facility::User)
+        .echo(keel_logger::LevelFilter::Warn, |line| eprintln!("{line}"))
+        .install();
     let options = match parse_args(args) {
         Ok(o) => o,
         Err(e) => {
@@ -170,14 +175,14 @@ pub fn run(args: &[String]) -> ExitCode {
     let _raw = match term::RawMode::enable(0) {
         Ok(raw) => raw,
         Err(e) => {
-            eprintln!("keel console: standard input is not a terminal: {e}");
+            log::error!("keel console: standard input is not a terminal: {e}");
             return ExitCode::FAILURE;
         }
     };
     match ui(&options) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("keel console: {e}");
+            log::error!("keel console: {e}");
             ExitCode::FAILURE
         }
     }

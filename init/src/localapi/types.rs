@@ -229,27 +229,7 @@ pub struct TestResult {
     pub detail: String,
 }
 
-/// Where a log line came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum LogSource {
-    Kernel,
-    Keel,
-}
-
-/// One log record.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct LogEntry {
-    /// The kernel log sequence number; increases by one per record.
-    pub seq: u64,
-    /// Syslog level, 0 (emergency) to 7 (debug).
-    pub level: u8,
-    /// Microseconds since boot.
-    pub micros: u64,
-    pub source: LogSource,
-    pub message: String,
-}
+pub use keel_api::logs::{LogEntry, LogSource};
 
 /// `GET /logs?after=N` answer: records with `seq > N`, oldest first.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -1,17 +1,23 @@
-//! Writing lines to every active console and to the kernel log.
+//! Writing lines to every active console, and the logger of the processes that share them.
 //!
 //! Until `open()` has run (stage 1 before /dev exists) lines go to stderr, which the kernel points
 //! at /dev/console when it starts PID 1.
+//!
+//! PID 1, the agent and the console log through `log::{error, warn, info, debug}`
+//! ([`init_logging`]): every record goes to /dev/kmsg with its syslog priority, and PID 1 and the
+//! agent also write records at info and above (debug with `keel.debug`) to every console. The
+//! kernel itself echoes only records below its console log level, which PID 1 sets
+//! ([`quiet_kernel_echo`]) so that Keel's records are not written twice.
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::sync::{Mutex, OnceLock};
 
+use keel_logger::{debug_or, Echo, Facility, LevelFilter, Logger};
+
 /// The open console devices; a line is written to each under the lock so lines never interleave.
 static CONSOLES: OnceLock<Mutex<Vec<File>>> = OnceLock::new();
-/// /dev/kmsg, shared by the service output forwarders.
-static KMSG: OnceLock<Mutex<Option<File>>> = OnceLock::new();
 
 const ACTIVE: &str = "/sys/class/tty/console/active";
 
@@ -31,7 +37,7 @@ fn open_device(path: &str) -> Option<File> {
         .ok()
 }
 
-/// Opens every active console (falling back to /dev/console) and /dev/kmsg. Call again after the
+/// Opens every active console (falling back to /dev/console). Call again after the
 /// root changed: the previous handles are kept only if nothing new can be opened.
 pub fn open() {
     let names = std::fs::read_to_string(ACTIVE)
@@ -49,11 +55,6 @@ pub fn open() {
         if let Ok(mut guard) = slot.lock() {
             *guard = files;
         }
-    }
-    let kmsg = open_device("/dev/kmsg");
-    let slot = KMSG.get_or_init(|| Mutex::new(None));
-    if let Ok(mut guard) = slot.lock() {
-        *guard = kmsg;
     }
 }
 
@@ -100,29 +101,49 @@ pub fn say(line: &str) {
     let _ = std::io::stderr().write_all(&bytes);
 }
 
-/// Writes one record to the kernel log (dropped if /dev/kmsg is not open).
-pub fn kmsg(line: &str) {
-    if let Some(slot) = KMSG.get() {
-        if let Ok(mut guard) = slot.lock() {
-            if let Some(file) = guard.as_mut() {
-                // One write() is one kmsg record. Facility user, level debug: below the default
-                // console log level, so the kernel does not echo to the console what PID 1
-                // already wrote there itself.
-                // The newline ends the record: without it the kernel holds the text open for a
-                // continuation and readers of /dev/kmsg do not see it until the next message.
-                let _ = file.write_all(format!("<15>{line}\n").as_bytes());
-            }
-        }
+/// Installs this process's logger: /dev/kmsg with `facility`, every level; records at info and
+/// above (debug with `keel.debug` on the kernel command line) also go to `echo`.
+pub fn init_logging(facility: Facility, echo: Echo) {
+    let debug = std::fs::read_to_string("/proc/cmdline")
+        .map(|text| super::cmdline::parse(&text).params.debug)
+        .unwrap_or(false);
+    // A second call keeps the first logger, which is as good.
+    let _ = Logger::kmsg(env!("CARGO_CRATE_NAME"), facility)
+        .echo(debug_or(debug, LevelFilter::Info), echo)
+        .install();
+}
+
+/// The kernel's console log level that keeps it from echoing Keel's records (err and below,
+/// severity 3 and up) to the consoles PID 1 and the agent write them to themselves: the kernel
+/// still prints its critical messages (crit, alert, emerg: oopses and panics) there.
+pub const CONSOLE_LOGLEVEL: &str = "3";
+
+/// Sets the kernel's console log level to [`CONSOLE_LOGLEVEL`] unless the kernel command line
+/// chose one (`loglevel=`, `debug`, `ignore_loglevel`; `quiet` asks for less, which this is).
+pub fn quiet_kernel_echo(cmdline: &str) {
+    let chosen = super::cmdline::tokenize(cmdline)
+        .iter()
+        .any(|(name, _)| ["loglevel", "debug", "ignore_loglevel"].contains(&name.as_str()));
+    if chosen {
+        return;
+    }
+    if let Err(e) = set_console_loglevel("/proc/sys/kernel/printk") {
+        log::warn!("keel: cannot set the console log level: {e}");
     }
 }
 
-/// Writes a line to the consoles and the kernel log.
-pub fn log(line: &str) {
-    say(line);
-    kmsg(line);
+/// Rewrites the first field of `kernel.printk` (console, default, minimum, boot-default levels).
+fn set_console_loglevel(path: &str) -> std::io::Result<()> {
+    let text = std::fs::read_to_string(path)?;
+    let mut fields: Vec<&str> = text.split_whitespace().collect();
+    if let Some(first) = fields.first_mut() {
+        *first = CONSOLE_LOGLEVEL;
+    }
+    std::fs::write(path, format!("{}\n", fields.join(" ")))
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
@@ -138,5 +159,14 @@ mod tests {
         for (text, want) in cases {
             assert_eq!(parse_active(text), want, "{text:?}");
         }
+    }
+
+    #[test]
+    fn console_loglevel_keeps_the_other_fields() {
+        let dir = std::env::temp_dir().join(format!("keel-printk-{}", std::process::id()));
+        std::fs::write(&dir, "7\t4\t1\t7\n").unwrap();
+        set_console_loglevel(dir.to_str().unwrap()).unwrap();
+        assert_eq!(std::fs::read_to_string(&dir).unwrap(), "3 4 1 7\n");
+        std::fs::remove_file(&dir).unwrap();
     }
 }

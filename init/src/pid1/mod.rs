@@ -18,7 +18,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use console::{kmsg, log, say};
+use console::say;
+use keel_logger::{Facility, NO_ECHO};
+use log::{debug, error, info, warn};
 use supervisor::{Sink, Supervisor};
 
 const SERVICES_DIR: &str = "/etc/keel/services";
@@ -28,6 +30,7 @@ pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 /// Entry point for argv[0] == "init".
 pub fn run() -> ! {
+    console::init_logging(Facility::User, say);
     std::panic::set_hook(Box::new(|info| {
         stay_up(&format!("keel: PID 1 internal error: {info}"))
     }));
@@ -62,8 +65,8 @@ fn block_signals() -> libc::sigset_t {
 /// Says `why` and never returns: keeps reaping children and still honours power-off and reboot
 /// signals (without the orderly part, which is what failed).
 pub fn stay_up(why: &str) -> ! {
-    log(why);
-    log("keel: PID 1 stays up; power off or reboot to leave");
+    error!("{why}");
+    error!("keel: PID 1 stays up; power off or reboot to leave");
     let set = block_signals();
     loop {
         let sig = shutdown::wait_signal(&set, Duration::from_secs(60));
@@ -88,15 +91,15 @@ pub fn stay_up(why: &str) -> ! {
 }
 
 /// Supervisor messages go to the consoles and the kernel log; service output to the kernel log
-/// and, for "console": true services, to the consoles.
+/// (info) and, for "console": true services, to the consoles.
 struct ConsoleSink;
 
 impl Sink for ConsoleSink {
-    fn event(&self, line: &str) {
-        log(line);
+    fn event(&self, level: log::Level, line: &str) {
+        log::log!(level, "{line}");
     }
     fn output(&self, service: &str, to_console: bool, line: &str) {
-        kmsg(&format!("keel[{service}]: {line}"));
+        info!(target: NO_ECHO, "keel[{service}]: {line}");
         if to_console {
             say(&format!("[{service}] {line}"));
         }
@@ -106,21 +109,21 @@ impl Sink for ConsoleSink {
 pub(crate) fn set_hostname(name: &str) {
     // SAFETY: the pointer and length describe name's bytes.
     if unsafe { libc::sethostname(name.as_ptr().cast(), name.len()) } != 0 {
-        log(&format!(
+        warn!(
             "keel: cannot set host name {name}: {}",
             std::io::Error::last_os_error()
-        ));
+        );
     }
 }
 
 /// Cold plug (twice: drivers loaded in the first pass add devices, e.g. input devices) and the
 /// KVM module for this CPU. Returns the loader for later on-demand loads (network drivers).
-fn load_drivers(release: &str, debug: bool) -> Option<modules::Loader> {
+fn load_drivers(release: &str) -> Option<modules::Loader> {
     let dir = PathBuf::from("/lib/modules").join(release);
     let index = match modules::ModuleIndex::read(&dir) {
         Ok(index) => index,
         Err(e) => {
-            log(&format!("keel: modules: {e}"));
+            error!("keel: modules: {e}");
             return None;
         }
     };
@@ -132,7 +135,7 @@ fn load_drivers(release: &str, debug: bool) -> Option<modules::Loader> {
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     match kvm::vendor_module(&cpuinfo) {
         Some(module) => failures.extend(loader.load(module).err()),
-        None => log("keel: kvm: unknown CPU vendor, no KVM module loaded"),
+        None => warn!("keel: kvm: unknown CPU vendor, no KVM module loaded"),
     }
     for module in crate::firewall::MODULES {
         failures.extend(loader.load(module).err());
@@ -147,18 +150,13 @@ fn load_drivers(release: &str, debug: bool) -> Option<modules::Loader> {
             modules::ModuleError::Unknown(_) => true,
             modules::ModuleError::Read(..) => false,
         };
-        if routine && !debug {
-            kmsg(&line);
+        if routine {
+            debug!("{line}");
         } else {
-            log(&line);
+            warn!("{line}");
         }
     }
-    let line = format!("keel: modules loaded: {}", loader.loaded.join(" "));
-    if debug {
-        log(&line);
-    } else {
-        kmsg(&line);
-    }
+    debug!("keel: modules loaded: {}", loader.loaded.join(" "));
     Some(loader)
 }
 
@@ -172,55 +170,53 @@ fn stage2(signals: &libc::sigset_t) -> ! {
         .collect();
     console::ensure_std_fds();
     console::open();
-    problems.iter().for_each(|p| log(p));
+    let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+    console::quiet_kernel_echo(&cmdline);
+    problems.iter().for_each(|p| error!("{p}"));
     // Ctrl-Alt-Del sends SIGINT to PID 1 instead of rebooting at once.
     // SAFETY: reboot(RB_DISABLE_CAD) only changes a kernel flag.
     unsafe { libc::reboot(libc::RB_DISABLE_CAD) };
     // Service output goes to /dev/kmsg line by line; the default rate limit would drop it.
     let _ = std::fs::write("/proc/sys/kernel/printk_devkmsg", "on\n");
 
-    let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
     let parsed = cmdline::parse(&cmdline);
-    parsed.warnings.iter().for_each(|w| log(w));
+    parsed.warnings.iter().for_each(|w| warn!("{w}"));
     let params = parsed.params;
     set_hostname(params.hostname.as_deref().unwrap_or("keel"));
 
     let release = sys::kernel_release();
-    let loader = load_drivers(&release, params.debug);
+    let loader = load_drivers(&release);
     for failure in hardening::apply(&hardening::SETTINGS, Path::new("/proc/sys")) {
-        log(&format!("keel: hardening: {failure}"));
+        warn!("keel: hardening: {failure}");
     }
     match crate::firewall::apply() {
-        Ok(()) => kmsg("keel: firewall: inet keel loaded (default deny)"),
-        Err(e) => log(&format!("keel: firewall: {e}")),
+        Ok(()) => debug!("keel: firewall: inet keel loaded (default deny)"),
+        Err(e) => error!("keel: firewall: {e}"),
     }
 
-    log(&banner::headline(VERSION, &release, sys::uptime()));
-    log(&kvm::status_line());
-    log(&banner::root_fs_line());
+    info!("{}", banner::headline(VERSION, &release, sys::uptime()));
+    info!("{}", kvm::status_line());
+    info!("{}", banner::root_fs_line());
     let buttons = shutdown::watch_power_buttons();
     if buttons.is_empty() {
-        log("keel: no power button found; power off with a signal");
+        warn!("keel: no power button found; power off with a signal");
     } else {
-        kmsg(&format!(
-            "keel: watching power button {}",
-            buttons.join(", ")
-        ));
+        debug!("keel: watching power button {}", buttons.join(", "));
     }
 
     let (_state, state_lines) = crate::state::init(&release);
-    state_lines.iter().for_each(|l| log(l));
+    state_lines.iter().for_each(|l| info!("{l}"));
 
     // Host networking (docs/network.md): layers, validation, netlink, DHCP keepers.
-    let net_log: crate::net::Log = Arc::new(|line: &str| log(line));
+    let net_log: crate::net::Log = Arc::new(|line: &str| info!("{line}"));
     if let Err(e) = crate::net::boot(&cmdline, net_log, loader) {
-        log(&format!("keel: network: {e}"));
+        error!("keel: network: {e}");
     }
 
     let (mut specs, errors) = services::load_dir(Path::new(SERVICES_DIR));
     errors
         .iter()
-        .for_each(|e| log(&format!("keel: skipping service: {e}")));
+        .for_each(|e| warn!("keel: skipping service: {e}"));
     let active = std::fs::read_to_string("/sys/class/tty/console/active")
         .map(|t| console::parse_active(&t))
         .unwrap_or_default();
@@ -228,7 +224,7 @@ fn stage2(signals: &libc::sigset_t) -> ! {
     let mut supervisor = Supervisor::new(specs, Arc::new(ConsoleSink));
     supervisor.start_all(Instant::now());
     let ms = sys::uptime().map_or(0, banner::millis);
-    log(&format!("keel: boot complete in {ms} ms"));
+    info!("keel: boot complete in {ms} ms");
 
     let action = main_loop(&mut supervisor, signals);
     shutdown::run(action, &mut supervisor, signals)

@@ -6,9 +6,10 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::time::{Duration, Instant};
 
-use super::console::log;
 use super::mounts;
 use super::supervisor::Supervisor;
+use keel_logger::NO_ECHO;
+use log::{info, warn};
 
 /// How long services get to exit after SIGTERM.
 const GRACE: Duration = Duration::from_secs(10);
@@ -159,17 +160,17 @@ fn reap_all() {
 
 /// Everything after the decision to shut down. Never returns.
 pub fn run(action: Action, supervisor: &mut Supervisor, signals: &libc::sigset_t) -> ! {
-    log(&format!("keel: shutting down ({})", action.describe()));
+    info!("keel: shutting down ({})", action.describe());
     supervisor.stop_all();
     let deadline = Instant::now() + GRACE;
     while supervisor.running() > 0 {
         let now = Instant::now();
         if now >= deadline {
-            log(&format!(
+            warn!(
                 "keel: {} service(s) still running after {} s, killing",
                 supervisor.running(),
                 GRACE.as_secs()
-            ));
+            );
             break;
         }
         // Other shutdown requests arriving now are consumed and ignored: one is under way.
@@ -194,15 +195,14 @@ pub fn run(action: Action, supervisor: &mut Supervisor, signals: &libc::sigset_t
     let table = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
     for target in mounts::unmount_plan(&mounts::parse_mounts(&table)) {
         if let Err(e) = mounts::unmount_or_readonly(&target) {
-            log(&format!(
-                "keel: cannot unmount or remount read-only {target}: {e}"
-            ));
+            warn!("keel: cannot unmount or remount read-only {target}: {e}");
         }
     }
     if let Err(e) = mounts::remount_readonly("/") {
         // A squashfs root is read-only already; anything else is worth saying.
         if e.raw_os_error() != Some(libc::EROFS) {
-            super::console::kmsg(&format!("keel: remounting / read-only: {e}"));
+            // To the log only, as it was: the consoles have the shutdown's lines.
+            warn!(target: NO_ECHO, "keel: remounting / read-only: {e}");
         }
     }
     // SAFETY: sync has no preconditions.
@@ -211,7 +211,7 @@ pub fn run(action: Action, supervisor: &mut Supervisor, signals: &libc::sigset_t
         Action::PowerOff => ("keel: powering off", libc::RB_POWER_OFF),
         Action::Reboot => ("keel: rebooting", libc::RB_AUTOBOOT),
     };
-    log(line);
+    info!("{line}");
     // SAFETY: reboot only returns on failure; everything is synced.
     unsafe { libc::reboot(cmd) };
     super::stay_up(&format!(

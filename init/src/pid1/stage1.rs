@@ -199,6 +199,7 @@ fn switch() -> Result<std::convert::Infallible, Stage1Error> {
     }
     console::ensure_std_fds();
     console::open();
+    console::quiet_kernel_echo(&std::fs::read_to_string("/proc/cmdline").unwrap_or_default());
     modules::load_early(Path::new(EARLY_ORDER), Path::new(EARLY_DIR))?;
     let device = attach_loop(Path::new(ROOT_IMAGE))?;
     let newroot = Path::new(NEWROOT);
@@ -216,10 +217,7 @@ fn switch() -> Result<std::convert::Infallible, Stage1Error> {
     if root_is_ram() {
         if let Ok(meta) = std::fs::metadata(root) {
             let freed = remove_contents(root, meta.dev(), newroot);
-            console::say(&format!(
-                "keel: stage 1: freed {} KiB of initramfs",
-                freed / 1024
-            ));
+            log::info!("keel: stage 1: freed {} KiB of initramfs", freed / 1024);
         }
     }
     let newroot_c = cpath(newroot).map_err(|e| Stage1Error::SwitchRoot("chdir", e))?;

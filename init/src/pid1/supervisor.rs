@@ -24,8 +24,8 @@ const MAX_LINE: usize = 4096;
 
 /// Where supervisor messages and service output go.
 pub trait Sink: Send + Sync + 'static {
-    /// A supervisor message ("keel: service x started (pid 12)").
-    fn event(&self, line: &str);
+    /// A supervisor message ("keel: service x started (pid 12)") and its level.
+    fn event(&self, level: log::Level, line: &str);
     /// One line a service wrote to stdout or stderr.
     fn output(&self, service: &str, to_console: bool, line: &str);
 }
@@ -248,8 +248,10 @@ impl Supervisor {
         match result {
             Ok(pid) => {
                 self.services[i].state = State::Running { pid, since: now };
-                self.sink
-                    .event(&format!("keel: service {name} started (pid {pid})"));
+                self.sink.event(
+                    log::Level::Info,
+                    &format!("keel: service {name} started (pid {pid})"),
+                );
             }
             Err(e) => {
                 let argv0 = &self.services[i].spec.argv[0];
@@ -272,16 +274,25 @@ impl Supervisor {
             };
         if !restart {
             svc.state = State::Done;
-            self.sink.event(&format!("keel: service {name} {why}"));
+            let level = if success || stopping {
+                log::Level::Info
+            } else {
+                log::Level::Warn
+            };
+            self.sink
+                .event(level, &format!("keel: service {name} {why}"));
             return;
         }
         let delay = svc.backoff;
         svc.backoff = (svc.backoff * 2).min(MAX_BACKOFF);
         svc.state = State::Waiting { until: now + delay };
-        self.sink.event(&format!(
-            "keel: service {name} {why}; restarting in {} s",
-            delay.as_secs()
-        ));
+        self.sink.event(
+            log::Level::Warn,
+            &format!(
+                "keel: service {name} {why}; restarting in {} s",
+                delay.as_secs()
+            ),
+        );
     }
 
     /// Handles a reaped child. Returns false if `pid` is not one of the services.
@@ -392,7 +403,7 @@ mod tests {
     }
 
     impl Sink for Recorder {
-        fn event(&self, line: &str) {
+        fn event(&self, _: log::Level, line: &str) {
             self.events.lock().unwrap().push(line.to_string());
         }
         fn output(&self, service: &str, to_console: bool, line: &str) {

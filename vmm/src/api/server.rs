@@ -126,7 +126,7 @@ fn serve(listener: &UnixListener, vm: &dyn VmControl) -> ! {
             Ok((stream, _)) => handle_connection(stream, vm),
             Err(e) => {
                 // Out of descriptors or memory: back off instead of spinning.
-                eprintln!("keel-vmm: api: accept: {e}");
+                log::warn!("api: accept: {e}");
                 thread::sleep(Duration::from_millis(100));
             }
         }
@@ -141,7 +141,7 @@ fn handle_connection(mut stream: UnixStream, vm: &dyn VmControl) {
         Ok(None) => return,
         Err(ReadError::Http(e)) => Response::error(e.status(), &e.to_string()),
         Err(ReadError::Io(e)) => {
-            eprintln!("keel-vmm: api: reading a request: {e}");
+            log::warn!("api: reading a request: {e}");
             return;
         }
     };

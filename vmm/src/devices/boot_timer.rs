@@ -39,10 +39,7 @@ impl BusDevice for BootTimer {
         if offset == 0 && data.first() == Some(&BOOT_TIMER_MAGIC) && self.measured.is_none() {
             let elapsed = self.start.elapsed();
             self.measured = Some(elapsed);
-            eprintln!(
-                "keel-vmm: boot time: {} us since VMM start",
-                elapsed.as_micros()
-            );
+            log::info!("boot time: {} us since VMM start", elapsed.as_micros());
         }
     }
 }

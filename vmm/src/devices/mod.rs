@@ -90,11 +90,11 @@ impl RateLimitedLog {
         n < Self::BURST || n.is_multiple_of(Self::EVERY)
     }
 
-    /// Logs `args` to stderr if the rate allows, with the count of occurrences so far.
+    /// Logs `args` as a warning if the rate allows, with the count of occurrences so far.
     pub fn log(&self, args: std::fmt::Arguments<'_>) {
         if self.should_log() {
             let n = self.count.load(Ordering::Relaxed);
-            eprintln!("keel-vmm: {args} (occurrence {n})");
+            log::warn!("{args} (occurrence {n})");
         }
     }
 }

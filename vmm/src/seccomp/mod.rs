@@ -181,6 +181,20 @@ mod tests {
         // Set up a real vCPU before the filter, as the VMM does: one page of guest memory
         // holding `hlt` at 0x1000, real mode.
         let mut vcpu = (action == "kvm_run").then(hlt_vcpu);
+        if let Some(kind) = action.strip_prefix("log:") {
+            // What keel-vmm does: the real logger, then a thread's filter, then a record from
+            // a rust-vmm crate (which reach stderr only if `write` to fd 2 is allowed).
+            crate::logging::logger().install().unwrap();
+            let kind = ThreadKind::ALL
+                .into_iter()
+                .find(|k| k.name() == kind)
+                .unwrap();
+            install(kind).unwrap();
+            log::error!(target: "virtio_queue::queue", "logged under the {kind:?} filter");
+            log::info!("own line under the {kind:?} filter");
+            // SAFETY: exits without running destructors.
+            unsafe { libc::_exit(8) }
+        }
         install(ThreadKind::Vcpu).unwrap();
         match action.as_str() {
             "socket" => {
@@ -281,6 +295,24 @@ mod tests {
             out.status,
             String::from_utf8_lossy(&out.stderr)
         );
+    }
+
+    #[test]
+    fn every_thread_kind_may_log_to_stderr() {
+        for kind in ThreadKind::ALL {
+            let out = run_child(&format!("log:{}", kind.name()));
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(
+                out.status.code(),
+                Some(8),
+                "{kind:?}: {:?} {stderr}",
+                out.status
+            );
+            let want =
+                format!("keel-vmm: ERROR virtio_queue::queue: logged under the {kind:?} filter\n");
+            assert!(stderr.contains(&want), "{kind:?}: {stderr}");
+            assert!(stderr.contains(&format!("keel-vmm: own line under the {kind:?} filter\n")));
+        }
     }
 
     #[test]

@@ -185,24 +185,24 @@ impl Vcpu {
             }
             Ok(VcpuExit::Hlt) => Emulation::Halted,
             Ok(VcpuExit::Shutdown) => {
-                eprintln!("keel-vmm: vCPU {index}: triple fault (KVM_EXIT_SHUTDOWN)");
+                log::warn!("vCPU {index}: triple fault (KVM_EXIT_SHUTDOWN)");
                 Emulation::Stop(ExitReason::TripleFault)
             }
             Ok(VcpuExit::SystemEvent(kind, _)) => match kind {
                 KVM_SYSTEM_EVENT_SHUTDOWN => Emulation::Stop(ExitReason::GuestPowerOff),
                 KVM_SYSTEM_EVENT_RESET => Emulation::Stop(ExitReason::GuestReboot),
                 KVM_SYSTEM_EVENT_CRASH => {
-                    eprintln!("keel-vmm: vCPU {index}: guest crash system event");
+                    log::warn!("vCPU {index}: guest crash system event");
                     Emulation::Stop(ExitReason::KvmError)
                 }
                 other => {
-                    eprintln!("keel-vmm: vCPU {index}: unexpected system event {other}");
+                    log::error!("vCPU {index}: unexpected system event {other}");
                     Emulation::Stop(ExitReason::KvmError)
                 }
             },
             Ok(VcpuExit::FailEntry(reason, cpu)) => {
-                eprintln!(
-                    "keel-vmm: vCPU {index}: KVM entry failed: hardware reason {reason:#x} on host CPU {cpu}"
+                log::error!(
+                    "vCPU {index}: KVM entry failed: hardware reason {reason:#x} on host CPU {cpu}"
                 );
                 Emulation::Stop(ExitReason::KvmError)
             }
@@ -210,15 +210,15 @@ impl Vcpu {
                 // SAFETY: KVM filled the `internal` member of the exit union for this exit reason.
                 let suberror = unsafe { self.fd.get_kvm_run().__bindgen_anon_1.internal.suberror };
                 let rip = self.fd.get_regs().map(|r| r.rip).unwrap_or_default();
-                eprintln!(
-                    "keel-vmm: vCPU {index}: KVM internal error, suberror {suberror} at rip {rip:#x}"
+                log::error!(
+                    "vCPU {index}: KVM internal error, suberror {suberror} at rip {rip:#x}"
                 );
                 Emulation::Stop(ExitReason::KvmError)
             }
             // A kick with a pending signal: the loop re-checks the run state.
             Ok(VcpuExit::Intr) => Emulation::Continue,
             Ok(other) => {
-                eprintln!("keel-vmm: vCPU {index}: unexpected exit {other:?}");
+                log::error!("vCPU {index}: unexpected exit {other:?}");
                 Emulation::Stop(ExitReason::KvmError)
             }
             Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
@@ -226,7 +226,7 @@ impl Vcpu {
                 Emulation::Continue
             }
             Err(e) => {
-                eprintln!("keel-vmm: vCPU {index}: KVM_RUN failed: {e}");
+                log::error!("vCPU {index}: KVM_RUN failed: {e}");
                 Emulation::Stop(ExitReason::KvmError)
             }
         }
@@ -237,7 +237,7 @@ impl Vcpu {
     /// `close` nor `munmap` of KVM state to a thread that never needs them while running.
     fn run(mut self, control: &VcpuControl) -> Self {
         if let Err(e) = seccomp::install(ThreadKind::Vcpu) {
-            eprintln!("keel-vmm: vCPU {}: {e}", self.index);
+            log::error!("vCPU {}: {e}", self.index);
             self.exit.request(ExitReason::VmmError);
             control.park_until_exit();
             return self;

@@ -613,6 +613,11 @@ pub(crate) mod tests {
 
     /// Plays Linux's virtio-pci probe: features, one queue on vector 0, MSI-X on, DRIVER_OK.
     pub(crate) fn bring_up(d: &mut VirtioPciDevice, size: u16) {
+        bring_up_with_used_ring(d, size, USED_RING)
+    }
+
+    /// `bring_up` with the used ring at `used` (a hostile driver's choice).
+    fn bring_up_with_used_ring(d: &mut VirtioPciDevice, size: u16, used: u64) {
         d.config_write(1, 0, &[0x06, 0]); // memory + bus master
         let msix = d.msix_cap;
         d.config_write(msix / 4, 2, &0x8000u16.to_le_bytes());
@@ -644,7 +649,8 @@ pub(crate) mod tests {
         w(d, 0x1a, 0, 2);
         w(d, 0x20, DESC_TABLE, 4);
         w(d, 0x28, AVAIL_RING, 4);
-        w(d, 0x30, USED_RING, 4);
+        w(d, 0x30, used & 0xffff_ffff, 4);
+        w(d, 0x34, used >> 32, 4);
         w(d, 0x1c, 1, 2);
         let all = STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK | STATUS_DRIVER_OK;
         w(d, 0x14, u64::from(all), 1);
@@ -665,6 +671,31 @@ pub(crate) mod tests {
         assert_eq!(d.msix.delivered(0), 1);
         assert_eq!(r(&mut d, ISR_OFFSET, 1), 1);
         assert_eq!(r(&mut d, ISR_OFFSET, 1), 0, "reading acknowledges");
+    }
+
+    /// A hostile driver puts the used ring outside guest memory: virtio-queue says so with
+    /// `error!`, which keel-vmm's logger writes to stderr (`vmm.log`) with level and target, and
+    /// the device asks for a reset. Without the logger installed nothing is captured.
+    #[test]
+    fn a_bad_queue_reaches_the_log_through_virtio_queue() {
+        let sink = keel_logger::Capture::default();
+        crate::logging::logger()
+            .output(sink.clone())
+            .install()
+            .unwrap(); // The only test in this binary that installs the logger.
+        let q = GuestQueue::new(16);
+        let mut d = device(&q, Box::new(Echo { fail: false }));
+        bring_up_with_used_ring(&mut d, 16, 0x7_0000_0000);
+        assert!(!d.active);
+        assert_ne!(d.status & STATUS_NEEDS_RESET, 0);
+        let text = sink.text();
+        let want = "keel-vmm: ERROR virtio_queue::queue: virtio queue used ring is not \
+                    accessible: start:0x700000000 size:";
+        assert!(text.contains(want), "{text}");
+        assert!(
+            text.contains("keel-vmm: virtio test: queue 0 has rings outside guest memory"),
+            "{text}"
+        );
     }
 
     #[test]
