@@ -6,7 +6,7 @@
 //! Join tokens are stored as SHA-256 hashes, with an optional expiry.
 
 use keel_init::agent::api::RegistrationRequest;
-use keel_init::agent::fingerprint::Fingerprint;
+use keel_init::agent::fingerprint::{Fingerprint, FingerprintOf};
 use keel_init::agent::token::Secret;
 use rusqlite::{params, Connection, OptionalExtension};
 use serde::Serialize;

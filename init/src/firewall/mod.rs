@@ -8,8 +8,6 @@
 pub mod netlink;
 pub mod nft;
 
-use serde::Serialize;
-
 /// The agent's mutual-TLS API port: the one TCP port the host answers on.
 pub const AGENT_PORT: u16 = 8443;
 /// DHCPv4 and DHCPv6 client ports (replies from servers arrive there).
@@ -45,18 +43,7 @@ pub enum Match {
     Port(u8, u16),
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Verdict {
-    Accept,
-    Drop,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Hook {
-    Input,
-}
+pub use keel_api::firewall::{ChainDescription, Description, Hook, RuleDescription, Verdict};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rule {
@@ -170,39 +157,16 @@ impl Rule {
     }
 }
 
-/// The ruleset as the API shows it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Description {
-    pub family: &'static str,
-    pub table: &'static str,
-    pub chains: Vec<ChainDescription>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct ChainDescription {
-    pub name: &'static str,
-    pub hook: Hook,
-    pub priority: i32,
-    pub policy: Verdict,
-    pub rules: Vec<RuleDescription>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct RuleDescription {
-    pub rule: String,
-    pub comment: &'static str,
-}
-
 impl Ruleset {
     pub fn describe(&self) -> Description {
         Description {
-            family: "inet",
-            table: self.table,
+            family: "inet".into(),
+            table: self.table.into(),
             chains: self
                 .chains
                 .iter()
                 .map(|c| ChainDescription {
-                    name: c.name,
+                    name: c.name.into(),
                     hook: c.hook,
                     priority: c.priority,
                     policy: c.policy,
@@ -211,7 +175,7 @@ impl Ruleset {
                         .iter()
                         .map(|r| RuleDescription {
                             rule: r.text(),
-                            comment: r.comment,
+                            comment: r.comment.into(),
                         })
                         .collect(),
                 })
