@@ -281,7 +281,7 @@ mod tests {
             let core = find(&out, 0xb, 1);
             assert_eq!(
                 [core.eax, core.ebx, core.edx],
-                [8, u32::from(count), u32::from(index)]
+                [id_bits(count), u32::from(count), u32::from(index)]
             );
         }
     }
