@@ -18,6 +18,25 @@ pub enum Hook {
     Input,
 }
 
+impl Verdict {
+    /// As nft and the JSON spell it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verdict::Accept => "accept",
+            Verdict::Drop => "drop",
+        }
+    }
+}
+
+impl Hook {
+    /// As nft and the JSON spell it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Hook::Input => "input",
+        }
+    }
+}
+
 /// The ruleset as the API shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Description {
@@ -53,5 +72,12 @@ mod tests {
         let d: Description = serde_json::from_str(text).unwrap();
         assert_eq!(d.chains[0].policy, Verdict::Drop);
         assert_eq!(serde_json::to_string(&d).unwrap(), text);
+        for v in [Verdict::Accept, Verdict::Drop] {
+            assert_eq!(serde_json::to_value(v).unwrap(), v.as_str());
+        }
+        assert_eq!(
+            serde_json::to_value(Hook::Input).unwrap(),
+            Hook::Input.as_str()
+        );
     }
 }

@@ -3,6 +3,7 @@
 //! format carries a version that is checked before use.
 
 pub mod adoption;
+pub mod agent;
 pub mod fingerprint;
 pub mod firewall;
 pub mod hex;
@@ -11,6 +12,7 @@ pub mod image;
 pub mod limits;
 pub mod net;
 pub mod registration;
+pub mod reply;
 pub mod state;
 pub mod vm;
 pub mod vmm;

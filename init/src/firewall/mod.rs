@@ -132,10 +132,7 @@ fn proto_name(proto: u8) -> String {
 impl Rule {
     /// The rule in `nft` syntax.
     pub fn text(&self) -> String {
-        let verdict = match self.verdict {
-            Verdict::Accept => "accept",
-            Verdict::Drop => "drop",
-        };
+        let verdict = self.verdict.as_str();
         let what = match self.matches {
             Match::CtState(mask) => {
                 let names: Vec<&str> = [
@@ -198,6 +195,19 @@ pub fn apply() -> Result<(), netlink::NetlinkError> {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_description_is_what_keelctl_renders() {
+        // keelctl/src/output.rs renders this JSON in its firewall test.
+        let json = serde_json::to_string(&describe()).unwrap();
+        assert!(json.starts_with(r#"{"family":"inet","table":"keel","chains":[{"name":"input","hook":"input","priority":0,"policy":"drop","rules":[{"rule":"ct state invalid drop","comment":"invalid packets"},"#), "{json}");
+        assert!(
+            json.ends_with(
+                r#"{"rule":"tcp dport 8443 accept","comment":"agent API (mutual TLS)"}]}]}"#
+            ),
+            "{json}"
+        );
+    }
 
     #[test]
     fn the_ruleset_reads_like_nft() {
