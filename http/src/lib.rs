@@ -136,9 +136,11 @@ impl Response {
 
     /// `{"error": message}`.
     pub fn error(status: u16, message: &str) -> Self {
-        let body = serde_json::json!({ "error": message })
-            .to_string()
-            .into_bytes();
+        let reply = ErrorBody {
+            error: message.to_string(),
+        };
+        // A struct of one string always serializes.
+        let body = serde_json::to_vec(&reply).unwrap_or_default();
         Self {
             status,
             headers: vec![("Content-Type".into(), "application/json".into())],

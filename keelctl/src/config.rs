@@ -8,7 +8,7 @@
 //! ```
 
 use keel_init::agent::ca::{CaError, ClientCert, ManagerCa, Validity};
-use keel_init::agent::fingerprint::Fingerprint;
+use keel_init::agent::fingerprint::{Fingerprint, FingerprintOf};
 use keel_init::agent::tls::parse_cert_pem;
 use serde::{Deserialize, Serialize};
 use std::fs;

@@ -5,7 +5,7 @@
 //! registration, so a host ID announced with another key is refused rather than taken over.
 //! Join tokens are stored as SHA-256 hashes, with an optional expiry.
 
-use keel_init::agent::api::RegistrationRequest;
+use keel_api::agent::RegistrationRequest;
 use keel_init::agent::fingerprint::Fingerprint;
 use keel_init::agent::token::Secret;
 use rusqlite::{params, Connection, OptionalExtension};
@@ -97,7 +97,7 @@ fn unix(t: SystemTime) -> i64 {
 }
 
 fn hash(token: &str) -> String {
-    keel_init::agent::images::hex(&Sha256::digest(token.as_bytes()))
+    keel_api::hex(&Sha256::digest(token.as_bytes()))
 }
 
 pub struct Db {
@@ -311,7 +311,8 @@ impl Db {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use keel_init::agent::api::Hardware;
+    use keel_api::host::Hardware;
+    use keel_init::agent::fingerprint::FingerprintOf;
 
     fn tmp(tag: &str) -> PathBuf {
         let dir = std::env::temp_dir().join(format!("keelctl-db-{tag}-{}", std::process::id()));

@@ -1,5 +1,5 @@
 //! keelctl: the manager side of Keel. Makes the manager CA, adopts hosts over mutual TLS, and
-//! drives their VMs and images through the agent API (`keel_init::agent::client`).
+//! drives their VMs and images through the agent API (`keel_api::agent`, `keel_init::agent::client`).
 
 mod config;
 mod db;
@@ -8,10 +8,10 @@ mod output;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use config::{Config, HostEntry};
-use keel_init::agent::api::{self, ImageKind, OnCrash, VmSpec};
+use keel_api::agent::{self as api, ImageKind, OnCrash, VmSpec};
+use keel_api::net::{NetConfig, Status as NetStatus};
 use keel_init::agent::client::{ClientError, HostClient};
 use keel_init::agent::fingerprint::Fingerprint;
-use keel_init::net::{NetConfig, Status as NetStatus};
 use manager::{AddressMap, Manager};
 use output::Format;
 use sha2::{Digest, Sha256};
@@ -604,7 +604,8 @@ fn host_cmd(config: &Config, host: Option<&str>, fmt: Format, cmd: HostCmd) -> R
             output::print(fmt, &stats, output::host_stats)
         }
         HostCmd::Firewall => {
-            let rules: serde_json::Value = Target::open(config, host)?.get(api::HOST_FIREWALL)?;
+            let rules: keel_api::firewall::Description =
+                Target::open(config, host)?.get(api::HOST_FIREWALL)?;
             output::print(fmt, &rules, output::firewall)
         }
         HostCmd::Logs { after, follow } => {
@@ -629,7 +630,7 @@ fn host_cmd(config: &Config, host: Option<&str>, fmt: Format, cmd: HostCmd) -> R
             output::print(fmt, &records.entries, |e| output::log_lines(e))
         }
         HostCmd::State => {
-            let state: keel_init::state::Status =
+            let state: keel_api::state::Status =
                 Target::open(config, host)?.get(api::HOST_STATE)?;
             output::print(fmt, &state, |s| format!("{}\n", s.console_line()))
         }
@@ -643,7 +644,7 @@ fn host_cmd(config: &Config, host: Option<&str>, fmt: Format, cmd: HostCmd) -> R
                 confirm,
                 size_mib,
             };
-            let state: keel_init::state::Status =
+            let state: keel_api::state::Status =
                 Target::open(config, host)?.send("POST", api::HOST_STATE, Some(&request))?;
             output::print(fmt, &state, |s| format!("{}\n", s.console_line()))
         }
@@ -782,7 +783,7 @@ fn image_cmd(t: &Target, fmt: Format, cmd: ImageCmd) -> Result<(), Error> {
             let mut hasher = Sha256::new();
             let mut f = File::open(&file).map_err(read_err)?;
             let len = io::copy(&mut f, &mut hasher).map_err(read_err)?;
-            let digest = keel_init::agent::images::hex(&hasher.finalize());
+            let digest = keel_api::hex(&hasher.finalize());
             let mut f = File::open(&file).map_err(read_err)?;
             let path = format!("/v1/images/{}/{name}", kind.as_str());
             let response = t

@@ -11,7 +11,7 @@
 use crate::config::{Config, HostEntry};
 use crate::db::{Db, HostState, Registration, DB_FILE};
 use crate::Error;
-use keel_init::agent::api::{self, ManagerVerdict, RegistrationRequest, RegistrationResponse};
+use keel_api::agent::{self as api, ManagerVerdict, RegistrationRequest, RegistrationResponse};
 use keel_init::agent::ca::Validity;
 use keel_init::agent::ca_pin::manager_server_config;
 use keel_init::agent::client::HostClient;
@@ -359,7 +359,8 @@ impl Manager {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use keel_init::agent::api::Hardware;
+    use keel_api::host::Hardware;
+    use keel_init::agent::fingerprint::FingerprintOf;
 
     fn reg(addresses: &[&str], peer: &str) -> Registration {
         Registration {

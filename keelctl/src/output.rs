@@ -1,9 +1,10 @@
 //! Tables for people, JSON (`-o json`) for scripts.
 
 use clap::ValueEnum;
+use keel_api::agent::{HostInfo, HostStats, Image, ImageList, VmStatus};
+use keel_api::firewall::Description;
 use keel_api::logs::LogEntry;
-use keel_init::agent::api::{HostInfo, HostStats, Image, ImageList, VmStatus};
-use keel_init::net::Status as NetStatus;
+use keel_api::net::Status as NetStatus;
 use serde::Serialize;
 use std::io::{self, Write};
 
@@ -98,9 +99,10 @@ impl<W: Write> Write for LogStream<W> {
 
 /// A one-line outcome: `{"message": …}` in JSON.
 pub fn message(fmt: Format, text: &str) -> Result<(), super::Error> {
-    print(fmt, &serde_json::json!({ "message": text }), |_| {
-        format!("{text}\n")
-    })
+    let reply = keel_api::reply::MessageReply {
+        message: text.to_string(),
+    };
+    print(fmt, &reply, |_| format!("{text}\n"))
 }
 
 /// Left-aligned columns, two spaces apart.
@@ -187,23 +189,18 @@ pub fn vm_detail(v: &VmStatus) -> String {
 }
 
 /// The agent's firewall description (`GET /v1/host/firewall`) in nft syntax.
-pub fn firewall(v: &serde_json::Value) -> String {
-    let s = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_string();
-    let mut out = format!("table {} {} {{\n", s(&v["family"]), s(&v["table"]));
-    for chain in v["chains"].as_array().into_iter().flatten() {
+pub fn firewall(d: &Description) -> String {
+    let mut out = format!("table {} {} {{\n", d.family, d.table);
+    for chain in &d.chains {
         out.push_str(&format!(
             "  chain {} {{\n    type filter hook {} priority {}; policy {};\n",
-            s(&chain["name"]),
-            s(&chain["hook"]),
-            chain["priority"],
-            s(&chain["policy"])
+            chain.name,
+            chain.hook.as_str(),
+            chain.priority,
+            chain.policy.as_str()
         ));
-        for rule in chain["rules"].as_array().into_iter().flatten() {
-            out.push_str(&format!(
-                "    {:<40}# {}\n",
-                s(&rule["rule"]),
-                s(&rule["comment"])
-            ));
+        for rule in &chain.rules {
+            out.push_str(&format!("    {:<40}# {}\n", rule.rule, rule.comment));
         }
         out.push_str("  }\n");
     }
@@ -328,10 +325,10 @@ pub struct RegisteredHost {
     pub state: crate::db::HostState,
     pub reason: Option<String>,
     pub hostname: Option<String>,
-    pub fingerprint: keel_init::agent::fingerprint::Fingerprint,
+    pub fingerprint: keel_api::Fingerprint,
     pub addresses: Vec<std::net::IpAddr>,
     pub api_port: u16,
-    pub hardware: keel_init::agent::api::Hardware,
+    pub hardware: keel_api::host::Hardware,
     pub keel_version: String,
     pub join_token: bool,
     pub peer: String,
@@ -442,6 +439,7 @@ pub fn network_status(s: &NetStatus) -> String {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
@@ -457,9 +455,20 @@ mod tests {
         );
     }
 
+    const FIREWALL_JSON: &str = r#"{"family":"inet","table":"keel","chains":[{"name":"input","hook":"input","priority":0,"policy":"drop","rules":[
+        {"rule":"ct state invalid drop","comment":"invalid packets"},
+        {"rule":"ct state established,related accept","comment":"replies to the host's own connections"},
+        {"rule":"iif lo accept","comment":"loopback"},
+        {"rule":"meta l4proto icmp accept","comment":"ICMP"},
+        {"rule":"meta l4proto ipv6-icmp accept","comment":"ICMPv6 (neighbour discovery)"},
+        {"rule":"udp dport 68 accept","comment":"DHCP client"},
+        {"rule":"udp dport 546 accept","comment":"DHCPv6 client"},
+        {"rule":"tcp dport 8443 accept","comment":"agent API (mutual TLS)"}]}]}"#;
+
     #[test]
     fn firewall_reads_as_nft() {
-        let rules = serde_json::to_value(keel_init::firewall::describe()).unwrap_or_default();
+        // What the agent answers (keel-init's firewall tests check it describes this ruleset).
+        let rules: Description = serde_json::from_str(FIREWALL_JSON).unwrap();
         let text = firewall(&rules);
         assert!(
             text.starts_with("table inet keel {\n  chain input {\n"),

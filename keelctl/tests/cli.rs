@@ -63,7 +63,7 @@ fn adopt_and_manage_a_host() {
     run(adopt(TOKEN, &fp, None), Some("keelctl ca init"));
     ok(&cfg, &["ca", "init"]);
     fails(&cfg, &["ca", "init"], "--force");
-    let other = keel_init::agent::fingerprint::Fingerprint::of_spki(b"someone else").to_string();
+    let other = <keel_init::agent::fingerprint::Fingerprint as keel_init::agent::fingerprint::FingerprintOf>::of_spki(b"someone else").to_string();
     for (args, want) in [
         (adopt(TOKEN, &other, None), Some("mismatch")),
         (adopt("wrong-token-000000000", &fp, None), Some("401")),

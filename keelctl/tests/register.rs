@@ -6,7 +6,7 @@
 
 mod common;
 
-use keel_init::agent::api::{
+use keel_api::agent::{
     AdoptionPhase, ManagerVerdict, RegistrationSource, RegistrationState, RegistrationStatus,
 };
 use keel_init::agent::backoff::Backoff;

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use keel_init::agent::ca::{ManagerCa, Validity};
 use keel_init::agent::client::{ClientError, HostClient};
-use keel_init::agent::fingerprint::Fingerprint;
+use keel_init::agent::fingerprint::{Fingerprint, FingerprintOf};
 use keel_tests::keelctl::{ready_fields, vm_state, Keelctl, GUEST, GUEST_WAITING as MARKER};
 use keel_tests::{paths, Boot, Error, Image, Qemu, QemuBuilder};
 

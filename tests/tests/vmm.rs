@@ -12,7 +12,7 @@ const TIMEOUT: Duration = Duration::from_secs(300);
 #[test]
 fn vmm_boots_linux_and_shuts_it_down() -> Result<(), Error> {
     let image = Image::locate_in(&paths::out_dir().join("test"))?;
-    let scenarios = ["vmm-boot", "vmm-shutdown", "vmm-virtio"];
+    let scenarios = ["vmm-boot", "vmm-smp", "vmm-shutdown", "vmm-virtio"];
     let boot = Boot::image(&image).with_params(&format!("keel_e2e={}", scenarios.join(",")));
     let mut host = QemuBuilder::new("vmm", boot).spawn()?;
     host.wait_for_line("E2E DONE", TIMEOUT)?;

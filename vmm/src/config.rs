@@ -1,97 +1,19 @@
-//! `vm.json`: the configuration of one VM. (Types fixed by the lead as the contract between helpers;
-//! the config helper owns this file: parsing, validation and its tests.)
+//! `vm.json`: the configuration of one VM. The type is keel-api's ([`VmConfig`], shared with
+//! the agent that writes the file); this module reads it and checks it against the host.
 //!
-//! Two steps, both naming the offending value: [`VmConfig::from_file`] parses (serde rejects unknown
-//! fields and wrong types with the line and column), [`VmConfig::validate`] checks values against
-//! the host (vCPU limit reported by KVM, readable kernel and initrd, boot protocol limits).
+//! Three steps, each naming the offending value: [`read_config`] parses (serde rejects unknown
+//! fields and wrong types with the line and column), [`VmConfig::check_limits`] checks the
+//! limits that do not depend on the host (the agent checked the same ones at `define`), and
+//! [`validate`] checks what does: KVM's vCPU limit, readable kernel and initrd, usable disks and
+//! serial paths.
 
 use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
-
 pub mod devices;
-pub use devices::{DiskConfig, NicConfig};
-
-/// One VM, as read from `vm.json`. Unknown fields are rejected.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct VmConfig {
-    /// Number of vCPUs, 1 up to what KVM reports.
-    pub vcpus: u8,
-    /// Guest memory in MiB.
-    pub memory_mib: u32,
-    /// Kernel image: bzImage or ELF vmlinux.
-    pub kernel: PathBuf,
-    /// Optional initial ramdisk.
-    #[serde(default)]
-    pub initrd: Option<PathBuf>,
-    /// Kernel command line.
-    #[serde(default)]
-    pub cmdline: String,
-    /// Where the guest's COM1 output goes.
-    #[serde(default)]
-    pub serial: SerialConfig,
-    /// virtio-blk disks, in PCI slot order (the guest names them vda, vdb, …).
-    #[serde(default)]
-    pub disks: Vec<DiskConfig>,
-    /// virtio-net NICs on tap devices.
-    #[serde(default)]
-    pub nics: Vec<NicConfig>,
-    /// A virtio-rng entropy device.
-    #[serde(default)]
-    pub rng: bool,
-}
-
-/// Destination of the guest's serial console.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
-#[serde(from = "SerialRepr")]
-pub enum SerialConfig {
-    /// The VMM's standard output (and standard input feeds the guest).
-    #[default]
-    Stdout,
-    /// Appended to a file.
-    File { path: PathBuf },
-    /// A unix socket the VMM listens on; one client at a time reads and writes the console.
-    Socket { path: PathBuf },
-    /// Discarded.
-    Off,
-}
-
-/// How `serial` is spelled in JSON. serde ignores `deny_unknown_fields` on the unit variants of an
-/// internally tagged enum (`{"mode": "off", "typo": 1}` would pass), so every variant here is a
-/// struct variant, which does reject unknown fields.
-#[derive(Deserialize)]
-#[serde(tag = "mode", rename_all = "snake_case", deny_unknown_fields)]
-enum SerialRepr {
-    Stdout {},
-    File { path: PathBuf },
-    Socket { path: PathBuf },
-    Off {},
-}
-
-impl From<SerialRepr> for SerialConfig {
-    fn from(repr: SerialRepr) -> Self {
-        match repr {
-            SerialRepr::Stdout {} => SerialConfig::Stdout,
-            SerialRepr::File { path } => SerialConfig::File { path },
-            SerialRepr::Socket { path } => SerialConfig::Socket { path },
-            SerialRepr::Off {} => SerialConfig::Off,
-        }
-    }
-}
-
-/// Smallest guest: below this a Linux guest cannot even decompress its kernel.
-pub const MIN_MEMORY_MIB: u32 = 16;
-/// Largest guest: 1 TiB. Guards against typos (a GiB value in a MiB field) long before the host
-/// would refuse the mmap.
-pub const MAX_MEMORY_MIB: u32 = 1 << 20;
-/// Room for the kernel command line including its terminating NUL: x86 Linux's
-/// `COMMAND_LINE_SIZE` (boot protocol `cmdline_size`), which is also what the VMM gives linux-loader.
-pub const CMDLINE_CAPACITY: usize = 2048;
-/// `sun_path` holds 108 bytes including the terminating NUL.
-pub const MAX_SOCKET_PATH_LEN: usize = 107;
+pub use keel_api::limits::{MAX_MEMORY_MIB, MIN_MEMORY_MIB};
+pub use keel_api::vmm::{ConfigLimitError, DiskConfig, NicConfig, SerialConfig, VmConfig};
 
 /// A configuration that could not be read, parsed or accepted.
 #[derive(Debug, thiserror::Error)]
@@ -106,18 +28,15 @@ pub enum ConfigError {
         path: PathBuf,
         source: serde_json::Error,
     },
-    /// vcpus {0}: must be at least 1
-    #[error("vcpus {0}: must be at least 1")]
-    NoVcpus(u8),
+    /// {0}
+    #[error("{0}")]
+    Limit(#[from] ConfigLimitError),
     /// vcpus {vcpus}: KVM on this host supports at most {max}
     #[error("vcpus {vcpus}: KVM on this host supports at most {max}")]
     TooManyVcpus { vcpus: u8, max: u32 },
-    /// memory_mib {0}: below the minimum of 16 MiB
-    #[error("memory_mib {0}: below the minimum of {MIN_MEMORY_MIB} MiB")]
-    MemoryTooSmall(u32),
-    /// memory_mib {0}: above the maximum of 1048576 MiB (1 TiB)
-    #[error("memory_mib {0}: above the maximum of {MAX_MEMORY_MIB} MiB (1 TiB)")]
-    MemoryTooLarge(u32),
+    /// memory_mib {memory_mib}: this host has only {host_mib} MiB
+    #[error("memory_mib {memory_mib}: this host has only {host_mib} MiB")]
+    NotEnoughMemory { memory_mib: u32, host_mib: u64 },
     /// {field} {path}: cannot open: {source}
     #[error("{field} {}: cannot open: {source}", path.display())]
     Unreadable {
@@ -128,12 +47,6 @@ pub enum ConfigError {
     /// {field} {path}: not a regular file
     #[error("{field} {}: not a regular file", path.display())]
     NotAFile { field: &'static str, path: PathBuf },
-    /// cmdline: {len} bytes, the boot protocol allows at most 2047
-    #[error("cmdline: {len} bytes, the boot protocol allows at most {}", CMDLINE_CAPACITY - 1)]
-    CmdlineTooLong { len: usize },
-    /// cmdline: byte {offset} is {byte:#04x}; only printable ASCII is allowed
-    #[error("cmdline: byte {offset} is {byte:#04x}; only printable ASCII is allowed (no NUL)")]
-    CmdlineBadByte { offset: usize, byte: u8 },
     /// {0}
     #[error("{0}")]
     Device(#[from] devices::DeviceConfigError),
@@ -142,70 +55,77 @@ pub enum ConfigError {
     BadSerialPath { path: PathBuf, reason: &'static str },
 }
 
-impl VmConfig {
-    /// Reads and parses `path`. Only syntax and types are checked here; see [`VmConfig::validate`].
-    pub fn from_file(path: &Path) -> Result<VmConfig, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
-        Self::from_json(path, &text)
-    }
+/// Reads and parses `path`. Only syntax and types are checked here; see [`validate`].
+pub fn read_config(path: &Path) -> Result<VmConfig, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    parse_config(path, &text)
+}
 
-    /// Parses `text`; `path` only names the source in errors.
-    pub fn from_json(path: &Path, text: &str) -> Result<VmConfig, ConfigError> {
-        serde_json::from_str(text).map_err(|source| ConfigError::Parse {
-            path: path.to_owned(),
-            source,
-        })
-    }
+/// Parses `text`; `path` only names the source in errors.
+pub fn parse_config(path: &Path, text: &str) -> Result<VmConfig, ConfigError> {
+    serde_json::from_str(text).map_err(|source| ConfigError::Parse {
+        path: path.to_owned(),
+        source,
+    })
+}
 
-    /// Reads, parses and validates `path` in one step: what `main` does.
-    pub fn load(path: &Path, max_vcpus: u32) -> Result<VmConfig, ConfigError> {
-        let config = Self::from_file(path)?;
-        config.validate(max_vcpus)?;
-        Ok(config)
-    }
+/// Reads, parses and validates `path` in one step: what `main` does.
+pub fn load(path: &Path, max_vcpus: u32) -> Result<VmConfig, ConfigError> {
+    let config = read_config(path)?;
+    validate(&config, max_vcpus)?;
+    Ok(config)
+}
 
-    /// Checks every value. `max_vcpus` is KVM's limit (`KVM_CAP_MAX_VCPUS`); the files named by
-    /// `kernel` and `initrd` are opened, so a missing or unreadable one fails here and not halfway
-    /// through building the VM.
-    pub fn validate(&self, max_vcpus: u32) -> Result<(), ConfigError> {
-        if self.vcpus == 0 {
-            return Err(ConfigError::NoVcpus(self.vcpus));
-        }
-        if u32::from(self.vcpus) > max_vcpus {
-            return Err(ConfigError::TooManyVcpus {
-                vcpus: self.vcpus,
-                max: max_vcpus,
-            });
-        }
-        if self.memory_mib < MIN_MEMORY_MIB {
-            return Err(ConfigError::MemoryTooSmall(self.memory_mib));
-        }
-        if self.memory_mib > MAX_MEMORY_MIB {
-            return Err(ConfigError::MemoryTooLarge(self.memory_mib));
-        }
-        check_readable_file("kernel", &self.kernel)?;
-        if let Some(initrd) = &self.initrd {
-            check_readable_file("initrd", initrd)?;
-        }
-        check_cmdline(&self.cmdline)?;
-        devices::validate(&self.disks, &self.nics, self.rng)?;
-        match &self.serial {
-            SerialConfig::Stdout | SerialConfig::Off => Ok(()),
-            SerialConfig::File { path } => check_creatable(path),
-            SerialConfig::Socket { path } => {
-                if path.as_os_str().len() > MAX_SOCKET_PATH_LEN {
-                    return Err(ConfigError::BadSerialPath {
-                        path: path.clone(),
-                        reason: "longer than the 107 bytes a unix socket address holds",
-                    });
-                }
-                check_creatable(path)
-            }
-        }
+/// Checks every value: the limits ([`VmConfig::check_limits`]), then the host. `max_vcpus` is
+/// KVM's limit (`KVM_CAP_MAX_VCPUS`); the files named by `kernel` and `initrd` are opened, so a
+/// missing or unreadable one fails here and not halfway through building the VM.
+pub fn validate(config: &VmConfig, max_vcpus: u32) -> Result<(), ConfigError> {
+    config.check_limits()?;
+    if u32::from(config.vcpus) > max_vcpus {
+        return Err(ConfigError::TooManyVcpus {
+            vcpus: config.vcpus,
+            max: max_vcpus,
+        });
     }
+    check_readable_file("kernel", &config.kernel)?;
+    if let Some(initrd) = &config.initrd {
+        check_readable_file("initrd", initrd)?;
+    }
+    devices::validate(&config.disks)?;
+    match &config.serial {
+        SerialConfig::Stdout | SerialConfig::Off => Ok(()),
+        SerialConfig::File { path } | SerialConfig::Socket { path } => check_creatable(path),
+    }
+}
+
+/// The host's physical memory in MiB (`u64::MAX` when it cannot be told).
+pub fn host_memory_mib() -> u64 {
+    // SAFETY: sysconf has no preconditions and only reads system configuration.
+    let (pages, page_size) = unsafe {
+        (
+            libc::sysconf(libc::_SC_PHYS_PAGES),
+            libc::sysconf(libc::_SC_PAGESIZE),
+        )
+    };
+    match (u64::try_from(pages), u64::try_from(page_size)) {
+        (Ok(pages), Ok(size)) if pages > 0 && size > 0 => pages.saturating_mul(size) >> 20,
+        _ => u64::MAX,
+    }
+}
+
+/// Guest memory is mapped without reserving it, so a guest larger than the host would start and
+/// be killed once it touches more than there is: refused at start instead, naming both sizes.
+pub fn check_host_memory(config: &VmConfig, host_mib: u64) -> Result<(), ConfigError> {
+    if u64::from(config.memory_mib) > host_mib {
+        return Err(ConfigError::NotEnoughMemory {
+            memory_mib: config.memory_mib,
+            host_mib,
+        });
+    }
+    Ok(())
 }
 
 fn check_readable_file(field: &'static str, path: &Path) -> Result<(), ConfigError> {
@@ -220,23 +140,6 @@ fn check_readable_file(field: &'static str, path: &Path) -> Result<(), ConfigErr
             field,
             path: path.to_owned(),
         });
-    }
-    Ok(())
-}
-
-/// The same rule linux-loader's `Cmdline` applies (printable ASCII), so a command line accepted
-/// here is never refused later while loading the kernel.
-fn check_cmdline(cmdline: &str) -> Result<(), ConfigError> {
-    if let Some((offset, &byte)) = cmdline
-        .as_bytes()
-        .iter()
-        .enumerate()
-        .find(|(_, b)| !(b' '..=b'~').contains(*b))
-    {
-        return Err(ConfigError::CmdlineBadByte { offset, byte });
-    }
-    if cmdline.len() >= CMDLINE_CAPACITY {
-        return Err(ConfigError::CmdlineTooLong { len: cmdline.len() });
     }
     Ok(())
 }
@@ -316,7 +219,7 @@ mod tests {
             "vcpus": 2, "memory_mib": 512, "kernel": "/k", "initrd": "/i",
             "cmdline": "console=ttyS0", "serial": {"mode": "socket", "path": "/run/vm.sock"}
         }"#;
-        let cfg = VmConfig::from_json(Path::new("vm.json"), full).unwrap();
+        let cfg = parse_config(Path::new("vm.json"), full).unwrap();
         assert_eq!(cfg.vcpus, 2);
         assert_eq!(cfg.initrd, Some(PathBuf::from("/i")));
         assert_eq!(
@@ -327,13 +230,13 @@ mod tests {
         );
 
         let minimal = r#"{"vcpus": 1, "memory_mib": 64, "kernel": "/k"}"#;
-        let cfg = VmConfig::from_json(Path::new("vm.json"), minimal).unwrap();
+        let cfg = parse_config(Path::new("vm.json"), minimal).unwrap();
         assert_eq!(cfg.initrd, None);
         assert_eq!(cfg.cmdline, "");
         assert_eq!(cfg.serial, SerialConfig::Stdout);
 
         let off = r#"{"vcpus": 1, "memory_mib": 64, "kernel": "/k", "serial": {"mode": "off"}}"#;
-        let cfg = VmConfig::from_json(Path::new("vm.json"), off).unwrap();
+        let cfg = parse_config(Path::new("vm.json"), off).unwrap();
         assert_eq!(cfg.serial, SerialConfig::Off);
     }
 
@@ -406,7 +309,7 @@ mod tests {
             ("", &["vm.json: EOF while parsing"]),
         ];
         for (json, wants) in cases {
-            let err = VmConfig::from_json(Path::new("vm.json"), json)
+            let err = parse_config(Path::new("vm.json"), json)
                 .unwrap_err()
                 .to_string();
             for want in *wants {
@@ -417,7 +320,7 @@ mod tests {
 
     #[test]
     fn from_file_names_a_missing_file() {
-        let err = VmConfig::from_file(Path::new("/nonexistent/vm.json")).unwrap_err();
+        let err = read_config(Path::new("/nonexistent/vm.json")).unwrap_err();
         assert!(
             err.to_string()
                 .starts_with("/nonexistent/vm.json: cannot read: "),
@@ -457,7 +360,7 @@ mod tests {
             (
                 "memory too large",
                 |c, _| c.memory_mib = MAX_MEMORY_MIB + 1,
-                Some("memory_mib 1048577: above the maximum of 1048576 MiB (1 TiB)".into()),
+                Some("memory_mib 2097153: above the maximum of 2097152 MiB (2 TiB)".into()),
             ),
             (
                 "missing kernel",
@@ -551,7 +454,7 @@ mod tests {
         for (name, edit, want) in cases {
             let mut cfg = fx.config();
             edit(&mut cfg, &fx);
-            let got = cfg.validate(8).map_err(|e| e.to_string());
+            let got = validate(&cfg, 8).map_err(|e| e.to_string());
             match (want, got) {
                 (None, Ok(())) => {}
                 (Some(want), Err(err)) => {
@@ -566,6 +469,29 @@ mod tests {
     }
 
     #[test]
+    fn a_guest_larger_than_the_host_is_refused_at_start() {
+        let fx = Fixture::new("host-memory");
+        let big = VmConfig {
+            vcpus: 160,
+            memory_mib: MAX_MEMORY_MIB,
+            ..fx.config()
+        };
+        // Within the limits: only the host can refuse it.
+        big.check_limits().unwrap();
+        assert_eq!(
+            validate(&big, 8).unwrap_err().to_string(),
+            "vcpus 160: KVM on this host supports at most 8"
+        );
+        validate(&big, 160).unwrap();
+        assert_eq!(
+            check_host_memory(&big, 4096).unwrap_err().to_string(),
+            "memory_mib 2097152: this host has only 4096 MiB"
+        );
+        check_host_memory(&big, 2 << 20).unwrap();
+        assert!(host_memory_mib() >= 16, "{}", host_memory_mib());
+    }
+
+    #[test]
     fn load_parses_and_validates() {
         let fx = Fixture::new("load");
         let path = fx.dir.join("vm.json");
@@ -574,8 +500,8 @@ mod tests {
             fx.path("vmlinuz")
         );
         std::fs::write(&path, json).unwrap();
-        assert_eq!(VmConfig::load(&path, 4).unwrap().vcpus, 4);
-        let err = VmConfig::load(&path, 2).unwrap_err().to_string();
+        assert_eq!(load(&path, 4).unwrap().vcpus, 4);
+        let err = load(&path, 2).unwrap_err().to_string();
         assert_eq!(err, "vcpus 4: KVM on this host supports at most 2");
     }
 }

@@ -5,7 +5,7 @@ use std::ffi::OsString;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use keel_vmm::config::VmConfig;
+use keel_vmm::config;
 use keel_vmm::exit::ExitReason;
 use log::error;
 
@@ -120,7 +120,7 @@ fn main() -> ExitCode {
 
 fn run(args: &RunArgs) -> ExitReason {
     // Parse before touching KVM, so a bad file is reported the same on any host.
-    let config = match VmConfig::from_file(&args.config) {
+    let config = match config::read_config(&args.config) {
         Ok(config) => config,
         Err(e) => {
             error!("{e}");
@@ -135,7 +135,10 @@ fn run(args: &RunArgs) -> ExitReason {
         }
     };
     let max_vcpus = u32::try_from(kvm.get_max_vcpus()).unwrap_or(u32::MAX);
-    if let Err(e) = config.validate(max_vcpus) {
+    let host_memory_mib = config::host_memory_mib();
+    if let Err(e) = config::validate(&config, max_vcpus)
+        .and_then(|()| config::check_host_memory(&config, host_memory_mib))
+    {
         error!("{}: {e}", args.config.display());
         return ExitReason::BadConfig;
     }

@@ -13,7 +13,7 @@
 //! a state it would not come back to after a reboot.
 
 use super::api::{AdoptionPhase, CompleteRequest};
-use super::fingerprint::{Fingerprint, FingerprintError};
+use super::fingerprint::{Fingerprint, FingerprintError, FingerprintOf};
 use super::tls::{check_ca, parse_cert_pem, verify_host_cert, TlsError};
 use super::token::{Secret, Token, TokenError};
 use rustls::pki_types::{CertificateDer, UnixTime};

@@ -1,7 +1,7 @@
 //! The manager's certificate authority: it signs adopted hosts' certificates and the manager's
 //! own client certificates. Manager-side code (keelctl and the tests); the host never signs.
 
-use super::fingerprint::Fingerprint;
+use super::fingerprint::{Fingerprint, FingerprintOf};
 use super::tls::{parse_cert_pem, TlsError};
 use rcgen::{
     BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName,

@@ -9,7 +9,7 @@
 //! verification happens in the handshake, before any request byte is written: a host that refuses
 //! the manager has sent it nothing.
 
-use super::fingerprint::Fingerprint;
+use super::fingerprint::{Fingerprint, FingerprintOf};
 use super::tls::{checked_client_config, provider, ServerCheck, TlsError};
 use rustls::client::{verify_server_cert_signed_by_trust_anchor, verify_server_name};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};

@@ -263,6 +263,7 @@ mod tests {
     //! Failure paths that need no agent; the conversation itself is tested in `e2e_tests`.
 
     use super::*;
+    use crate::agent::fingerprint::FingerprintOf;
     use std::net::{Ipv4Addr, TcpListener};
 
     #[test]

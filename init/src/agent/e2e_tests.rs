@@ -7,7 +7,7 @@ use super::atomic::testdir::TestDir;
 use super::ca::{ClientCert, ManagerCa, Validity};
 use super::client::{ClientError, HostClient};
 use super::clock::ManualClock;
-use super::fingerprint::Fingerprint;
+use super::fingerprint::{Fingerprint, FingerprintOf};
 use super::http::{self, Response};
 use super::server::{routes, Agent, AgentConfig, Server, OPENAPI_JSON};
 use super::tls::provider;

@@ -1,95 +1,38 @@
 //! A host's identity as a manager pins it: SHA-256 of the public key (SubjectPublicKeyInfo DER),
 //! written `sha256:<64 lowercase hex digits>`. Hashing the key rather than the certificate keeps
-//! the pin valid when the host's certificate is re-issued for the same key.
+//! the pin valid when the host's certificate is re-issued for the same key. The value and its
+//! text form are keel-api's; computing one is here.
 
 use ring::digest::{digest, SHA256};
 use rustls::pki_types::CertificateDer;
 use rustls::server::ParsedCertificate;
-use std::fmt;
-use std::str::FromStr;
 
-const PREFIX: &str = "sha256:";
+pub use keel_api::fingerprint::{Fingerprint, FingerprintError};
 
-/// SHA-256 of a SubjectPublicKeyInfo.
-#[derive(Clone, Copy, PartialEq, Eq, Hash)]
-pub struct Fingerprint([u8; 32]);
-
-/// A bad fingerprint text or certificate.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum FingerprintError {
-    /// Fingerprint {0:?} is not of the form sha256:<64 hex digits>
-    #[error("Fingerprint {0:?} is not of the form sha256:<64 hex digits>")]
-    Syntax(String),
-    /// Cannot read the public key of a certificate: {0}
-    #[error("Cannot read the public key of a certificate: {0}")]
-    Certificate(String),
-}
-
-impl Fingerprint {
+/// Computing fingerprints (`Fingerprint::of_spki(..)` with this trait in scope).
+pub trait FingerprintOf: Sized {
     /// The fingerprint of a DER SubjectPublicKeyInfo.
-    pub fn of_spki(spki_der: &[u8]) -> Self {
-        let mut out = [0u8; 32];
-        out.copy_from_slice(digest(&SHA256, spki_der).as_ref());
-        Self(out)
-    }
+    fn of_spki(spki_der: &[u8]) -> Self;
 
     /// SHA-256 of a whole DER certificate: how a manager CA is pinned (`keel.manager_ca=`), since
     /// the operator copies it from the CA certificate file (`keelctl ca fingerprint`).
-    pub fn of_certificate(cert: &CertificateDer<'_>) -> Self {
+    fn of_certificate(cert: &CertificateDer<'_>) -> Self {
         Self::of_spki(cert.as_ref())
     }
 
     /// The fingerprint of the public key a certificate carries.
-    pub fn of_cert(cert: &CertificateDer<'_>) -> Result<Self, FingerprintError> {
+    fn of_cert(cert: &CertificateDer<'_>) -> Result<Self, FingerprintError> {
         let parsed = ParsedCertificate::try_from(cert)
             .map_err(|e| FingerprintError::Certificate(e.to_string()))?;
         Ok(Self::of_spki(parsed.subject_public_key_info().as_ref()))
     }
 }
 
-impl fmt::Display for Fingerprint {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(PREFIX)?;
-        self.0.iter().try_for_each(|b| write!(f, "{b:02x}"))
-    }
-}
-
-impl fmt::Debug for Fingerprint {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Display::fmt(self, f)
-    }
-}
-
-impl FromStr for Fingerprint {
-    type Err = FingerprintError;
-
-    /// Accepts upper- or lowercase hex, as operators copy fingerprints from many tools.
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let bad = || FingerprintError::Syntax(s.to_string());
-        let hex = s.strip_prefix(PREFIX).ok_or_else(bad)?.as_bytes();
-        if hex.len() != 64 {
-            return Err(bad());
-        }
+impl FingerprintOf for Fingerprint {
+    fn of_spki(spki_der: &[u8]) -> Self {
         let mut out = [0u8; 32];
-        for (byte, pair) in out.iter_mut().zip(hex.chunks_exact(2)) {
-            let digit = |c: u8| (c as char).to_digit(16).ok_or_else(bad);
-            // to_digit(16) < 16, so the casts cannot truncate.
-            *byte = (digit(pair[0])? as u8) << 4 | digit(pair[1])? as u8;
-        }
-        Ok(Self(out))
-    }
-}
-
-impl serde::Serialize for Fingerprint {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
-    }
-}
-
-impl<'de> serde::Deserialize<'de> for Fingerprint {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let text = String::deserialize(d)?;
-        text.parse().map_err(serde::de::Error::custom)
+        out.copy_from_slice(digest(&SHA256, spki_der).as_ref());
+        Fingerprint::from_digest(out)
     }
 }
 

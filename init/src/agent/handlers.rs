@@ -180,7 +180,12 @@ impl Agent {
             return Response::error(409, &message);
         }
         match self.store.delete(kind, name) {
-            Ok(()) => Response::json(200, &serde_json::json!({"deleted": name})),
+            Ok(()) => Response::json(
+                200,
+                &keel_api::reply::DeletedReply {
+                    deleted: name.to_string(),
+                },
+            ),
             Err(e) => Response::error(e.status(), &e.to_string()),
         }
     }

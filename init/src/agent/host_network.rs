@@ -70,6 +70,6 @@ impl Agent {
         if let Some(bad) = super::handlers::empty_body(request) {
             return bad;
         }
-        answer(net::confirm().map(|()| serde_json::json!({})))
+        answer(net::confirm().map(|()| keel_api::reply::EmptyReply {}))
     }
 }

@@ -13,6 +13,8 @@ use super::taps;
 use super::vm_devices::{self, VmDevices};
 use super::vms::VmError;
 use crate::jail::{CgroupEvents, CgroupLimits, Disk, Expose, JailSpec, JailStdio, Jailed, Jailer};
+use keel_api::limits::LimitError;
+use keel_api::vmm::{DiskConfig, NicConfig, SerialConfig, VmConfig};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -63,7 +65,7 @@ pub fn connect(path: &Path) -> io::Result<UnixStream> {
 #[derive(Debug, Clone)]
 pub struct VmRun<'a> {
     pub name: &'a str,
-    pub vcpus: u32,
+    pub vcpus: u8,
     pub memory_mib: u64,
     pub kernel: &'a Path,
     pub initrd: Option<&'a Path>,
@@ -164,7 +166,7 @@ pub fn jail_spec(vmm: &Path, run: &VmRun) -> JailSpec {
         &disks_of(run.devices),
         &run.dir.join(SOCK_DIR),
         run.memory_mib,
-        run.vcpus,
+        run.vcpus.into(),
     );
     if run.devices.nics.is_empty() {
         spec.devices.retain(|d| d != Path::new("/dev/net/tun"));
@@ -182,48 +184,44 @@ fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> VmE
 }
 
 /// keel-vmm's configuration, naming files as `map` says the VMM sees them. A `jailed` VMM gets
-/// its taps made and bridged by the agent.
-fn config(run: &VmRun, map: &dyn Fn(&Path) -> PathBuf, jailed: bool) -> serde_json::Value {
+/// its taps made and bridged by the agent, so its NICs name no bridge.
+fn config(run: &VmRun, map: &dyn Fn(&Path) -> PathBuf, jailed: bool) -> Result<VmConfig, VmError> {
     let (_, console_sock) = sockets(run.dir);
-    let mut config = serde_json::json!({
-        "vcpus": run.vcpus,
-        "memory_mib": run.memory_mib,
-        "kernel": map(run.kernel),
-        "cmdline": run.cmdline,
-        "serial": {"mode": "socket", "path": map(&console_sock)},
-    });
-    if let Some(initrd) = run.initrd {
-        config["initrd"] = serde_json::json!(map(initrd));
-    }
-    let disks: Vec<serde_json::Value> = run
-        .devices
-        .disks
-        .iter()
-        .map(|d| {
-            let mut disk = serde_json::json!({"path": map(&d.path), "read_only": d.read_only});
-            if let Some(serial) = &d.serial {
-                disk["serial"] = serde_json::json!(serial);
-            }
-            disk
-        })
-        .collect();
-    let nics: Vec<serde_json::Value> = run
-        .devices
-        .nics
-        .iter()
-        .map(|n| {
-            let mut nic = serde_json::json!({"tap": n.tap, "mac": n.mac});
-            // A jailed VMM finds its tap made and bridged by the agent.
-            if !jailed {
-                nic["bridge"] = serde_json::json!(n.bridge);
-            }
-            nic
-        })
-        .collect();
-    config["disks"] = serde_json::json!(disks);
-    config["nics"] = serde_json::json!(nics);
-    config["rng"] = serde_json::json!(true);
-    config
+    // Checked at define; a definition stored by an older agent could still hold more.
+    let memory_mib = u32::try_from(run.memory_mib)
+        .map_err(|_| VmError::Invalid(LimitError::MemoryTooLarge(run.memory_mib).to_string()))?;
+    Ok(VmConfig {
+        vcpus: run.vcpus,
+        memory_mib,
+        kernel: map(run.kernel),
+        initrd: run.initrd.map(map),
+        cmdline: run.cmdline.to_owned(),
+        serial: SerialConfig::Socket {
+            path: map(&console_sock),
+        },
+        disks: run
+            .devices
+            .disks
+            .iter()
+            .map(|d| DiskConfig {
+                path: map(&d.path),
+                read_only: d.read_only,
+                serial: d.serial.clone(),
+                direct: false,
+            })
+            .collect(),
+        nics: run
+            .devices
+            .nics
+            .iter()
+            .map(|n| NicConfig {
+                tap: Some(n.tap.clone()),
+                mac: n.mac,
+                bridge: (!jailed).then(|| n.bridge.clone()),
+            })
+            .collect(),
+        rng: true,
+    })
 }
 
 /// The line the agent writes to `vmm.log` before each run, so that what a run logged can be told
@@ -270,7 +268,7 @@ pub fn launch(jailer: Option<&Jailer>, vmm: &Path, run: &VmRun) -> Result<Launch
             .unwrap_or_else(|| p.to_path_buf())
     };
     let config_path = dir.join("vm.json");
-    write_config(&config_path, &config(run, &map, spec.is_some()))?;
+    write_config(&config_path, &config(run, &map, spec.is_some())?)?;
     let log_path = dir.join("vmm.log");
     let log = OpenOptions::new()
         .create(true)
@@ -331,7 +329,9 @@ pub fn launch(jailer: Option<&Jailer>, vmm: &Path, run: &VmRun) -> Result<Launch
     })
 }
 
-fn write_config(path: &Path, config: &serde_json::Value) -> Result<(), VmError> {
+fn write_config(path: &Path, config: &VmConfig) -> Result<(), VmError> {
+    let json = serde_json::to_vec(config)
+        .map_err(|e| VmError::Io("encode", path.to_path_buf(), io::Error::other(e)))?;
     // Readable by the jailed VMM through its read-only bind mount; it holds no secret.
     let mut file = OpenOptions::new()
         .write(true)
@@ -340,7 +340,7 @@ fn write_config(path: &Path, config: &serde_json::Value) -> Result<(), VmError> 
         .mode(0o644)
         .open(path)
         .map_err(io_err("write", path))?;
-    io::Write::write_all(&mut file, config.to_string().as_bytes())
+    io::Write::write_all(&mut file, &json)
         .and_then(|()| fs::set_permissions(path, fs::Permissions::from_mode(0o644)))
         .map_err(io_err("write", path))
 }
@@ -373,9 +373,13 @@ fn make_taps(run: &VmRun) -> Result<Vec<String>, VmError> {
     vm_devices::ensure_tun().map_err(taps::TapError::Module)?;
     let mut made: Vec<String> = Vec::new();
     for nic in nics {
-        let created = taps::host_side_mac(&nic.mac)
-            .ok_or_else(|| taps::TapError::Mac(nic.mac.clone()))
-            .and_then(|mac| taps::create(&nic.tap, mac, run.uid, run.uid, &nic.bridge));
+        let created = taps::create(
+            &nic.tap,
+            taps::host_side_mac(nic.mac),
+            run.uid,
+            run.uid,
+            &nic.bridge,
+        );
         if let Err(e) = created {
             made.iter().for_each(|t| taps::remove(t));
             return Err(e.into());
@@ -550,7 +554,7 @@ mod tests {
             ],
             nics: vec![NicDevice {
                 tap: "kt01234567n0".into(),
-                mac: "52:54:00:12:34:56".into(),
+                mac: "52:54:00:12:34:56".parse().unwrap(),
                 bridge: "keelbr0".into(),
             }],
         };
@@ -587,7 +591,7 @@ mod tests {
             .contains(&PathBuf::from("/dev/net/tun")));
         assert_eq!(spec.cgroup.memory_max, Some((256 + 64 + 4) << 20));
         let map = |p: &Path| spec.jail_path(p).unwrap_or_else(|| p.to_path_buf());
-        let config = config(&run, &map, true);
+        let config = serde_json::to_value(config(&run, &map, true).unwrap()).unwrap();
         assert_eq!(
             config["disks"],
             serde_json::json!([
@@ -614,7 +618,7 @@ mod tests {
     }
 
     fn config_of_direct(run: &VmRun) -> serde_json::Value {
-        config(run, &|p: &Path| p.to_path_buf(), false)
+        serde_json::to_value(config(run, &|p: &Path| p.to_path_buf(), false).unwrap()).unwrap()
     }
 
     #[test]

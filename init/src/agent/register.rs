@@ -16,7 +16,7 @@ use super::atomic::{write_atomic, AtomicError};
 use super::backoff::Backoff;
 use super::ca_pin::{ca_pin_mismatch, pinned_ca_client_config, probe_ca_client_config, probed_ca};
 use super::client::{ClientError, HostClient};
-use super::fingerprint::Fingerprint;
+use super::fingerprint::{Fingerprint, FingerprintOf};
 use super::hostinfo;
 use super::server::Agent;
 use ring::rand::{SecureRandom, SystemRandom};

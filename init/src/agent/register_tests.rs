@@ -14,7 +14,7 @@ use super::backoff::Backoff;
 use super::ca::{ManagerCa, Validity};
 use super::ca_pin::manager_server_config;
 use super::clock::ManualClock;
-use super::fingerprint::Fingerprint;
+use super::fingerprint::{Fingerprint, FingerprintOf};
 use super::http::{self, Limits, Response};
 use super::register::{Announced, Registrar, Settings, RETRY_FIRST, RETRY_MAX, WATCH_EVERY};
 use super::server::{Agent, AgentConfig, OPENAPI_JSON};

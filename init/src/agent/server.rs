@@ -10,7 +10,7 @@ use super::api::StoreKind;
 use super::api::{self, AdoptionPhase};
 use super::atomic::{remove_durable, write_atomic, AtomicError};
 use super::clock::Clock;
-use super::fingerprint::Fingerprint;
+use super::fingerprint::{Fingerprint, FingerprintOf};
 use super::hostinfo::{self, Sampler};
 use super::http::{self, Limits, Request, Response, Route};
 use super::identity::{HostIdentity, IdentityError};

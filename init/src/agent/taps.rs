@@ -7,6 +7,7 @@
 
 use crate::net::plan::Op;
 use crate::net::rtnetlink::Rtnetlink;
+use keel_api::net::{IfName, MacAddr};
 use std::fs::OpenOptions;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd};
@@ -33,9 +34,6 @@ pub enum TapError {
     /// Cannot load the tun module: {0}
     #[error("Cannot load the tun module: {0}")]
     Module(String),
-    /// MAC address {0:?} is not six colon-separated hex bytes
-    #[error("MAC address {0:?} is not six colon-separated hex bytes")]
-    Mac(String),
     /// Cannot {0} tap {1}: {2}
     #[error("Cannot {0} tap {1}: {2}")]
     Io(&'static str, String, io::Error),
@@ -48,32 +46,26 @@ pub enum TapError {
 /// MAC of its own takes the lowest of its ports'; a tap with a random MAC could become the
 /// bridge's address and take it away again when it goes, leaving neighbours (the management
 /// LAN's router) with a stale entry for the host. 0xfe sorts above every vendor MAC (libvirt
-/// does the same). `None` unless `guest` is six colon-separated hex bytes.
-pub fn host_side_mac(guest: &str) -> Option<[u8; 6]> {
-    let bytes: Vec<u8> = guest
-        .split(':')
-        .map(|b| {
-            (b.len() == 2)
-                .then(|| u8::from_str_radix(b, 16).ok())
-                .flatten()
-        })
-        .collect::<Option<_>>()?;
-    let mut mac: [u8; 6] = bytes.try_into().ok()?;
+/// does the same).
+pub fn host_side_mac(guest: MacAddr) -> [u8; 6] {
+    let mut mac = guest.octets();
     mac[0] = 0xfe;
-    Some(mac)
+    mac
 }
 
 /// `struct ifreq` with a name and the flags short.
 fn ifreq(name: &str, flags: i16) -> Result<[u8; 40], TapError> {
     let mut req = [0u8; 40];
-    if name.is_empty() || name.len() > 15 {
-        return Err(TapError::Io(
+    let checked = IfName::new(name).map_err(|e| {
+        TapError::Io(
             "name",
             name.into(),
-            io::Error::from(io::ErrorKind::InvalidInput),
-        ));
-    }
-    req[..name.len()].copy_from_slice(name.as_bytes());
+            io::Error::new(io::ErrorKind::InvalidInput, e),
+        )
+    })?;
+    // At most 15 bytes: the name and its NUL fit the 16 of `ifr_name`.
+    let bytes = checked.as_str().as_bytes();
+    req[..bytes.len()].copy_from_slice(bytes);
     req[16..18].copy_from_slice(&flags.to_ne_bytes());
     Ok(req)
 }
@@ -217,11 +209,11 @@ mod tests {
             assert_eq!(is_vm_tap(name), want, "{name}");
         }
         assert_eq!(
-            host_side_mac("52:54:00:ab:cd:01"),
-            Some([0xfe, 0x54, 0x00, 0xab, 0xcd, 0x01])
+            host_side_mac("52:54:00:ab:cd:01".parse().unwrap()),
+            [0xfe, 0x54, 0x00, 0xab, 0xcd, 0x01]
         );
-        assert_eq!(host_side_mac("52:54:00:ab:cd"), None);
-        assert_eq!(host_side_mac("52:54:00:ab:cd:zz"), None);
+        assert!("52:54:00:ab:cd".parse::<MacAddr>().is_err());
+        assert!("52:54:00:ab:cd:zz".parse::<MacAddr>().is_err());
     }
 
     /// Needs root and /dev/net/tun (a build machine with tun loaded); says so and passes
@@ -234,7 +226,7 @@ mod tests {
         }
         let name = format!("kvt{}", std::process::id() % 100_000);
         // No such bridge: the tap is made, then removed again, and the error names the bridge.
-        let mac = host_side_mac("52:54:00:00:01:02").unwrap();
+        let mac = host_side_mac("52:54:00:00:01:02".parse().unwrap());
         let err = create(&name, mac, 123_456, 123_457, "no-such-br0").unwrap_err();
         assert!(err.to_string().contains("no-such-br0"), "{err}");
         assert!(!Path::new("/sys/class/net").join(&name).exists());

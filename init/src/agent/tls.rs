@@ -8,7 +8,7 @@
 //! Manager: trusts no CA for the host; it pins the host's public-key fingerprint instead, and
 //! still checks the handshake signature, which proves the host holds that key.
 
-use super::fingerprint::Fingerprint;
+use super::fingerprint::{Fingerprint, FingerprintOf};
 use super::identity::HostIdentity;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::verify_server_cert_signed_by_trust_anchor;

@@ -3,6 +3,8 @@
 
 use super::api::{DiskCopy, VmDisk, VmNic, VmSpec};
 use super::images::{check_name, Store, StoreError};
+use keel_api::limits::check_disk_serial;
+use keel_api::net::{IfName, MacAddr, MacError};
 use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::os::fd::AsRawFd;
@@ -13,8 +15,6 @@ use std::path::{Path, PathBuf};
 /// is the entropy device).
 pub const MAX_DISKS: usize = 16;
 pub const MAX_NICS: usize = 8;
-/// The longest disk serial (VIRTIO_BLK_ID_BYTES).
-const MAX_SERIAL: usize = 20;
 /// FICLONE: share the blocks of another file (reflink), `_IOW(0x94, 9, int)`.
 const FICLONE: libc::c_ulong = 0x4004_9409;
 
@@ -51,11 +51,8 @@ pub fn validate(spec: &VmSpec) -> Result<(), DeviceError> {
         check_name(&disk.image)
             .map_err(|e| DeviceError::Invalid(format!("disks[{i}].image: {e}")))?;
         if let Some(serial) = &disk.serial {
-            if serial.len() > MAX_SERIAL || !serial.bytes().all(|b| b.is_ascii_graphic()) {
-                return bad(format!(
-                    "disks[{i}].serial {serial:?} must be at most {MAX_SERIAL} printable ASCII characters"
-                ));
-            }
+            check_disk_serial(&format!("disks[{i}].serial"), serial)
+                .map_err(|e| DeviceError::Invalid(e.to_string()))?;
         }
         let shared_writable = |d: &VmDisk| d.copy == DiskCopy::Shared && !d.read_only;
         if shared_writable(disk)
@@ -69,40 +66,26 @@ pub fn validate(spec: &VmSpec) -> Result<(), DeviceError> {
             ));
         }
     }
+    let mut macs: Vec<MacAddr> = Vec::new();
     for (i, nic) in spec.nics.iter().enumerate() {
-        let name_ok = !nic.bridge.is_empty()
-            && nic.bridge.len() <= 15
-            && nic
-                .bridge
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
-        if !name_ok {
-            return bad(format!(
-                "nics[{i}].bridge {:?} must be an interface name (1 to 15 letters, digits, '-', '_', '.')",
-                nic.bridge
-            ));
+        if let Err(e) = IfName::new(nic.bridge.as_str()) {
+            return bad(format!("nics[{i}].bridge: {e}"));
         }
-        if let Some(mac) = &nic.mac {
-            if !is_unicast_mac(mac) {
+        let mac = match mac_of(&spec.name, i, nic) {
+            Ok(mac) => mac,
+            Err(e) => {
+                let given = nic.mac.as_deref().unwrap_or_default();
                 return bad(format!(
-                    "nics[{i}].mac {mac:?} must be a unicast MAC address like 52:54:00:12:34:56"
+                    "nics[{i}].mac {given:?}: {e}; a unicast MAC address like 52:54:00:12:34:56"
                 ));
             }
+        };
+        if let Some(first) = macs.iter().position(|m| *m == mac) {
+            return bad(format!("nics[{i}].mac {mac}: also used by nics[{first}]"));
         }
+        macs.push(mac);
     }
     Ok(())
-}
-
-fn is_unicast_mac(mac: &str) -> bool {
-    let octets: Vec<Option<u8>> = mac
-        .split(':')
-        .map(|o| {
-            (o.len() == 2)
-                .then(|| u8::from_str_radix(o, 16).ok())
-                .flatten()
-        })
-        .collect();
-    octets.len() == 6 && octets.iter().all(Option::is_some) && octets[0].is_some_and(|o| o & 1 == 0)
 }
 
 /// FNV-1a, for names and addresses derived from a VM's name (stable across restarts).
@@ -117,14 +100,14 @@ pub fn tap_name(vm: &str, index: usize) -> String {
     format!("kt{:08x}n{index}", fnv1a(vm))
 }
 
-/// The NIC's MAC address: the configured one, or one derived from the VM's name and the index
+/// The NIC's MAC address: the configured one (a unicast address), or one derived from the VM's name and the index
 /// in QEMU/KVM's locally administered 52:54:00 range.
-pub fn mac_of(vm: &str, index: usize, nic: &VmNic) -> String {
+pub fn mac_of(vm: &str, index: usize, nic: &VmNic) -> Result<MacAddr, MacError> {
     if let Some(mac) = &nic.mac {
-        return mac.to_ascii_lowercase();
+        return MacAddr::parse_unicast(mac);
     }
     let h = fnv1a(&format!("{vm}/{index}")).to_be_bytes();
-    format!("52:54:00:{:02x}:{:02x}:{:02x}", h[1], h[2], h[3])
+    Ok(MacAddr::new([0x52, 0x54, 0x00, h[1], h[2], h[3]]))
 }
 
 /// Where VM `vm` keeps the private copy of its disk `index`.
@@ -253,7 +236,7 @@ pub struct DiskDevice {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NicDevice {
     pub tap: String,
-    pub mac: String,
+    pub mac: MacAddr,
     pub bridge: String,
 }
 
@@ -291,12 +274,16 @@ pub fn vmm_config(store: &Store, copies: &Path, spec: &VmSpec) -> Result<VmDevic
         .nics
         .iter()
         .enumerate()
-        .map(|(i, nic)| NicDevice {
-            tap: tap_name(&spec.name, i),
-            mac: mac_of(&spec.name, i, nic),
-            bridge: nic.bridge.clone(),
+        .map(|(i, nic)| {
+            let mac = mac_of(&spec.name, i, nic)
+                .map_err(|e| DeviceError::Invalid(format!("nics[{i}].mac: {e}")))?;
+            Ok(NicDevice {
+                tap: tap_name(&spec.name, i),
+                mac,
+                bridge: nic.bridge.clone(),
+            })
         })
-        .collect();
+        .collect::<Result<_, DeviceError>>()?;
     Ok(VmDevices { disks, nics })
 }
 
@@ -415,6 +402,20 @@ mod tests {
                 ),
                 "at most 16 disks",
             ),
+            (
+                spec(
+                    vec![],
+                    vec![
+                        nic("br", Some("52:54:00:00:00:01")),
+                        nic("br", Some("52:54:00:00:00:01")),
+                    ],
+                ),
+                "nics[1].mac 52:54:00:00:00:01: also used by nics[0]",
+            ),
+            (
+                spec(vec![], vec![nic("br", Some("00:00:00:00:00:00"))]),
+                "nics[0].mac",
+            ),
         ];
         for (s, want) in bad {
             let err = validate(&s).unwrap_err().to_string();
@@ -428,14 +429,16 @@ mod tests {
         assert_eq!(tap_name("web-1", 0), tap_name("web-1", 0));
         assert_ne!(tap_name("web-1", 0), tap_name("web-2", 0));
         assert!(tap_name(&"x".repeat(63), 7).len() <= 15);
-        let mac = mac_of("web-1", 0, &n);
+        let mac = mac_of("web-1", 0, &n).unwrap();
         assert!(
-            mac.starts_with("52:54:00:") && is_unicast_mac(&mac),
+            mac.to_string().starts_with("52:54:00:") && mac.check_unicast().is_ok(),
             "{mac}"
         );
-        assert_ne!(mac, mac_of("web-1", 1, &n));
+        assert_ne!(mac, mac_of("web-1", 1, &n).unwrap());
         assert_eq!(
-            mac_of("web-1", 0, &nic("b", Some("52:54:00:AA:BB:CC"))),
+            mac_of("web-1", 0, &nic("b", Some("52:54:00:AA:BB:CC")))
+                .unwrap()
+                .to_string(),
             "52:54:00:aa:bb:cc"
         );
     }

@@ -17,6 +17,7 @@ use super::images::Store;
 use super::launch::{self, Launched, VmRun};
 use super::vm_devices::{self, DeviceError};
 use crate::jail::{CgroupLimits, JailError, Jailer};
+use keel_api::vmm::{self, ExitReason};
 use std::collections::BTreeMap;
 use std::fs;
 use std::io;
@@ -130,18 +131,9 @@ pub fn validate(spec: &VmSpec) -> Result<(), VmError> {
             spec.name
         ));
     }
-    if spec.vcpus == 0 || spec.vcpus > 64 {
-        return bad(format!("vcpus {} must be 1 to 64", spec.vcpus));
-    }
-    if !(16..=1024 * 1024).contains(&spec.memory_mib) {
-        return bad(format!(
-            "memory_mib {} must be 16 to 1048576",
-            spec.memory_mib
-        ));
-    }
-    if spec.cmdline.len() > 2047 || !spec.cmdline.bytes().all(|b| (b' '..=b'~').contains(&b)) {
-        return bad("cmdline must be printable ASCII, at most 2047 bytes".into());
-    }
+    // The limits keel-vmm applies: a VM that cannot start is refused here.
+    spec.check_limits()
+        .map_err(|e| VmError::Invalid(e.to_string()))?;
     super::images::check_name(&spec.kernel)?;
     if let Some(initrd) = &spec.initrd {
         super::images::check_name(initrd)?;
@@ -177,19 +169,14 @@ fn disk_conflict(entries: &BTreeMap<String, Entry>, spec: &VmSpec) -> Option<VmE
 
 /// What keel-vmm's exit status means (its documented exit reasons).
 pub fn exit_reason(status: ExitStatus) -> (Option<i32>, String, bool) {
-    let (code, text, crash) = match (status.code(), status.signal()) {
-        (Some(0), _) => (0, "the guest powered off", false),
-        (Some(1), _) => (1, "keel-vmm failed (see vmm.log)", true),
-        (Some(2), _) => (2, "bad VM configuration (see vmm.log)", false),
-        (Some(3), _) => (3, "the guest rebooted", false),
-        (Some(4), _) => (4, "the guest triple-faulted", true),
-        (Some(5), _) => (5, "KVM failed", true),
-        (Some(6), _) => (6, "powered off by the host", false),
-        (Some(c), _) => return (Some(c), format!("unknown exit status {c}"), true),
-        (None, Some(sig)) => return (None, format!("killed by signal {sig}"), true),
-        (None, None) => return (None, "ended".into(), true),
-    };
-    (Some(code), text.into(), crash)
+    match (status.code(), status.signal()) {
+        (Some(c), _) => match ExitReason::from_code(c) {
+            Some(reason) => (Some(c), reason.describe().into(), reason.is_crash()),
+            None => (Some(c), format!("unknown exit status {c}"), true),
+        },
+        (None, Some(sig)) => (None, format!("killed by signal {sig}"), true),
+        (None, None) => (None, "ended".into(), true),
+    }
 }
 
 fn now_unix() -> u64 {
@@ -384,12 +371,12 @@ impl Vms {
         if exe.file_name() != self.paths.vmm.file_name() {
             return None;
         }
-        let info = vmm_call(&launch::sockets(&dir).0, "GET", "/vm").ok()?;
-        let value: serde_json::Value = info.json_body().ok()?;
-        let state = match value.get("state").and_then(|s| s.as_str()) {
-            Some("paused") => VmState::Paused,
-            Some("shutting_down") => VmState::ShuttingDown,
-            _ => VmState::Running,
+        let info = vmm_call(&launch::sockets(&dir).0, "GET", vmm::VM_INFO).ok()?;
+        let info: vmm::VmInfo = info.json_body().ok()?;
+        let state = match info.state {
+            vmm::VmState::Running => VmState::Running,
+            vmm::VmState::Paused => VmState::Paused,
+            vmm::VmState::ShuttingDown => VmState::ShuttingDown,
         };
         Some((pid, state))
     }
@@ -568,7 +555,7 @@ impl Vms {
         let dir = self.dir(&spec.name);
         let run = VmRun {
             name: &spec.name,
-            vcpus: spec.vcpus.into(),
+            vcpus: spec.vcpus,
             memory_mib: spec.memory_mib,
             kernel: &kernel,
             initrd: initrd.as_deref(),
@@ -679,7 +666,7 @@ impl Vms {
                 reason,
                 at: now_unix(),
             });
-            let reboot = code == Some(3);
+            let reboot = code.and_then(ExitReason::from_code) == Some(ExitReason::GuestReboot);
             let wanted = reboot || (crash && entry.spec.on_crash == OnCrash::Restart);
             if entry.stopping || !wanted {
                 None

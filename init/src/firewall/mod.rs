@@ -7,8 +7,6 @@
 
 pub mod nft;
 
-use serde::Serialize;
-
 /// The agent's mutual-TLS API port: the one TCP port the host answers on.
 pub const AGENT_PORT: u16 = 8443;
 /// DHCPv4 and DHCPv6 client ports (replies from servers arrive there).
@@ -44,18 +42,7 @@ pub enum Match {
     Port(u8, u16),
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Verdict {
-    Accept,
-    Drop,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Hook {
-    Input,
-}
+pub use keel_api::firewall::{ChainDescription, Description, Hook, RuleDescription, Verdict};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rule {
@@ -144,10 +131,7 @@ fn proto_name(proto: u8) -> String {
 impl Rule {
     /// The rule in `nft` syntax.
     pub fn text(&self) -> String {
-        let verdict = match self.verdict {
-            Verdict::Accept => "accept",
-            Verdict::Drop => "drop",
-        };
+        let verdict = self.verdict.as_str();
         let what = match self.matches {
             Match::CtState(mask) => {
                 let names: Vec<&str> = [
@@ -169,39 +153,16 @@ impl Rule {
     }
 }
 
-/// The ruleset as the API shows it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Description {
-    pub family: &'static str,
-    pub table: &'static str,
-    pub chains: Vec<ChainDescription>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct ChainDescription {
-    pub name: &'static str,
-    pub hook: Hook,
-    pub priority: i32,
-    pub policy: Verdict,
-    pub rules: Vec<RuleDescription>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct RuleDescription {
-    pub rule: String,
-    pub comment: &'static str,
-}
-
 impl Ruleset {
     pub fn describe(&self) -> Description {
         Description {
-            family: "inet",
-            table: self.table,
+            family: "inet".into(),
+            table: self.table.into(),
             chains: self
                 .chains
                 .iter()
                 .map(|c| ChainDescription {
-                    name: c.name,
+                    name: c.name.into(),
                     hook: c.hook,
                     priority: c.priority,
                     policy: c.policy,
@@ -210,7 +171,7 @@ impl Ruleset {
                         .iter()
                         .map(|r| RuleDescription {
                             rule: r.text(),
-                            comment: r.comment,
+                            comment: r.comment.into(),
                         })
                         .collect(),
                 })
@@ -233,6 +194,19 @@ pub fn apply() -> Result<(), crate::netlink::Error> {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_description_is_what_keelctl_renders() {
+        // keelctl/src/output.rs renders this JSON in its firewall test.
+        let json = serde_json::to_string(&describe()).unwrap();
+        assert!(json.starts_with(r#"{"family":"inet","table":"keel","chains":[{"name":"input","hook":"input","priority":0,"policy":"drop","rules":[{"rule":"ct state invalid drop","comment":"invalid packets"},"#), "{json}");
+        assert!(
+            json.ends_with(
+                r#"{"rule":"tcp dport 8443 accept","comment":"agent API (mutual TLS)"}]}]}"#
+            ),
+            "{json}"
+        );
+    }
 
     #[test]
     fn the_ruleset_reads_like_nft() {

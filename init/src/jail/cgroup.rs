@@ -97,43 +97,7 @@ impl CgroupLimits {
     }
 }
 
-/// How often a VM's group hit its limits (memory.events and pids.events counters).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CgroupEvents {
-    /// Times memory use hit memory.max and reclaim ran.
-    pub memory_max: u64,
-    /// Times the OOM killer was invoked for the group.
-    pub oom: u64,
-    /// Processes the OOM killer killed in the group.
-    pub oom_kill: u64,
-    /// Times a fork or thread creation was refused by pids.max.
-    pub pids_max: u64,
-}
-
-impl CgroupEvents {
-    /// Any limit hit at all.
-    pub fn any(&self) -> bool {
-        *self != CgroupEvents::default()
-    }
-
-    /// From the contents of memory.events and pids.events ("key value" lines; missing is 0).
-    pub fn parse(memory_events: &str, pids_events: &str) -> CgroupEvents {
-        let field = |text: &str, key: &str| {
-            text.lines()
-                .filter_map(|l| l.split_once(' '))
-                .find(|(k, _)| *k == key)
-                .and_then(|(_, v)| v.trim().parse().ok())
-                .unwrap_or(0)
-        };
-        CgroupEvents {
-            memory_max: field(memory_events, "max"),
-            oom: field(memory_events, "oom"),
-            oom_kill: field(memory_events, "oom_kill"),
-            pids_max: field(pids_events, "max"),
-        }
-    }
-}
+pub use keel_api::vm::CgroupEvents;
 
 /// The group of VM `vm_id` under `slice`.
 pub fn group_dir(slice: &Path, vm_id: &str) -> PathBuf {

@@ -124,7 +124,7 @@ pub fn handle(backend: &dyn ConsoleBackend, request: &Request) -> Response {
             Ok(form) => answer(backend.apply(&form)),
             Err(r) => r,
         },
-        Handler::Confirm => answer(backend.confirm().map(|()| serde_json::json!({}))),
+        Handler::Confirm => answer(backend.confirm().map(|()| keel_api::reply::EmptyReply {})),
         Handler::Test => match request.json::<TestRequest>() {
             Ok(test) => answer(backend.test(&test)),
             Err(r) => r,

@@ -44,20 +44,7 @@ const REQUEST_TRIES: u32 = 4;
 /// Shortest wait between renewal attempts (RFC 2131 4.4.5: half the remaining time, ≥ 60 s).
 const MIN_RENEW_RETRY_MS: u64 = 60_000;
 
-/// A granted lease.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct Lease {
-    pub address: Ipv4Addr,
-    pub prefix: u8,
-    pub router: Option<Ipv4Addr>,
-    pub dns: Vec<Ipv4Addr>,
-    pub domain: Option<String>,
-    pub ntp: Vec<Ipv4Addr>,
-    pub server: Ipv4Addr,
-    pub lease_secs: u32,
-    pub t1_secs: u32,
-    pub t2_secs: u32,
-}
+pub use keel_api::net::Lease;
 
 /// What the socket side must do.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -207,11 +207,9 @@ impl Keeper {
 }
 
 fn parse_mac(text: &str) -> Option<[u8; 6]> {
-    let bytes: Vec<u8> = text
-        .split(':')
-        .filter_map(|h| u8::from_str_radix(h, 16).ok())
-        .collect();
-    bytes.try_into().ok()
+    text.parse::<keel_api::MacAddr>()
+        .ok()
+        .map(|mac| mac.octets())
 }
 
 fn run(interface: &str, hostname: Option<String>, stop: &AtomicBool, report: &Report) {

@@ -132,49 +132,7 @@ pub struct Applied {
     pub confirm_within_secs: u64,
 }
 
-/// One link, for the status.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct LinkStatus {
-    pub name: String,
-    pub kind: String,
-    pub mac: String,
-    pub up: bool,
-    pub carrier: bool,
-    pub mtu: u32,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub master: Option<String>,
-    pub addresses: Vec<String>,
-}
-
-/// A change waiting for confirmation.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PendingStatus {
-    pub seconds_left: u64,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub manager: Option<String>,
-}
-
-/// Everything the console's status screen and the API's read show.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Status {
-    /// The running configuration (all layers merged).
-    pub config: NetConfig,
-    /// The saved layer (changes from the console or the API).
-    pub saved: NetConfig,
-    pub management: String,
-    pub links: Vec<LinkStatus>,
-    /// DHCP leases by interface.
-    pub leases: BTreeMap<String, Lease>,
-    pub gateways: Vec<String>,
-    pub dns_servers: Vec<String>,
-    pub search: Vec<String>,
-    pub pending: Option<PendingStatus>,
-    pub persistent: bool,
-    /// Set when settings will not survive a reboot.
-    pub note: Option<String>,
-    /// The last automatic rollback, if any.
-    pub last_rollback: Option<String>,
-}
+pub use keel_api::net::{LinkStatus, PendingStatus, Status};
 
 /// Where console lines go.
 pub type Log = Arc<dyn Fn(&str) + Send + Sync>;

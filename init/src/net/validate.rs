@@ -68,22 +68,11 @@ pub fn same_subnet4(a: Ipv4Addr, b: Ipv4Addr, prefix: u8) -> bool {
     u32::from(a) & mask == u32::from(b) & mask
 }
 
-/// A Linux interface name: 1..=15 bytes, no '/', ':' or white space.
+/// A Linux interface name ([`keel_api::IfName`]: 1..=15 bytes, no '/', ':' or white space).
 pub fn interface_name(name: &str) -> Result<(), String> {
-    let ok = !name.is_empty()
-        && name.len() <= 15
-        && name != "."
-        && name != ".."
-        && !name
-            .bytes()
-            .any(|b| b == b'/' || b == b':' || b.is_ascii_whitespace() || b < 0x20);
-    if ok {
-        Ok(())
-    } else {
-        Err(format!(
-            "{name:?} is not an interface name (1 to 15 characters, no '/', ':' or spaces)"
-        ))
-    }
+    keel_api::IfName::new(name)
+        .map(drop)
+        .map_err(|e| e.to_string())
 }
 
 /// A DNS name: labels of letters, digits and '-' (1..=63 each, not starting or ending with '-'),

@@ -16,8 +16,6 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use serde::{Deserialize, Serialize};
-
 use crate::agent::atomic::write_atomic;
 use crate::pid1::{modules, mounts};
 use label::{FsType, PROBE_BYTES, STATE_LABEL};
@@ -29,51 +27,7 @@ pub const STATUS_FILE: &str = "/run/keel/state.json";
 /// Incremented at every boot that mounts the partition: proof of persistence, and a boot counter.
 const BOOT_COUNT_FILE: &str = "boot-count";
 
-/// What became of the state partition at boot.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "state", rename_all = "lowercase")]
-pub enum Status {
-    /// Mounted read-write at `path`.
-    Mounted {
-        device: String,
-        path: String,
-        fstype: String,
-        /// Boots this partition has seen, this one included.
-        boot_count: u64,
-    },
-    /// No partition labelled KEEL-STATE: running from RAM only.
-    None,
-    /// Found but unusable (mount or write failed): running from RAM only with defaults.
-    Damaged { device: String, reason: String },
-}
-
-impl Status {
-    /// The console line, a contract with the end-to-end tests.
-    pub fn console_line(&self) -> String {
-        match self {
-            Status::Mounted {
-                device,
-                path,
-                boot_count,
-                ..
-            } => format!("keel: state: {device} mounted at {path} (boot {boot_count})"),
-            Status::None => String::from(
-                "keel: state: none, running from RAM only (settings will not survive a reboot)",
-            ),
-            Status::Damaged { device, reason } => format!(
-                "keel: state: {device} is damaged ({reason}); running from RAM only with defaults"
-            ),
-        }
-    }
-
-    /// The directory to persist into, or None when settings live in RAM only.
-    pub fn dir(&self) -> Option<&Path> {
-        match self {
-            Status::Mounted { path, .. } => Some(Path::new(path)),
-            _ => None,
-        }
-    }
-}
+pub use keel_api::state::Status;
 
 /// The state as PID 1 recorded it at boot. Missing or unreadable record: `Status::None`.
 pub fn status() -> Status {

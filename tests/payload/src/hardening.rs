@@ -245,17 +245,21 @@ pub fn jail_vmm() -> Result<(), String> {
         spec.jail_path(p)
             .ok_or_else(|| format!("{} is not in the jail", p.display()))
     };
-    let config = serde_json::json!({
-        "vcpus": 1,
-        "memory_mib": 128,
-        "kernel": map(&kernel)?,
-        "initrd": map(&initrd)?,
-        "cmdline": "console=ttyS0 quiet panic=-1 keel_guest.mode=poweroff",
-        "serial": { "mode": "stdout" }
-    });
+    let config = keel_api::vmm::VmConfig {
+        vcpus: 1,
+        memory_mib: 128,
+        kernel: map(&kernel)?,
+        initrd: Some(map(&initrd)?),
+        cmdline: "console=ttyS0 quiet panic=-1 keel_guest.mode=poweroff".into(),
+        serial: keel_api::vmm::SerialConfig::Stdout,
+        disks: Vec::new(),
+        nics: Vec::new(),
+        rng: false,
+    };
+    let config = serde_json::to_string(&config).map_err(|e| format!("encode vm.json: {e}"))?;
     fs::create_dir_all(&sockets).map_err(|e| format!("create {}: {e}", sockets.display()))?;
     let config_path = sockets.join("vm.json");
-    fs::write(&config_path, config.to_string()).map_err(|e| format!("write vm.json: {e}"))?;
+    fs::write(&config_path, config).map_err(|e| format!("write vm.json: {e}"))?;
     let argv = [
         "keel-vmm".to_string(),
         "--config".into(),

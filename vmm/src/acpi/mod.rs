@@ -335,7 +335,7 @@ mod tests {
 
     #[test]
     fn tables_stay_inside_the_reserved_area() {
-        for vcpus in [1, 255] {
+        for vcpus in [1, 160, 255] {
             let tables = build_tables(&AcpiConfig::new(vcpus)).unwrap();
             let end = tables.iter().map(|t| t.addr + t.bytes.len() as u64).max();
             assert!(end.unwrap() <= ACPI_START + ACPI_SIZE);

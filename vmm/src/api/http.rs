@@ -178,7 +178,11 @@ impl Response {
 
     /// `{"error": message}` with `status`.
     pub fn error(status: u16, message: &str) -> Response {
-        Response::json(status, serde_json::json!({ "error": message }).to_string())
+        let reply = keel_api::reply::ErrorReply {
+            error: message.to_string(),
+        };
+        // A struct of one string always serializes.
+        Response::json(status, serde_json::to_string(&reply).unwrap_or_default())
     }
 
     /// The bytes on the wire. Every response closes the connection.

@@ -9,31 +9,8 @@ mod server;
 
 pub use server::{route, start_server, ApiError, ApiServer, REQUEST_TIMEOUT};
 
-use serde::Serialize;
-
-/// Run state of the VM as the API reports it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum VmState {
-    /// vCPUs are running guest code.
-    Running,
-    /// vCPUs are parked by a pause request.
-    Paused,
-    /// The VM is stopping; the process is about to exit.
-    ShuttingDown,
-}
-
-/// What `GET /vm` returns.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct VmInfo {
-    pub state: VmState,
-    pub vcpus: u8,
-    pub memory_mib: u32,
-    /// keel-vmm's version.
-    pub vmm_version: String,
-    /// Microseconds since the VMM started.
-    pub uptime_us: u64,
-}
+/// The state and information `GET /vm` reports: keel-api's, shared with the agent.
+pub use keel_api::vmm::{VmInfo, VmState};
 
 /// The operations the API may ask of the running VM. Implemented by the VMM core; every call returns
 /// quickly (requests are queued to the VMM thread), so the API thread never blocks on the guest.

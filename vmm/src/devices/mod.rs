@@ -58,7 +58,7 @@ impl ExitRequest {
     /// The reason requested first, if any.
     pub fn reason(&self) -> Option<ExitReason> {
         let code = self.reason.load(Ordering::Acquire);
-        ExitReason::from_code(code)
+        ExitReason::from_code(code.into())
     }
 
     /// Becomes readable once an exit was requested.

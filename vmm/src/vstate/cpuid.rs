@@ -100,9 +100,11 @@ fn fix_entries(
             }
             LEAF_CACHE_PARAMS if vendor == Vendor::Intel => {
                 // EAX: [31:26] cores in the package - 1, [25:14] threads sharing this cache - 1.
+                // Six bits: beyond 64 vCPUs the field saturates (leaf 0xB gives the real count).
                 let level = (e.eax >> 5) & 0x7;
                 let sharing = if level >= 3 { count - 1 } else { 0 };
-                e.eax = (e.eax & 0x3fff) | ((count - 1) << 26) | ((sharing & 0xfff) << 14);
+                let cores = (count - 1).min(0x3f);
+                e.eax = (e.eax & 0x3fff) | (cores << 26) | ((sharing & 0xfff) << 14);
             }
             LEAF_PMU => {
                 // No virtual PMU: Linux then leaves the perf counters alone.
@@ -257,6 +259,30 @@ mod tests {
             assert_eq!([end.eax, end.ebx, end.ecx & 0xff00, end.edx], [0, 0, 0, 2]);
             assert_eq!(smt.flags, KVM_CPUID_FLAG_SIGNIFCANT_INDEX);
             assert_eq!(out.iter().filter(|e| e.function == function).count(), 3);
+        }
+    }
+
+    #[test]
+    fn more_than_64_vcpus_keep_their_apic_ids_and_count() {
+        for (index, count) in [(64u8, 65u8), (159, 160), (253, 254)] {
+            let topo = Topology {
+                cpu_index: index,
+                cpu_count: count,
+                tsc_deadline: false,
+            };
+            let out = fix_entries(&intel(), topo).unwrap();
+            let l1 = find(&out, 1, 0);
+            assert_eq!(l1.ebx >> 24, u32::from(index), "APIC ID");
+            assert_eq!((l1.ebx >> 16) & 0xff, u32::from(count), "logical CPUs");
+            let l3 = find(&out, 4, 3);
+            assert_eq!(l3.eax >> 26, 63, "cores field saturates, {count}");
+            assert_eq!((l3.eax >> 14) & 0xfff, u32::from(count) - 1);
+            assert_eq!(l3.eax & 0x3fff, 0x0163, "cache type/level kept");
+            let core = find(&out, 0xb, 1);
+            assert_eq!(
+                [core.eax, core.ebx, core.edx],
+                [id_bits(count), u32::from(count), u32::from(index)]
+            );
         }
     }
 

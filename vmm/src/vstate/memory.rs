@@ -50,6 +50,8 @@ mod tests {
             (128 << 20, &[(0, 128 << 20)]),
             (3 * gib, &[(0, 3 * gib)]),
             (4 * gib, &[(0, 3 * gib), (4 * gib, gib)]),
+            // 2 TiB, the largest guest: the rest of it above 4 GiB, no 32-bit truncation.
+            (2048 * gib, &[(0, 3 * gib), (4 * gib, 2045 * gib)]),
         ];
         for (size, want) in cases {
             let got: Vec<(u64, u64)> = ram_ranges(*size)

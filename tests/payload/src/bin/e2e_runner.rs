@@ -6,6 +6,8 @@
 //! The scenarios come from `keel_e2e=<name>,<name>` on the kernel command line. This program ships
 //! only in the test image (`make test-image`), never in the production root filesystem.
 
+use keel_api::vmm::{DiskConfig, NicConfig, SerialConfig, VmConfig};
+use keel_api::MacAddr;
 use std::fs;
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -21,10 +23,38 @@ mod hardening;
 const VMM: &str = "/usr/bin/keel-vmm";
 const PAYLOAD: &str = "/usr/lib/keel-tests";
 const WORK: &str = "/run/keel-e2e";
-const GUEST_MEMORY_MIB: u64 = 256;
+const GUEST_MEMORY_MIB: u32 = 256;
+/// vCPUs of the SMP scenario: more than a byte of CPU mask and than the 2 of `vmm-boot`, few
+/// enough to boot in seconds under nested KVM on TCG.
+const SMP_VCPUS: u8 = 32;
 /// Firecracker's published overhead figure is for 1 vCPU and 128 MiB; the benchmark uses the same.
-const BENCH_MEMORY_MIB: u64 = 128;
+const BENCH_MEMORY_MIB: u32 = 128;
 const BENCH_RUNS: usize = 5;
+
+/// The virtio devices of a test VM.
+#[derive(Default)]
+struct Devices {
+    disks: Vec<DiskConfig>,
+    nics: Vec<NicConfig>,
+    rng: bool,
+}
+
+fn disk(path: &Path, read_only: bool, serial: Option<&str>) -> DiskConfig {
+    DiskConfig {
+        path: path.to_owned(),
+        read_only,
+        serial: serial.map(String::from),
+        direct: false,
+    }
+}
+
+fn nic(tap: &str, mac: [u8; 6], bridge: &str) -> NicConfig {
+    NicConfig {
+        tap: Some(tap.into()),
+        mac: MacAddr::new(mac),
+        bridge: Some(bridge.into()),
+    }
+}
 
 /// A running keel-vmm and the lines its guest prints on the serial console.
 struct Vm {
@@ -34,33 +64,34 @@ struct Vm {
 }
 
 impl Vm {
-    fn start(name: &str, vcpus: u8, memory_mib: u64, guest_mode: &str) -> Result<Vm, String> {
-        Self::start_with(name, vcpus, memory_mib, guest_mode, serde_json::Value::Null)
+    fn start(name: &str, vcpus: u8, memory_mib: u32, guest_mode: &str) -> Result<Vm, String> {
+        Self::start_with(name, vcpus, memory_mib, guest_mode, Devices::default())
     }
 
-    /// As `start`, with the fields of `devices` (`disks`, `nics`, `rng`) added to vm.json.
+    /// As `start`, with `devices` in vm.json.
     fn start_with(
         name: &str,
         vcpus: u8,
-        memory_mib: u64,
+        memory_mib: u32,
         guest_mode: &str,
-        devices: serde_json::Value,
+        devices: Devices,
     ) -> Result<Vm, String> {
         fs::create_dir_all(WORK).map_err(|e| format!("create {WORK}: {e}"))?;
         let config_path = Path::new(WORK).join(format!("{name}.json"));
         let api_sock = Path::new(WORK).join(format!("{name}.sock"));
-        let mut config = serde_json::json!({
-            "vcpus": vcpus,
-            "memory_mib": memory_mib,
-            "kernel": format!("{PAYLOAD}/vmlinuz"),
-            "initrd": format!("{PAYLOAD}/initrd.img"),
-            "cmdline": format!("console=ttyS0 quiet panic=-1 keel_guest.mode={guest_mode}"),
-            "serial": { "mode": "stdout" }
-        });
-        if let (Some(config), Some(devices)) = (config.as_object_mut(), devices.as_object()) {
-            config.extend(devices.clone());
-        }
-        fs::write(&config_path, config.to_string())
+        let config = VmConfig {
+            vcpus,
+            memory_mib,
+            kernel: format!("{PAYLOAD}/vmlinuz").into(),
+            initrd: Some(format!("{PAYLOAD}/initrd.img").into()),
+            cmdline: format!("console=ttyS0 quiet panic=-1 keel_guest.mode={guest_mode}"),
+            serial: SerialConfig::Stdout,
+            disks: devices.disks,
+            nics: devices.nics,
+            rng: devices.rng,
+        };
+        let json = serde_json::to_string(&config).map_err(|e| format!("encode vm.json: {e}"))?;
+        fs::write(&config_path, json)
             .map_err(|e| format!("write {}: {e}", config_path.display()))?;
         let mut child = Command::new(VMM)
             .arg("--config")
@@ -212,13 +243,26 @@ fn boot_and_power_off() -> Result<(), String> {
         return Err(format!("guest sees {cpus} CPUs, expected 2"));
     }
     // The kernel keeps some memory for itself; MemTotal is a little below what was configured.
-    let configured_kib = GUEST_MEMORY_MIB * 1024;
+    let configured_kib = u64::from(GUEST_MEMORY_MIB) * 1024;
     if !(configured_kib * 3 / 4..=configured_kib).contains(&mem_kib) {
         return Err(format!(
             "guest sees {mem_kib} KiB, expected a little under {configured_kib} KiB"
         ));
     }
     expect_status(vm.expect_exit(Duration::from_secs(30))?, 0)
+}
+
+/// keel-vmm boots Debian's kernel with 32 vCPUs (APIC IDs, MADT and CPUID topology beyond a
+/// handful of CPUs); the guest brings all of them up.
+fn boot_smp() -> Result<(), String> {
+    let mut vm = Vm::start("smp", SMP_VCPUS, GUEST_MEMORY_MIB, "poweroff")?;
+    let report = vm.expect_line("KEEL-GUEST: up", Duration::from_secs(180))?;
+    let (cpus, _) =
+        parse_guest_report(&report).ok_or_else(|| format!("malformed report {report:?}"))?;
+    if cpus != u64::from(SMP_VCPUS) {
+        return Err(format!("guest sees {cpus} CPUs, expected {SMP_VCPUS}"));
+    }
+    expect_status(vm.expect_exit(Duration::from_secs(60))?, 0)
 }
 
 /// The control API reports and pauses the VM; a graceful shutdown request presses the ACPI power
@@ -301,7 +345,7 @@ fn benchmark() -> Result<(), String> {
             "KEEL-GUEST: waiting for power button",
             Duration::from_secs(60),
         )?;
-        let (overhead, guest) = vmm_overhead_kib(vm.child.id(), BENCH_MEMORY_MIB)?;
+        let (overhead, guest) = vmm_overhead_kib(vm.child.id(), BENCH_MEMORY_MIB.into())?;
         println!("bench run {run}: boot {us} us, VMM overhead {overhead} KiB (guest touched {guest} KiB)");
         overhead_kib.push(overhead);
         vm.api_ok("PUT", "/vm/power-off")?;
@@ -435,22 +479,26 @@ fn virtio_devices() -> Result<(), String> {
     fs::write(&ro, vec![0x5au8; 1 << 20]).map_err(|e| format!("write {}: {e}", ro.display()))?;
     let ext4 = Path::new(WORK).join("ext4.img");
     fs::write(&ext4, vec![0u8; 16 << 20]).map_err(|e| format!("write {}: {e}", ext4.display()))?;
-    let disks = serde_json::json!([
-        {"path": data, "serial": "keel-data"},
-        {"path": ro, "read_only": true, "serial": "keel-ro"},
-        {"path": ext4, "serial": "keel-ext4", "direct": false}
-    ]);
+    let disks = vec![
+        disk(&data, false, Some("keel-data")),
+        disk(&ro, true, Some("keel-ro")),
+        disk(&ext4, false, Some("keel-ext4")),
+    ];
     let want = format!(
         "sum={:016x}",
         checksum(&pattern(0x6b65_656c, DISK_PATTERN_LEN))
     );
     start_host_bridge()?;
     let server = pattern(0x006e_6574, NET_BYTES);
-    let devices = serde_json::json!({
-        "rng": true,
-        "disks": disks.clone(),
-        "nics": [{"tap": "keeltap0", "mac": "52:54:00:12:34:56", "bridge": TEST_BRIDGE}]
-    });
+    let devices = Devices {
+        rng: true,
+        disks: disks.clone(),
+        nics: vec![nic(
+            "keeltap0",
+            [0x52, 0x54, 0x00, 0x12, 0x34, 0x56],
+            TEST_BRIDGE,
+        )],
+    };
 
     let mut vm = Vm::start_with("virtio1", 1, GUEST_MEMORY_MIB, "virtio-write", devices)?;
     let timeout = Duration::from_secs(90);
@@ -505,7 +553,10 @@ fn virtio_devices() -> Result<(), String> {
         return Err("the read-only image changed".into());
     }
 
-    let devices = serde_json::json!({"disks": disks});
+    let devices = Devices {
+        disks,
+        ..Devices::default()
+    };
     let mut vm = Vm::start_with("virtio2", 1, GUEST_MEMORY_MIB, "virtio-read", devices)?;
     let read = vm.expect_line("KEEL-GUEST: vda read", timeout)?;
     if !read.contains(&want) {
@@ -546,10 +597,15 @@ fn virtio_benchmark() -> Result<(), String> {
     let (host_seq, host_rand) = read_benchmark(&host_file, size).map_err(|e| e.to_string())?;
 
     start_host_bridge()?;
-    let devices = serde_json::json!({
-        "disks": [{"path": image, "read_only": true}],
-        "nics": [{"tap": "keeltap1", "mac": "52:54:00:12:34:57", "bridge": TEST_BRIDGE}]
-    });
+    let devices = Devices {
+        disks: vec![disk(&image, true, None)],
+        nics: vec![nic(
+            "keeltap1",
+            [0x52, 0x54, 0x00, 0x12, 0x34, 0x57],
+            TEST_BRIDGE,
+        )],
+        rng: false,
+    };
     let mut vm = Vm::start_with("vbench", 1, GUEST_MEMORY_MIB, "virtio-bench", devices)?;
     let blk = vm.expect_line("KEEL-GUEST: bench blk", Duration::from_secs(300))?;
     let (seq_us, rand_us) = field(&blk, "seq_us")
@@ -650,6 +706,7 @@ type Scenario = fn() -> Result<(), String>;
 
 const SCENARIOS: &[(&str, Scenario)] = &[
     ("vmm-boot", boot_and_power_off),
+    ("vmm-smp", boot_smp),
     ("net-links", print_links),
     ("vmm-shutdown", api_and_graceful_shutdown),
     ("vmm-bench", benchmark),

@@ -16,7 +16,6 @@ use super::VirtioDevice;
 use crate::arch::layout::{
     MSI_GSI_FIRST, MSI_GSI_LAST, PCI_ECAM_START, PCI_MMIO_SIZE, PCI_MMIO_START,
 };
-use crate::config::devices::parse_mac;
 use crate::config::VmConfig;
 use crate::devices::bus::{Bus, BusError, SharedDevice};
 use crate::devices::pci::msix::MsiRouter;
@@ -66,8 +65,7 @@ pub fn create_virtio_devices(
     }
     for (i, nic) in config.nics.iter().enumerate() {
         let name = nic.tap.clone().unwrap_or_else(|| format!("keeltap{i}"));
-        let mac = parse_mac(&nic.mac)
-            .map_err(|why| SetupError::Backend(format!("nics[{i}] mac {}: {why}", nic.mac)))?;
+        let mac = nic.mac.octets();
         let tap = Tap::open(&name, nic.bridge.as_deref())
             .map_err(|e| SetupError::Backend(format!("nics[{i}] tap {name}: {e}")))?;
         models.push((

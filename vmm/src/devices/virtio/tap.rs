@@ -3,6 +3,7 @@
 //! (as Firecracker's and Cloud Hypervisor's `net_util::Tap`). Opened at build time, before the
 //! seccomp filters, together with the interface ioctls (link up, joining a bridge).
 
+use keel_api::IfName;
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -39,13 +40,17 @@ struct IfReq {
 impl IfReq {
     fn new(name: &str) -> io::Result<Self> {
         let mut req = IfReq::default();
-        if name.is_empty() || name.len() >= req.name.len() {
-            return Err(io::Error::new(
+        let name = IfName::new(name).map_err(|_| {
+            io::Error::new(
                 io::ErrorKind::InvalidInput,
-                format!("interface name {name:?} must be 1 to 15 bytes"),
-            ));
-        }
-        req.name[..name.len()].copy_from_slice(name.as_bytes());
+                format!(
+                    "interface name {name:?} must be 1 to 15 bytes, without '/', ':' or spaces"
+                ),
+            )
+        })?;
+        let name = name.as_str().as_bytes();
+        // IfName holds at most 15 bytes: the NUL-terminated name fits.
+        req.name[..name.len()].copy_from_slice(name);
         Ok(req)
     }
 
