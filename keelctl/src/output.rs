@@ -267,7 +267,7 @@ pub struct RegisteredHost {
     pub state: crate::db::HostState,
     pub reason: Option<String>,
     pub hostname: Option<String>,
-    pub fingerprint: keel_init::agent::fingerprint::Fingerprint,
+    pub fingerprint: keel_trust::fingerprint::Fingerprint,
     pub addresses: Vec<std::net::IpAddr>,
     pub api_port: u16,
     pub hardware: keel_init::agent::api::Hardware,

@@ -4,13 +4,13 @@
 
 use super::api::{self, AdoptionPhase};
 use super::atomic::testdir::TestDir;
-use super::ca::{ClientCert, ManagerCa, Validity};
-use super::client::{ClientError, HostClient};
 use super::clock::ManualClock;
-use super::fingerprint::Fingerprint;
 use super::http::{self, Response};
 use super::server::{routes, Agent, AgentConfig, Server, OPENAPI_JSON};
-use super::tls::provider;
+use keel_trust::ca::{ClientCert, ManagerCa, Validity};
+use keel_trust::client::{ClientError, HostClient};
+use keel_trust::fingerprint::{Fingerprint, FingerprintExt};
+use keel_trust::tls::provider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::CertificateDer;
 use rustls::{ClientConfig, RootCertStore};

@@ -14,11 +14,13 @@ use super::api::{
 };
 use super::atomic::{write_atomic, AtomicError};
 use super::backoff::Backoff;
-use super::ca_pin::{ca_pin_mismatch, pinned_ca_client_config, probe_ca_client_config, probed_ca};
-use super::client::{ClientError, HostClient};
-use super::fingerprint::Fingerprint;
 use super::hostinfo;
 use super::server::Agent;
+use keel_trust::ca_pin::{
+    ca_pin_mismatch, pinned_ca_client_config, probe_ca_client_config, probed_ca,
+};
+use keel_trust::client::{ClientError, HostClient};
+use keel_trust::fingerprint::{Fingerprint, FingerprintExt};
 use ring::rand::{SecureRandom, SystemRandom};
 use rustls::pki_types::ServerName;
 use std::io;
@@ -629,7 +631,7 @@ mod tests {
     fn failures_are_sorted() {
         let addr: SocketAddr = "10.0.2.2:8444".parse().unwrap();
         let refused = io::Error::from(io::ErrorKind::ConnectionRefused);
-        let mismatch = super::super::ca_pin::CaPinMismatch {
+        let mismatch = keel_trust::ca_pin::CaPinMismatch {
             expected: FP.parse().unwrap(),
             presented: vec![],
         };

@@ -9,12 +9,12 @@
 //! verification happens in the handshake, before any request byte is written: a host that refuses
 //! the manager has sent it nothing.
 
-use super::fingerprint::Fingerprint;
-use super::tls::{checked_client_config, provider, ServerCheck, TlsError};
+use crate::fingerprint::{Fingerprint, FingerprintExt};
+use crate::tls::{checked_client_config, provider, ServerCheck, TlsError};
 use rustls::client::{verify_server_cert_signed_by_trust_anchor, verify_server_name};
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::server::ParsedCertificate;
-use rustls::{CertificateError, ClientConfig, OtherError, RootCertStore, ServerConfig};
+use rustls::{CertificateError, ClientConfig, OtherError, RootCertStore};
 use std::fmt;
 use std::sync::Arc;
 
@@ -170,26 +170,12 @@ fn manager_client_config(check: CaCheck) -> Result<Arc<ClientConfig>, TlsError> 
     checked_client_config(check, None)
 }
 
-/// The manager's registration endpoint: `chain` is its server certificate followed by the CA
-/// certificate (which hosts look for by fingerprint); no client authentication, since hosts
-/// prove themselves later, by the key the manager pins when it adopts them.
-pub fn manager_server_config(
-    chain: Vec<CertificateDer<'static>>,
-    key: PrivateKeyDer<'static>,
-) -> Result<Arc<ServerConfig>, TlsError> {
-    let config = ServerConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()?
-        .with_no_client_auth()
-        .with_single_cert(chain, key)?;
-    Ok(Arc::new(config))
-}
-
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
-    use super::super::ca::{ManagerCa, Validity};
-    use super::super::tls::parse_cert_pem;
     use super::*;
+    use crate::ca::{ManagerCa, Validity};
+    use crate::tls::{parse_cert_pem, server_config};
     use std::time::{Duration, SystemTime};
 
     fn validity() -> Validity {
@@ -379,7 +365,7 @@ mod tests {
         let (chain, key) = server.tls_auth().unwrap();
         let mut chain = chain;
         chain.push(der(&ca.cert_pem()));
-        assert!(manager_server_config(chain, key).is_ok());
+        assert!(server_config(chain, key).is_ok());
         assert!(pinned_ca_client_config(Fingerprint::of_spki(b"x")).is_ok());
     }
 }

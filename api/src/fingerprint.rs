@@ -1,49 +1,52 @@
-//! A host's identity as a manager pins it: SHA-256 of the public key (SubjectPublicKeyInfo DER),
-//! written `sha256:<64 lowercase hex digits>`. Hashing the key rather than the certificate keeps
-//! the pin valid when the host's certificate is re-issued for the same key.
+//! A key or certificate fingerprint as it crosses the wire: SHA-256, written
+//! `sha256:<64 lowercase hex digits>`. A manager pins a host by the fingerprint of its public key
+//! (SubjectPublicKeyInfo DER); a host pins a manager by that of its CA certificate. Computing
+//! one needs the crypto stack, so it lives in keel-trust (`keel_trust::fingerprint`); this is the
+//! value, its text and its JSON.
 
-use ring::digest::{digest, SHA256};
-use rustls::pki_types::CertificateDer;
-use rustls::server::ParsedCertificate;
 use std::fmt;
 use std::str::FromStr;
 
 const PREFIX: &str = "sha256:";
 
-/// SHA-256 of a SubjectPublicKeyInfo.
+/// A SHA-256 digest of a SubjectPublicKeyInfo or a certificate.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Fingerprint([u8; 32]);
 
 /// A bad fingerprint text or certificate.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FingerprintError {
     /// Fingerprint {0:?} is not of the form sha256:<64 hex digits>
-    #[error("Fingerprint {0:?} is not of the form sha256:<64 hex digits>")]
     Syntax(String),
     /// Cannot read the public key of a certificate: {0}
-    #[error("Cannot read the public key of a certificate: {0}")]
     Certificate(String),
 }
 
+impl fmt::Display for FingerprintError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Syntax(text) => write!(
+                f,
+                "Fingerprint {text:?} is not of the form sha256:<64 hex digits>"
+            ),
+            Self::Certificate(why) => {
+                write!(f, "Cannot read the public key of a certificate: {why}")
+            }
+        }
+    }
+}
+
+impl std::error::Error for FingerprintError {}
+
 impl Fingerprint {
-    /// The fingerprint of a DER SubjectPublicKeyInfo.
-    pub fn of_spki(spki_der: &[u8]) -> Self {
-        let mut out = [0u8; 32];
-        out.copy_from_slice(digest(&SHA256, spki_der).as_ref());
-        Self(out)
+    /// The fingerprint whose SHA-256 digest is `digest`.
+    pub const fn from_digest(digest: [u8; 32]) -> Self {
+        Self(digest)
     }
 
-    /// SHA-256 of a whole DER certificate: how a manager CA is pinned (`keel.manager_ca=`), since
-    /// the operator copies it from the CA certificate file (`keelctl ca fingerprint`).
-    pub fn of_certificate(cert: &CertificateDer<'_>) -> Self {
-        Self::of_spki(cert.as_ref())
-    }
-
-    /// The fingerprint of the public key a certificate carries.
-    pub fn of_cert(cert: &CertificateDer<'_>) -> Result<Self, FingerprintError> {
-        let parsed = ParsedCertificate::try_from(cert)
-            .map_err(|e| FingerprintError::Certificate(e.to_string()))?;
-        Ok(Self::of_spki(parsed.subject_public_key_info().as_ref()))
+    /// The SHA-256 digest.
+    pub const fn digest(&self) -> &[u8; 32] {
+        &self.0
     }
 }
 
@@ -98,28 +101,31 @@ impl<'de> serde::Deserialize<'de> for Fingerprint {
 mod tests {
     use super::*;
 
+    /// SHA-256 of the empty string.
+    const EMPTY: &str = "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+
     #[test]
-    fn known_vector_and_round_trip() {
-        // SHA-256 of the empty string.
-        let fp = Fingerprint::of_spki(b"");
-        let text = "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
-        assert_eq!(fp.to_string(), text);
-        assert_eq!(text.parse::<Fingerprint>().unwrap(), fp);
+    fn text_and_json_round_trip() {
+        let fp: Fingerprint = EMPTY.parse().unwrap();
+        assert_eq!(fp.to_string(), EMPTY);
+        assert_eq!(format!("{fp:?}"), EMPTY);
+        assert_eq!(Fingerprint::from_digest(*fp.digest()), fp);
         assert_eq!(
-            text.to_uppercase()
+            EMPTY
+                .to_uppercase()
                 .replace("SHA256", "sha256")
                 .parse::<Fingerprint>()
                 .unwrap(),
             fp
         );
         let json = serde_json::to_string(&fp).unwrap();
-        assert_eq!(json, format!("\"{text}\""));
+        assert_eq!(json, format!("\"{EMPTY}\""));
         assert_eq!(serde_json::from_str::<Fingerprint>(&json).unwrap(), fp);
     }
 
     #[test]
     fn bad_text_is_refused_naming_it() {
-        let good = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+        let good = &EMPTY[PREFIX.len()..];
         let cases = [
             String::new(),
             good.to_string(),
@@ -136,24 +142,11 @@ mod tests {
                 "{case}"
             );
         }
-        assert!(serde_json::from_str::<Fingerprint>("\"sha256:00\"").is_err());
-    }
-
-    #[test]
-    fn certificate_fingerprint_is_the_key_fingerprint() {
-        let key = rcgen::KeyPair::generate().unwrap();
-        let cert = rcgen::CertificateParams::new(vec!["h".to_string()])
-            .unwrap()
-            .self_signed(&key)
-            .unwrap();
+        let err = "sha256:00".parse::<Fingerprint>().unwrap_err().to_string();
         assert_eq!(
-            Fingerprint::of_cert(cert.der()).unwrap(),
-            Fingerprint::of_spki(&rcgen::PublicKeyData::subject_public_key_info(&key))
+            err,
+            "Fingerprint \"sha256:00\" is not of the form sha256:<64 hex digits>"
         );
-        let junk = CertificateDer::from(vec![0x30, 0x03, 0x02, 0x01, 0x00]);
-        assert!(matches!(
-            Fingerprint::of_cert(&junk),
-            Err(FingerprintError::Certificate(_))
-        ));
+        assert!(serde_json::from_str::<Fingerprint>("\"sha256:00\"").is_err());
     }
 }
