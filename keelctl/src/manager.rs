@@ -15,7 +15,7 @@ use keel_http::{self as http, Limits, Request, Response};
 use keel_init::agent::api::{self, ManagerVerdict, RegistrationRequest, RegistrationResponse};
 use keel_trust::ca::Validity;
 use keel_trust::client::HostClient;
-use keel_trust::fingerprint::{Fingerprint, FingerprintExt};
+use keel_trust::fingerprint::Fingerprint;
 use keel_trust::tls::{parse_cert_pem, server_config};
 use rustls::{ServerConfig, ServerConnection, StreamOwned};
 use std::io::Write;
@@ -359,6 +359,7 @@ impl Manager {
 mod tests {
     use super::*;
     use keel_init::agent::api::Hardware;
+    use keel_trust::fingerprint::FingerprintExt;
 
     fn reg(addresses: &[&str], peer: &str) -> Registration {
         Registration {

@@ -141,17 +141,23 @@ pub fn pinned_client_config(
     checked_client_config(HostKeyPin(pin), client_auth)
 }
 
+/// What a server presented in a handshake, as a `ServerCheck` sees it.
+#[derive(Debug, Clone, Copy)]
+pub struct Presented<'a> {
+    /// The server's own certificate.
+    pub end_entity: &'a CertificateDer<'a>,
+    /// The certificates it sent after its own, in its order.
+    pub intermediates: &'a [CertificateDer<'a>],
+    /// The name the client asked for.
+    pub server_name: &'a ServerName<'a>,
+    pub now: UnixTime,
+}
+
 /// How a client judges the server's certificates; the handshake signatures are checked the
 /// usual way around it (`CheckedVerifier`).
 pub trait ServerCheck: fmt::Debug + Send + Sync {
-    /// `Ok` accepts the server; an error ends the handshake before any request.
-    fn check(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        server_name: &ServerName<'_>,
-        now: UnixTime,
-    ) -> Result<(), rustls::Error>;
+    /// `Ok` accepts the server; an error (`refuse`) ends the handshake before any request.
+    fn check(&self, server: &Presented<'_>) -> Result<(), rustls::Error>;
 }
 
 /// A client configuration that accepts the servers `check` accepts.
@@ -181,23 +187,14 @@ pub fn checked_client_config(
 struct HostKeyPin(Fingerprint);
 
 impl ServerCheck for HostKeyPin {
-    fn check(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _now: UnixTime,
-    ) -> Result<(), rustls::Error> {
-        let actual = Fingerprint::of_cert(end_entity)
+    fn check(&self, server: &Presented<'_>) -> Result<(), rustls::Error> {
+        let actual = Fingerprint::of_cert(server.end_entity)
             .map_err(|_| rustls::Error::InvalidCertificate(CertificateError::BadEncoding))?;
         if actual != self.0 {
-            let mismatch = PinMismatch {
+            return Err(refuse(PinMismatch {
                 expected: self.0,
                 actual,
-            };
-            return Err(rustls::Error::InvalidCertificate(CertificateError::Other(
-                OtherError(Arc::new(mismatch)),
-            )));
+            }));
         }
         Ok(())
     }
@@ -219,8 +216,14 @@ impl<C: ServerCheck> ServerCertVerifier for CheckedVerifier<C> {
         _ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
+        let server = Presented {
+            end_entity,
+            intermediates,
+            server_name,
+            now,
+        };
         self.check
-            .check(end_entity, intermediates, server_name, now)
+            .check(&server)
             .map(|()| ServerCertVerified::assertion())
     }
 
@@ -247,14 +250,25 @@ impl<C: ServerCheck> ServerCertVerifier for CheckedVerifier<C> {
     }
 }
 
-/// The pin mismatch inside a TLS error, if that is what it is.
-pub fn pin_mismatch(error: &rustls::Error) -> Option<PinMismatch> {
+/// A `ServerCheck`'s refusal for `reason`, which the client finds again in the TLS error
+/// (`refusal`) to tell the operator what was wrong rather than that the certificate was.
+pub fn refuse(reason: impl std::error::Error + Send + Sync + 'static) -> rustls::Error {
+    rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(Arc::new(reason))))
+}
+
+/// The `refuse` reason of type `R` inside a TLS error, if that is what it is.
+pub fn refusal<R: std::error::Error + Clone + 'static>(error: &rustls::Error) -> Option<R> {
     match error {
         rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(e))) => {
-            e.downcast_ref::<PinMismatch>().copied()
+            e.downcast_ref::<R>().cloned()
         }
         _ => None,
     }
+}
+
+/// The pin mismatch inside a TLS error, if that is what it is.
+pub fn pin_mismatch(error: &rustls::Error) -> Option<PinMismatch> {
+    refusal(error)
 }
 
 #[cfg(test)]
@@ -327,9 +341,7 @@ mod tests {
             expected: Fingerprint::of_spki(b"a"),
             actual: Fingerprint::of_spki(b"b"),
         };
-        let wrapped =
-            rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(Arc::new(e))));
-        assert_eq!(pin_mismatch(&wrapped), Some(e));
+        assert_eq!(pin_mismatch(&refuse(e)), Some(e));
         assert_eq!(pin_mismatch(&rustls::Error::DecryptError), None);
         let text = e.to_string();
         assert!(text.contains(&e.expected.to_string()) && text.contains(&e.actual.to_string()));

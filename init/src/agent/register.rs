@@ -635,9 +635,7 @@ mod tests {
             expected: FP.parse().unwrap(),
             presented: vec![],
         };
-        let pin = rustls::Error::InvalidCertificate(rustls::CertificateError::Other(
-            rustls::OtherError(Arc::new(mismatch)),
-        ));
+        let pin = keel_trust::tls::refuse(mismatch);
         let status = |status| ClientError::Status {
             status,
             message: "no".into(),
