@@ -1,7 +1,7 @@
 //! Zero-touch registration: the host announces itself to the manager named on the kernel command
 //! line (`keel.manager=`), trusting only a server whose chain reaches the pinned manager CA
-//! (`keel.manager_ca=`, see `ca_pin`), and carrying the join token (`keel.join_token=`) that lets
-//! the manager adopt it without asking anyone.
+//! (`keel.manager_ca=`, see `keel_trust::ca_pin`), and carrying the join token
+//! (`keel.join_token=`) that lets the manager adopt it without asking anyone.
 //!
 //! The registrar retries with capped exponential back-off while the manager is unreachable or
 //! refuses, and announces again whenever the host's addresses or its adoption token change (a
