@@ -7,9 +7,9 @@
 //! current                       the name of the host commands go to by default
 //! ```
 
-use keel_init::agent::ca::{CaError, ClientCert, ManagerCa, Validity};
-use keel_init::agent::fingerprint::{Fingerprint, FingerprintOf};
-use keel_init::agent::tls::parse_cert_pem;
+use keel_trust::ca::{CaError, ClientCert, ManagerCa, Validity};
+use keel_trust::fingerprint::{Fingerprint, FingerprintExt};
+use keel_trust::tls::parse_cert_pem;
 use serde::{Deserialize, Serialize};
 use std::fs;
 use std::io;

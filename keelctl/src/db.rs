@@ -6,8 +6,8 @@
 //! Join tokens are stored as SHA-256 hashes, with an optional expiry.
 
 use keel_api::agent::RegistrationRequest;
-use keel_init::agent::fingerprint::Fingerprint;
-use keel_init::agent::token::Secret;
+use keel_trust::fingerprint::Fingerprint;
+use keel_trust::token::Secret;
 use rusqlite::{params, Connection, OptionalExtension};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
@@ -312,7 +312,7 @@ impl Db {
 mod tests {
     use super::*;
     use keel_api::host::Hardware;
-    use keel_init::agent::fingerprint::FingerprintOf;
+    use keel_trust::fingerprint::FingerprintExt;
 
     fn tmp(tag: &str) -> PathBuf {
         let dir = std::env::temp_dir().join(format!("keelctl-db-{tag}-{}", std::process::id()));

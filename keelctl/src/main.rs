@@ -1,5 +1,5 @@
 //! keelctl: the manager side of Keel. Makes the manager CA, adopts hosts over mutual TLS, and
-//! drives their VMs and images through the agent API (`keel_api::agent`, `keel_init::agent::client`).
+//! drives their VMs and images through the agent API (`keel_trust::client`).
 
 mod config;
 mod db;
@@ -10,8 +10,8 @@ use clap::{Parser, Subcommand, ValueEnum};
 use config::{Config, HostEntry};
 use keel_api::agent::{self as api, ImageKind, OnCrash, VmSpec};
 use keel_api::net::{NetConfig, Status as NetStatus};
-use keel_init::agent::client::{ClientError, HostClient};
-use keel_init::agent::fingerprint::Fingerprint;
+use keel_trust::client::{ClientError, HostClient};
+use keel_trust::fingerprint::Fingerprint;
 use manager::{AddressMap, Manager};
 use output::Format;
 use sha2::{Digest, Sha256};
@@ -554,11 +554,12 @@ fn host_cmd(config: &Config, host: Option<&str>, fmt: Format, cmd: HostCmd) -> R
             name,
             days,
         } => {
-            let pin: Fingerprint = fingerprint.parse().map_err(
-                |e: keel_init::agent::fingerprint::FingerprintError| {
-                    Error::Fingerprint(fingerprint.clone(), e.to_string())
-                },
-            )?;
+            let pin: Fingerprint =
+                fingerprint
+                    .parse()
+                    .map_err(|e: keel_trust::fingerprint::FingerprintError| {
+                        Error::Fingerprint(fingerprint.clone(), e.to_string())
+                    })?;
             let sock = config::resolve(&addr)?;
             let name = name.unwrap_or_else(|| addr.clone());
             adopt_host(config, sock, pin, &token, &name, days)?;

@@ -12,12 +12,11 @@ use crate::config::{Config, HostEntry};
 use crate::db::{Db, HostState, Registration, DB_FILE};
 use crate::Error;
 use keel_api::agent::{self as api, ManagerVerdict, RegistrationRequest, RegistrationResponse};
-use keel_init::agent::ca::Validity;
-use keel_init::agent::ca_pin::manager_server_config;
-use keel_init::agent::client::HostClient;
-use keel_init::agent::fingerprint::Fingerprint;
-use keel_init::agent::http::{self, Limits, Request, Response};
-use keel_init::agent::tls::parse_cert_pem;
+use keel_http::{self as http, Limits, Request, Response};
+use keel_trust::ca::Validity;
+use keel_trust::client::HostClient;
+use keel_trust::fingerprint::Fingerprint;
+use keel_trust::tls::{parse_cert_pem, server_config};
 use rustls::{ServerConfig, ServerConnection, StreamOwned};
 use std::io::Write;
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
@@ -160,7 +159,7 @@ impl Manager {
         chain.push(
             parse_cert_pem("ca.pem", &ca.cert_pem()).map_err(|e| Error::Manager(e.to_string()))?,
         );
-        manager_server_config(chain, key).map_err(|e| Error::Manager(e.to_string()))
+        server_config(chain, key).map_err(|e| Error::Manager(e.to_string()))
     }
 
     /// Serves registrations until the process is stopped.
@@ -360,7 +359,7 @@ impl Manager {
 mod tests {
     use super::*;
     use keel_api::host::Hardware;
-    use keel_init::agent::fingerprint::FingerprintOf;
+    use keel_trust::fingerprint::FingerprintExt;
 
     fn reg(addresses: &[&str], peer: &str) -> Registration {
         Registration {

@@ -7,6 +7,7 @@ use common::{keelctl, ok};
 
 use keel_init::agent::clock::SystemClock;
 use keel_init::agent::server::{Agent, AgentConfig};
+use keel_trust::fingerprint::{Fingerprint, FingerprintExt};
 use std::net::{Ipv4Addr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -63,7 +64,7 @@ fn adopt_and_manage_a_host() {
     run(adopt(TOKEN, &fp, None), Some("keelctl ca init"));
     ok(&cfg, &["ca", "init"]);
     fails(&cfg, &["ca", "init"], "--force");
-    let other = <keel_init::agent::fingerprint::Fingerprint as keel_init::agent::fingerprint::FingerprintOf>::of_spki(b"someone else").to_string();
+    let other = Fingerprint::of_spki(b"someone else").to_string();
     for (args, want) in [
         (adopt(TOKEN, &other, None), Some("mismatch")),
         (adopt("wrong-token-000000000", &fp, None), Some("401")),

@@ -17,11 +17,11 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use keel_init::agent::ca::{ManagerCa, Validity};
-use keel_init::agent::client::{ClientError, HostClient};
-use keel_init::agent::fingerprint::{Fingerprint, FingerprintOf};
 use keel_tests::keelctl::{ready_fields, vm_state, Keelctl, GUEST, GUEST_WAITING as MARKER};
 use keel_tests::{paths, Boot, Error, Image, Qemu, QemuBuilder};
+use keel_trust::ca::{ManagerCa, Validity};
+use keel_trust::client::{ClientError, HostClient};
+use keel_trust::fingerprint::{Fingerprint, FingerprintExt};
 
 const BOOT: Duration = Duration::from_secs(300);
 

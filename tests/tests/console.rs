@@ -12,10 +12,10 @@
 use std::time::{Duration, Instant};
 
 use keel_init::agent::api::AdoptionPhase;
-use keel_init::agent::client::HostClient;
-use keel_init::agent::fingerprint::Fingerprint;
 use keel_tests::screen::{press, wait_for_screen, wait_for_screen_without, DOWN, SCREEN};
 use keel_tests::{Boot, Error, Image, Qemu, QemuBuilder};
+use keel_trust::client::HostClient;
+use keel_trust::fingerprint::Fingerprint;
 
 const BOOT: Duration = Duration::from_secs(120);
 

@@ -7,9 +7,9 @@ use std::io::Read;
 use std::net::{Ipv4Addr, TcpStream};
 use std::time::Duration;
 
-use keel_init::agent::client::HostClient;
-use keel_init::agent::fingerprint::Fingerprint;
 use keel_tests::{paths, Boot, Error, Image, Qemu, QemuBuilder};
+use keel_trust::client::HostClient;
+use keel_trust::fingerprint::Fingerprint;
 
 /// Host boot (~20 s under TCG), then the jailed guest boot (a few seconds more).
 const TIMEOUT: Duration = Duration::from_secs(300);

@@ -22,11 +22,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use keel_init::agent::api::{RegistrationState, RegistrationStatus, REGISTRATION};
-use keel_init::agent::client::HostClient;
-use keel_init::agent::fingerprint::Fingerprint;
 use keel_tests::keelctl::{Keelctl, GUEST_WAITING};
 use keel_tests::screen::{open_console, press, wait_for_screen, DOWN};
 use keel_tests::{paths, Boot, Error, Image, Qemu, QemuBuilder};
+use keel_trust::client::HostClient;
+use keel_trust::fingerprint::Fingerprint;
 
 const BOOT: Duration = Duration::from_secs(300);
 /// The host's retries back off to 30 s; leave room for a loaded machine.

@@ -13,9 +13,9 @@
 //! a state it would not come back to after a reboot.
 
 use super::api::{AdoptionPhase, CompleteRequest};
-use super::fingerprint::{Fingerprint, FingerprintError, FingerprintOf};
-use super::tls::{check_ca, parse_cert_pem, verify_host_cert, TlsError};
-use super::token::{Secret, Token, TokenError};
+use keel_trust::fingerprint::{Fingerprint, FingerprintError, FingerprintExt};
+use keel_trust::tls::{check_ca, parse_cert_pem, verify_host_cert, TlsError};
+use keel_trust::token::{Secret, Token, TokenError};
 use rustls::pki_types::{CertificateDer, UnixTime};
 use serde::{Deserialize, Serialize};
 use std::time::{Duration, Instant};
@@ -230,9 +230,9 @@ impl Adoption {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::super::atomic::testdir::TestDir;
-    use super::super::ca::{ManagerCa, Validity};
     use super::super::identity::HostIdentity;
     use super::*;
+    use keel_trust::ca::{ManagerCa, Validity};
     use std::time::SystemTime;
 
     const TOKEN: &str = "the-adoption-token";

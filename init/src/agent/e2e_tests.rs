@@ -4,13 +4,13 @@
 
 use super::api::{self, AdoptionPhase};
 use super::atomic::testdir::TestDir;
-use super::ca::{ClientCert, ManagerCa, Validity};
-use super::client::{ClientError, HostClient};
 use super::clock::ManualClock;
-use super::fingerprint::{Fingerprint, FingerprintOf};
 use super::http::{self, Response};
 use super::server::{routes, Agent, AgentConfig, Server, OPENAPI_JSON};
-use super::tls::provider;
+use keel_trust::ca::{ClientCert, ManagerCa, Validity};
+use keel_trust::client::{ClientError, HostClient};
+use keel_trust::fingerprint::{Fingerprint, FingerprintExt};
+use keel_trust::tls::provider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::CertificateDer;
 use rustls::{ClientConfig, RootCertStore};
@@ -546,8 +546,16 @@ fn host_logs_sends_the_kernel_log_with_levels_and_follows_it() {
     let later = client
         .request::<()>("GET", &format!("{path}?after={}", mine.seq), None)
         .unwrap();
-    assert_eq!(later.status, 200, "{}", String::from_utf8_lossy(&later.body));
-    assert_eq!(later.header("content-type"), Some(keel_api::logs::JSON_LINES));
+    assert_eq!(
+        later.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&later.body)
+    );
+    assert_eq!(
+        later.header("content-type"),
+        Some(keel_api::logs::JSON_LINES)
+    );
     assert!(log_entries(&later.body).iter().all(|e| e.seq > mine.seq));
     for bad in ["after=x", "after=-1", "follow=maybe"] {
         let got = client

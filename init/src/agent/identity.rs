@@ -5,7 +5,7 @@
 //! carrier for it, and is re-issued whenever it is missing or does not match the key.
 
 use super::atomic::{write_atomic, AtomicError};
-use super::fingerprint::{Fingerprint, FingerprintOf};
+use keel_trust::fingerprint::{Fingerprint, FingerprintExt};
 use rcgen::{
     CertificateParams, DistinguishedName, DnType, KeyPair, PublicKeyData, PKCS_ECDSA_P256_SHA256,
 };

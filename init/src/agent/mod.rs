@@ -3,25 +3,22 @@
 //!
 //! A host is born with an ECDSA P-256 key and a self-signed certificate (`identity`). A manager
 //! that knows the host's key fingerprint (shown on the console) and its one-time adoption token
-//! (`token`) connects over TLS pinning that fingerprint (`tls`), and runs the two-step adoption
-//! (`adoption`, messages in `api`): the host answers a CSR for its existing key, the manager's CA
-//! (`ca`) signs it, and from then on the host serves the manager-signed certificate and only
-//! accepts client certificates from that CA (`server`). `client` is the manager side of the
-//! conversation; `http` is a small HTTP/1.1 layer with no agent types in it. `register` announces
-//! the host to the manager named on the kernel command line, trusting it by its CA (`ca_pin`).
+//! connects over TLS pinning that fingerprint, and runs the two-step adoption (`adoption`,
+//! messages in `api`): the host answers a CSR for its existing key, the manager's CA signs it,
+//! and from then on the host serves the manager-signed certificate and only accepts client
+//! certificates from that CA (`server`). Fingerprints, tokens, TLS configurations, the manager
+//! CA and the manager's client are keel-trust's (`keel_trust::{fingerprint, token, tls, ca,
+//! client}`); `http` is keel-http. `register` announces the host to the manager named on the
+//! kernel command line, trusting it by its CA (`keel_trust::ca_pin`).
 
 pub mod adoption;
 pub mod api;
 pub mod atomic;
 pub mod backoff;
-pub mod ca;
-pub mod ca_pin;
-pub mod client;
 pub mod clock;
 pub mod console;
 pub mod console_backend;
 pub mod datastore;
-pub mod fingerprint;
 pub mod hostinfo;
 /// Keel's one HTTP/1.1 implementation, re-exported under its old path.
 pub use keel_http as http;
@@ -35,8 +32,6 @@ pub mod registration;
 pub mod server;
 pub mod service;
 pub mod taps;
-pub mod tls;
-pub mod token;
 pub mod vm_devices;
 pub mod vms;
 

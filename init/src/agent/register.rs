@@ -1,7 +1,7 @@
 //! Zero-touch registration: the host announces itself to the manager named on the kernel command
 //! line (`keel.manager=`), trusting only a server whose chain reaches the pinned manager CA
-//! (`keel.manager_ca=`, see `ca_pin`), and carrying the join token (`keel.join_token=`) that lets
-//! the manager adopt it without asking anyone.
+//! (`keel.manager_ca=`, see `keel_trust::ca_pin`), and carrying the join token
+//! (`keel.join_token=`) that lets the manager adopt it without asking anyone.
 //!
 //! The registrar retries with capped exponential back-off while the manager is unreachable or
 //! refuses, and announces again whenever the host's addresses or its adoption token change (a
@@ -14,11 +14,13 @@ use super::api::{
 };
 use super::atomic::{write_atomic, AtomicError};
 use super::backoff::Backoff;
-use super::ca_pin::{ca_pin_mismatch, pinned_ca_client_config, probe_ca_client_config, probed_ca};
-use super::client::{ClientError, HostClient};
-use super::fingerprint::{Fingerprint, FingerprintOf};
 use super::hostinfo;
 use super::server::Agent;
+use keel_trust::ca_pin::{
+    ca_pin_mismatch, pinned_ca_client_config, probe_ca_client_config, probed_ca,
+};
+use keel_trust::client::{ClientError, HostClient};
+use keel_trust::fingerprint::{Fingerprint, FingerprintExt};
 use ring::rand::{SecureRandom, SystemRandom};
 use rustls::pki_types::ServerName;
 use std::io;
@@ -628,13 +630,11 @@ mod tests {
     fn failures_are_sorted() {
         let addr: SocketAddr = "10.0.2.2:8444".parse().unwrap();
         let refused = io::Error::from(io::ErrorKind::ConnectionRefused);
-        let mismatch = super::super::ca_pin::CaPinMismatch {
+        let mismatch = keel_trust::ca_pin::CaPinMismatch {
             expected: FP.parse().unwrap(),
             presented: vec![],
         };
-        let pin = rustls::Error::InvalidCertificate(rustls::CertificateError::Other(
-            rustls::OtherError(Arc::new(mismatch)),
-        ));
+        let pin = keel_trust::tls::refuse(mismatch);
         let status = |status| ClientError::Status {
             status,
             message: "no".into(),

@@ -11,14 +11,13 @@ use super::api::{
 };
 use super::atomic::testdir::TestDir;
 use super::backoff::Backoff;
-use super::ca::{ManagerCa, Validity};
-use super::ca_pin::manager_server_config;
 use super::clock::ManualClock;
-use super::fingerprint::{Fingerprint, FingerprintOf};
 use super::http::{self, Limits, Response};
 use super::register::{Announced, Registrar, Settings, RETRY_FIRST, RETRY_MAX, WATCH_EVERY};
 use super::server::{Agent, AgentConfig, OPENAPI_JSON};
-use super::tls::parse_cert_pem;
+use keel_trust::ca::{ManagerCa, Validity};
+use keel_trust::fingerprint::{Fingerprint, FingerprintExt};
+use keel_trust::tls::{parse_cert_pem, server_config};
 use rustls::{ServerConnection, StreamOwned};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener};
 use std::sync::{Arc, Mutex};
@@ -38,7 +37,7 @@ fn manager(ca: &ManagerCa, names: &[&str]) -> (SocketAddr, Received) {
         .tls_auth()
         .unwrap();
     chain.push(parse_cert_pem("ca", &ca.cert_pem()).unwrap());
-    let config = manager_server_config(chain, key).unwrap();
+    let config = server_config(chain, key).unwrap();
     let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
     let addr = listener.local_addr().unwrap();
     let received: Received = Arc::default();

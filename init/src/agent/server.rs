@@ -10,16 +10,17 @@ use super::api::StoreKind;
 use super::api::{self, AdoptionPhase};
 use super::atomic::{remove_durable, write_atomic, AtomicError};
 use super::clock::Clock;
-use super::fingerprint::{Fingerprint, FingerprintOf};
 use super::hostinfo::{self, Sampler};
 use super::http::{self, Limits, Request, Response, Route};
 use super::identity::{HostIdentity, IdentityError};
 use super::images::{Store, StoreError};
 use super::ratelimit::RateLimiter;
-use super::tls::{adopted_server_config, unadopted_server_config, TlsError};
-use super::token::{Secret, Token, TokenError};
 use super::vms::{VmError, VmPaths, Vms};
 use crate::jail::Jailer;
+use keel_trust::fingerprint::{Fingerprint, FingerprintExt};
+use keel_trust::tls::{self, TlsError};
+use keel_trust::token::{Secret, Token, TokenError};
+use rustls::pki_types::CertificateDer;
 use rustls::{ServerConfig, ServerConnection, StreamOwned};
 use std::io::{self, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
@@ -721,6 +722,24 @@ impl Drop for Server {
             }
         }
     }
+}
+
+/// The host's TLS configuration before adoption: its self-signed certificate.
+fn unadopted_server_config(identity: &HostIdentity) -> Result<Arc<ServerConfig>, TlsError> {
+    tls::server_config(
+        vec![identity.self_signed_cert().clone()],
+        identity.private_key_der(),
+    )
+}
+
+/// The host's TLS configuration after adoption: the manager-signed `chain`, and client
+/// certificates from the manager CA `ca`.
+fn adopted_server_config(
+    identity: &HostIdentity,
+    chain: Vec<CertificateDer<'static>>,
+    ca: &CertificateDer<'_>,
+) -> Result<Arc<ServerConfig>, TlsError> {
+    tls::adopted_server_config(chain, identity.private_key_der(), ca)
 }
 
 #[cfg(test)]

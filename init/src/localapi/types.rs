@@ -93,7 +93,7 @@ pub struct VmSummary {
 #[serde(deny_unknown_fields)]
 pub struct Status {
     pub facts: HostFacts,
-    /// `sha256:<hex>` of the host key, as `agent::fingerprint::Fingerprint` prints it.
+    /// `sha256:<hex>` of the host key, as `keel_trust::fingerprint::Fingerprint` prints it.
     pub fingerprint: String,
     pub adoption: Adoption,
     pub vms: Vec<VmSummary>,

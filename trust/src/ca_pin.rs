@@ -9,12 +9,14 @@
 //! verification happens in the handshake, before any request byte is written: a host that refuses
 //! the manager has sent it nothing.
 
-use super::fingerprint::{Fingerprint, FingerprintOf};
-use super::tls::{checked_client_config, provider, ServerCheck, TlsError};
+use crate::fingerprint::{Fingerprint, FingerprintExt};
+use crate::tls::{
+    checked_client_config, provider, refusal, refuse, Presented, ServerCheck, TlsError,
+};
 use rustls::client::{verify_server_cert_signed_by_trust_anchor, verify_server_name};
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::server::ParsedCertificate;
-use rustls::{CertificateError, ClientConfig, OtherError, RootCertStore, ServerConfig};
+use rustls::{CertificateError, ClientConfig, RootCertStore};
 use std::fmt;
 use std::sync::Arc;
 
@@ -44,12 +46,7 @@ impl fmt::Display for CaPinMismatch {
 
 /// The pinned-CA mismatch inside a TLS error, if that is what it is.
 pub fn ca_pin_mismatch(error: &rustls::Error) -> Option<CaPinMismatch> {
-    match error {
-        rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(e))) => {
-            e.downcast_ref::<CaPinMismatch>().cloned()
-        }
-        _ => None,
-    }
+    refusal(error)
 }
 
 /// The pure check behind the verifier: `end_entity` (with `chain`, as the server sent it) is a
@@ -70,9 +67,7 @@ pub fn verify_pinned_chain(
             expected: pin,
             presented: chain.iter().map(Fingerprint::of_certificate).collect(),
         };
-        return Err(rustls::Error::InvalidCertificate(CertificateError::Other(
-            OtherError(Arc::new(mismatch)),
-        )));
+        return Err(refuse(mismatch));
     };
     let mut roots = RootCertStore::empty();
     roots.add(chain[at].clone().into_owned())?;
@@ -97,12 +92,7 @@ pub struct ProbedCa(pub Fingerprint);
 
 /// The CA found by a probe handshake (`CaCheck::Probe`), if that is how it ended.
 pub fn probed_ca(error: &rustls::Error) -> Option<Fingerprint> {
-    match error {
-        rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(e))) => {
-            e.downcast_ref::<ProbedCa>().map(|found| found.0)
-        }
-        _ => None,
-    }
+    refusal::<ProbedCa>(error).map(|found| found.0)
 }
 
 /// The CA among `chain` that `end_entity` verifies under for `name`: what an operator is shown
@@ -134,22 +124,20 @@ enum CaCheck {
 }
 
 impl ServerCheck for CaCheck {
-    fn check(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        server_name: &ServerName<'_>,
-        now: UnixTime,
-    ) -> Result<(), rustls::Error> {
+    fn check(&self, server: &Presented<'_>) -> Result<(), rustls::Error> {
+        let Presented {
+            end_entity,
+            intermediates,
+            server_name,
+            now,
+        } = *server;
         match *self {
             CaCheck::Pin(pin) => {
                 verify_pinned_chain(pin, end_entity, intermediates, server_name, now)
             }
             CaCheck::Probe => {
                 let found = find_ca(end_entity, intermediates, server_name, now)?;
-                Err(rustls::Error::InvalidCertificate(CertificateError::Other(
-                    OtherError(Arc::new(ProbedCa(found))),
-                )))
+                Err(refuse(ProbedCa(found)))
             }
         }
     }
@@ -170,26 +158,12 @@ fn manager_client_config(check: CaCheck) -> Result<Arc<ClientConfig>, TlsError> 
     checked_client_config(check, None)
 }
 
-/// The manager's registration endpoint: `chain` is its server certificate followed by the CA
-/// certificate (which hosts look for by fingerprint); no client authentication, since hosts
-/// prove themselves later, by the key the manager pins when it adopts them.
-pub fn manager_server_config(
-    chain: Vec<CertificateDer<'static>>,
-    key: PrivateKeyDer<'static>,
-) -> Result<Arc<ServerConfig>, TlsError> {
-    let config = ServerConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()?
-        .with_no_client_auth()
-        .with_single_cert(chain, key)?;
-    Ok(Arc::new(config))
-}
-
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
-    use super::super::ca::{ManagerCa, Validity};
-    use super::super::tls::parse_cert_pem;
     use super::*;
+    use crate::ca::{ManagerCa, Validity};
+    use crate::tls::{parse_cert_pem, server_config};
     use std::time::{Duration, SystemTime};
 
     fn validity() -> Validity {
@@ -345,10 +319,7 @@ mod tests {
             let got = find_ca(&leaf, &chain, &name, now).ok();
             assert_eq!(got, want, "{what}");
         }
-        let found = rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(
-            Arc::new(ProbedCa(fp(&ca_der))),
-        )));
-        assert_eq!(probed_ca(&found), Some(fp(&ca_der)));
+        assert_eq!(probed_ca(&refuse(ProbedCa(fp(&ca_der)))), Some(fp(&ca_der)));
         assert_eq!(probed_ca(&rustls::Error::DecryptError), None);
         assert!(probe_ca_client_config().is_ok());
     }
@@ -379,7 +350,7 @@ mod tests {
         let (chain, key) = server.tls_auth().unwrap();
         let mut chain = chain;
         chain.push(der(&ca.cert_pem()));
-        assert!(manager_server_config(chain, key).is_ok());
+        assert!(server_config(chain, key).is_ok());
         assert!(pinned_ca_client_config(Fingerprint::of_spki(b"x")).is_ok());
     }
 }

@@ -1,8 +1,8 @@
 //! The manager's certificate authority: it signs adopted hosts' certificates and the manager's
 //! own client certificates. Manager-side code (keelctl and the tests); the host never signs.
 
-use super::fingerprint::{Fingerprint, FingerprintOf};
-use super::tls::{parse_cert_pem, TlsError};
+use crate::fingerprint::{Fingerprint, FingerprintExt};
+use crate::tls::{parse_cert_pem, TlsError};
 use rcgen::{
     BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName,
     DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, PublicKeyData,
@@ -281,9 +281,8 @@ impl ManagerCa {
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
-    use super::super::atomic::testdir::TestDir;
-    use super::super::identity::HostIdentity;
     use super::*;
+    use crate::test_host::TestHost;
 
     fn validity() -> Validity {
         Validity::days_from(SystemTime::now(), 30)
@@ -324,10 +323,8 @@ mod tests {
 
     #[test]
     fn signs_only_the_pinned_key() {
-        let dir = TestDir::new("ca-sign");
-        let host = HostIdentity::load_or_create(dir.path(), &[]).unwrap();
-        let names = vec!["h1.example".to_string(), "10.1.2.3".to_string()];
-        let csr = host.csr_pem(&names).unwrap();
+        let host = TestHost::new();
+        let csr = host.csr_pem(&["h1.example", "10.1.2.3"]);
         let ca = ManagerCa::generate("manager", validity()).unwrap();
         let cert = ca
             .sign_host_csr(&csr, host.fingerprint(), validity())

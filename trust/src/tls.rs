@@ -1,15 +1,19 @@
 //! TLS configurations for both ends of the agent's API, all on rustls with *ring*.
 //!
 //! Host, before adoption: the self-signed certificate, no client authentication (only the
-//! unauthenticated routes answer). Host, after adoption: the manager-signed certificate, and
-//! client certificates verified against the pinned manager CA — optional at the TLS layer so that
-//! health checks still work, required by the route layer for everything else.
+//! unauthenticated routes answer; `server_config`, also the manager's registration endpoint).
+//! Host, after adoption: the manager-signed certificate, and client certificates verified against
+//! the pinned manager CA — optional at the TLS layer so that health checks still work, required
+//! by the route layer for everything else (`adopted_server_config`).
 //!
 //! Manager: trusts no CA for the host; it pins the host's public-key fingerprint instead, and
 //! still checks the handshake signature, which proves the host holds that key.
+//!
+//! Every client here judges the server through one verifier, `CheckedVerifier`: a `ServerCheck`
+//! (the host key pin here, the manager CA pin and the CA probe in `ca_pin`) decides on the
+//! certificates, the provider checks the handshake signatures.
 
-use super::fingerprint::{Fingerprint, FingerprintOf};
-use super::identity::HostIdentity;
+use crate::fingerprint::{Fingerprint, FingerprintExt};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::verify_server_cert_signed_by_trust_anchor;
 use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
@@ -95,23 +99,26 @@ pub fn verify_host_cert(
         .map_err(TlsError::Untrusted)
 }
 
-/// The host's configuration before adoption.
-pub fn unadopted_server_config(identity: &HostIdentity) -> Result<Arc<ServerConfig>, TlsError> {
+/// A server serving `chain` (its certificate first) with `key`, asking for no client
+/// certificate: the host before adoption (its self-signed certificate), and the manager's
+/// registration endpoint (its server certificate followed by the CA certificate, which hosts
+/// look for by fingerprint; hosts prove themselves later, by the key the manager pins).
+pub fn server_config(
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+) -> Result<Arc<ServerConfig>, TlsError> {
     let config = ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()?
         .with_no_client_auth()
-        .with_single_cert(
-            vec![identity.self_signed_cert().clone()],
-            identity.private_key_der(),
-        )?;
+        .with_single_cert(chain, key)?;
     Ok(Arc::new(config))
 }
 
 /// The host's configuration after adoption: `chain` is the manager-signed certificate and its
-/// intermediates, `ca` the pinned manager CA.
+/// intermediates, `key` the host key, `ca` the pinned manager CA.
 pub fn adopted_server_config(
-    identity: &HostIdentity,
     chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
     ca: &CertificateDer<'_>,
 ) -> Result<Arc<ServerConfig>, TlsError> {
     let provider = provider();
@@ -121,7 +128,7 @@ pub fn adopted_server_config(
     let config = ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
         .with_client_cert_verifier(verifier)
-        .with_single_cert(chain, identity.private_key_der())?;
+        .with_single_cert(chain, key)?;
     Ok(Arc::new(config))
 }
 
@@ -134,17 +141,23 @@ pub fn pinned_client_config(
     checked_client_config(HostKeyPin(pin), client_auth)
 }
 
+/// What a server presented in a handshake, as a `ServerCheck` sees it.
+#[derive(Debug, Clone, Copy)]
+pub struct Presented<'a> {
+    /// The server's own certificate.
+    pub end_entity: &'a CertificateDer<'a>,
+    /// The certificates it sent after its own, in its order.
+    pub intermediates: &'a [CertificateDer<'a>],
+    /// The name the client asked for.
+    pub server_name: &'a ServerName<'a>,
+    pub now: UnixTime,
+}
+
 /// How a client judges the server's certificates; the handshake signatures are checked the
 /// usual way around it (`CheckedVerifier`).
 pub trait ServerCheck: fmt::Debug + Send + Sync {
-    /// `Ok` accepts the server; an error ends the handshake before any request.
-    fn check(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        server_name: &ServerName<'_>,
-        now: UnixTime,
-    ) -> Result<(), rustls::Error>;
+    /// `Ok` accepts the server; an error (`refuse`) ends the handshake before any request.
+    fn check(&self, server: &Presented<'_>) -> Result<(), rustls::Error>;
 }
 
 /// A client configuration that accepts the servers `check` accepts.
@@ -174,23 +187,14 @@ pub fn checked_client_config(
 struct HostKeyPin(Fingerprint);
 
 impl ServerCheck for HostKeyPin {
-    fn check(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _now: UnixTime,
-    ) -> Result<(), rustls::Error> {
-        let actual = Fingerprint::of_cert(end_entity)
+    fn check(&self, server: &Presented<'_>) -> Result<(), rustls::Error> {
+        let actual = Fingerprint::of_cert(server.end_entity)
             .map_err(|_| rustls::Error::InvalidCertificate(CertificateError::BadEncoding))?;
         if actual != self.0 {
-            let mismatch = PinMismatch {
+            return Err(refuse(PinMismatch {
                 expected: self.0,
                 actual,
-            };
-            return Err(rustls::Error::InvalidCertificate(CertificateError::Other(
-                OtherError(Arc::new(mismatch)),
-            )));
+            }));
         }
         Ok(())
     }
@@ -212,8 +216,14 @@ impl<C: ServerCheck> ServerCertVerifier for CheckedVerifier<C> {
         _ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
+        let server = Presented {
+            end_entity,
+            intermediates,
+            server_name,
+            now,
+        };
         self.check
-            .check(end_entity, intermediates, server_name, now)
+            .check(&server)
             .map(|()| ServerCertVerified::assertion())
     }
 
@@ -240,22 +250,33 @@ impl<C: ServerCheck> ServerCertVerifier for CheckedVerifier<C> {
     }
 }
 
-/// The pin mismatch inside a TLS error, if that is what it is.
-pub fn pin_mismatch(error: &rustls::Error) -> Option<PinMismatch> {
+/// A `ServerCheck`'s refusal for `reason`, which the client finds again in the TLS error
+/// (`refusal`) to tell the operator what was wrong rather than that the certificate was.
+pub fn refuse(reason: impl std::error::Error + Send + Sync + 'static) -> rustls::Error {
+    rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(Arc::new(reason))))
+}
+
+/// The `refuse` reason of type `R` inside a TLS error, if that is what it is.
+pub fn refusal<R: std::error::Error + Clone + 'static>(error: &rustls::Error) -> Option<R> {
     match error {
         rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(e))) => {
-            e.downcast_ref::<PinMismatch>().copied()
+            e.downcast_ref::<R>().cloned()
         }
         _ => None,
     }
 }
 
+/// The pin mismatch inside a TLS error, if that is what it is.
+pub fn pin_mismatch(error: &rustls::Error) -> Option<PinMismatch> {
+    refusal(error)
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
-    use super::super::atomic::testdir::TestDir;
-    use super::super::ca::{ManagerCa, Validity};
     use super::*;
+    use crate::ca::{ManagerCa, Validity};
+    use crate::test_host::TestHost;
     use std::time::{Duration, SystemTime};
 
     fn now() -> UnixTime {
@@ -284,12 +305,11 @@ mod tests {
 
     #[test]
     fn host_cert_verification() {
-        let dir = TestDir::new("tls-verify");
-        let host = HostIdentity::load_or_create(dir.path(), &["h".to_string()]).unwrap();
+        let host = TestHost::new();
         let validity = Validity::days_from(SystemTime::now(), 30);
         let ca = ManagerCa::generate("manager", validity).unwrap();
         let other = ManagerCa::generate("other", validity).unwrap();
-        let csr = host.csr_pem(&["h".to_string()]).unwrap();
+        let csr = host.csr_pem(&["h"]);
         let signed = ca
             .sign_host_csr(&csr, host.fingerprint(), validity)
             .unwrap();
@@ -321,9 +341,7 @@ mod tests {
             expected: Fingerprint::of_spki(b"a"),
             actual: Fingerprint::of_spki(b"b"),
         };
-        let wrapped =
-            rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(Arc::new(e))));
-        assert_eq!(pin_mismatch(&wrapped), Some(e));
+        assert_eq!(pin_mismatch(&refuse(e)), Some(e));
         assert_eq!(pin_mismatch(&rustls::Error::DecryptError), None);
         let text = e.to_string();
         assert!(text.contains(&e.expected.to_string()) && text.contains(&e.actual.to_string()));
@@ -331,22 +349,22 @@ mod tests {
 
     #[test]
     fn configurations_build() {
-        let dir = TestDir::new("tls-configs");
-        let host = HostIdentity::load_or_create(dir.path(), &["h".to_string()]).unwrap();
-        assert!(unadopted_server_config(&host).is_ok());
+        let host = TestHost::new();
+        let key = || host.private_key_der();
+        assert!(server_config(vec![host.self_signed_cert().clone()], key()).is_ok());
         let validity = Validity::days_from(SystemTime::now(), 30);
         let ca = ManagerCa::generate("manager", validity).unwrap();
         let signed = ca
-            .sign_host_csr(&host.csr_pem(&[]).unwrap(), host.fingerprint(), validity)
+            .sign_host_csr(&host.csr_pem(&[]), host.fingerprint(), validity)
             .unwrap();
         let chain = vec![parse_cert_pem("leaf", &signed).unwrap()];
         let ca_der = parse_cert_pem("ca", &ca.cert_pem()).unwrap();
-        assert!(adopted_server_config(&host, chain, &ca_der).is_ok());
+        assert!(adopted_server_config(chain, key(), &ca_der).is_ok());
         // A chain for another key is refused rather than served.
-        let other = TestDir::new("tls-configs-other");
-        let stranger = HostIdentity::load_or_create(other.path(), &[]).unwrap();
+        let stranger = TestHost::new();
         let foreign = vec![stranger.self_signed_cert().clone()];
-        assert!(adopted_server_config(&host, foreign, &ca_der).is_err());
+        assert!(adopted_server_config(foreign.clone(), key(), &ca_der).is_err());
+        assert!(server_config(foreign, key()).is_err());
         assert!(pinned_client_config(host.fingerprint(), None).is_ok());
     }
 }

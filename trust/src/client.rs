@@ -1,11 +1,11 @@
 //! The manager's side of the agent API: a pinned HTTPS client and the adoption conversation.
 //! keelctl builds on this.
 
-use super::api;
-use super::ca::{CaError, ClientCert, ManagerCa, Validity};
-use super::fingerprint::Fingerprint;
-use super::http::{self, HttpError, Limits, Response};
-use super::tls::{pin_mismatch, pinned_client_config, PinMismatch, TlsError};
+use crate::ca::{CaError, ClientCert, ManagerCa, Validity};
+use crate::fingerprint::Fingerprint;
+use crate::tls::{pin_mismatch, pinned_client_config, PinMismatch, TlsError};
+use keel_api::adoption as api;
+use keel_http::{self as http, HttpError, Limits, Response};
 use rustls::pki_types::ServerName;
 use rustls::{ClientConfig, ClientConnection, StreamOwned};
 use serde::{de::DeserializeOwned, Serialize};
@@ -260,10 +260,11 @@ impl HostClient {
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
-    //! Failure paths that need no agent; the conversation itself is tested in `e2e_tests`.
+    //! Failure paths that need no agent; the conversation itself is tested in keel-init's
+    //! `agent::e2e_tests`.
 
     use super::*;
-    use crate::agent::fingerprint::FingerprintOf;
+    use crate::fingerprint::FingerprintExt;
     use std::net::{Ipv4Addr, TcpListener};
 
     #[test]
