@@ -84,8 +84,14 @@ pub enum VmError {
         log: String,
     },
     /// keel-vmm for {name:?} did not open its control socket within {secs} s; its log: {log}
-    #[error("keel-vmm for {name:?} did not open its control socket within {secs} s; its log: {log}")]
-    StartTimeout { name: String, secs: u64, log: String },
+    #[error(
+        "keel-vmm for {name:?} did not open its control socket within {secs} s; its log: {log}"
+    )]
+    StartTimeout {
+        name: String,
+        secs: u64,
+        log: String,
+    },
     /// VM {0:?} was powered off while starting
     #[error("VM {0:?} was powered off while starting")]
     StartAborted(String),
@@ -1004,7 +1010,11 @@ impl Vms {
         let entry = entries
             .get_mut(name)
             .ok_or_else(|| VmError::NotFound(name.to_string()))?;
-        if let Some(run) = entry.run.as_mut().filter(|_| entry.generation == generation) {
+        if let Some(run) = entry
+            .run
+            .as_mut()
+            .filter(|_| entry.generation == generation)
+        {
             run.state = next;
         }
         Ok(entry.status())
@@ -1382,8 +1392,14 @@ mod tests {
         let status = wait_for(&vms, "a", |s| s.state == VmState::Stopped);
         assert_eq!(status.state, VmState::Stopped, "{status:?}");
         let error = status.error.unwrap_or_default();
-        assert!(error.contains("exited at start: keel-vmm failed"), "{error}");
-        assert!(error.contains("its log: keel-agent: keel-vmm starting"), "{error}");
+        assert!(
+            error.contains("exited at start: keel-vmm failed"),
+            "{error}"
+        );
+        assert!(
+            error.contains("its log: keel-agent: keel-vmm starting"),
+            "{error}"
+        );
         assert_eq!(status.last_exit.unwrap().code, Some(1));
     }
 
@@ -1501,7 +1517,10 @@ mod tests {
         assert_eq!(vms.start("a").unwrap().state, VmState::Starting);
         let a = wait_for(&vms, "a", |s| s.state == VmState::Stopped);
         let error = a.error.unwrap_or_default();
-        assert!(error.contains("Cannot start /nonexistent/keel-vmm"), "{error}");
+        assert!(
+            error.contains("Cannot start /nonexistent/keel-vmm"),
+            "{error}"
+        );
         assert_eq!(a.last_exit, None);
         // keel-vmm runs but never opens its control socket: killed at the deadline.
         let dir = TestDir::new("vms-start-late");
