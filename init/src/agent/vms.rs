@@ -306,6 +306,8 @@ struct Pending {
     devices: VmDevices,
     uid: u32,
     generation: u64,
+    /// When the start was accepted, for the log's timings.
+    accepted: Instant,
 }
 
 /// Where things live and what runs VMs.
@@ -692,6 +694,7 @@ impl Vms {
             devices,
             uid,
             generation: entry.generation,
+            accepted: Instant::now(),
         })
     }
 
@@ -706,6 +709,7 @@ impl Vms {
             devices,
             uid,
             generation,
+            accepted,
         } = pending;
         let name = spec.name.as_str();
         let dir = self.dir(name);
@@ -730,6 +734,7 @@ impl Vms {
             Err(e) => return self.start_failed(name, generation, &e),
         };
         let pid = process.pid();
+        let launched = accepted.elapsed();
         let console = {
             let mut entries = self.lock();
             let Some(entry) = entries.get_mut(name).filter(|e| e.starting(generation)) else {
@@ -788,6 +793,11 @@ impl Vms {
                 run.state = VmState::Running;
             }
         }
+        (self.log)(&format!(
+            "keel-agent: VM {name} running (keel-vmm pid {pid}): launched {:.1} s and answering {:.1} s after its start",
+            launched.as_secs_f32(),
+            accepted.elapsed().as_secs_f32()
+        ));
         self.watch(name.to_string(), generation, process);
     }
 
