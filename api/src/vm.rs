@@ -119,6 +119,9 @@ fn default_cmdline() -> String {
 #[serde(rename_all = "kebab-case")]
 pub enum VmState {
     Stopped,
+    /// Accepted by `start` (or restarting by policy): the agent is setting up the jail and
+    /// waiting for keel-vmm's control socket. It becomes `running`, or `stopped` with `error`.
+    Starting,
     Running,
     Paused,
     ShuttingDown,
@@ -147,6 +150,10 @@ pub struct VmStatus {
     /// Restarts after crashes or guest reboots since the agent started.
     pub restarts: u32,
     pub last_exit: Option<VmExit>,
+    /// Why the last start failed (the jail could not be set up, or keel-vmm ended or did not
+    /// answer before it ran, with the end of its log); cleared when the VM starts again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
     /// The jail and cgroup of the current run (of the last one once stopped); absent when the
     /// agent runs VMMs unjailed (in-process tests).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -298,6 +305,7 @@ mod tests {
                 reason: "the guest rebooted".into(),
                 at: 5,
             }),
+            error: None,
             jail: None,
         };
         let json = serde_json::to_string(&status).unwrap();

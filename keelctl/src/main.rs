@@ -35,8 +35,29 @@ struct Cli {
     /// Output format
     #[arg(short, long, global = true, value_enum, default_value_t = Format::Table)]
     output: Format,
+    /// Seconds one request to a host may take (to connect, and for each read or write)
+    #[arg(long, global = true, env = "KEELCTL_TIMEOUT", default_value_t = 30, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..))]
+    timeout: u64,
     #[command(subcommand)]
     command: Top,
+}
+
+/// Waiting for a VM operation the host accepted to finish.
+#[derive(clap::Args, Clone, Copy)]
+struct WaitArgs {
+    /// Return once the host accepted the operation, without waiting for its end
+    #[arg(long)]
+    no_wait: bool,
+    /// Seconds to wait for the operation's end before failing
+    #[arg(long, default_value_t = 300, value_name = "SECONDS")]
+    wait_timeout: u64,
+}
+
+impl WaitArgs {
+    /// How long to wait, or `None` for not at all.
+    fn limit(self) -> Option<Duration> {
+        (!self.no_wait).then(|| Duration::from_secs(self.wait_timeout))
+    }
 }
 
 #[derive(Subcommand)]
@@ -357,9 +378,11 @@ enum VmCmd {
         /// A NIC on a host bridge: BRIDGE[,mac=MAC] (repeatable), e.g. keelbr0
         #[arg(long = "nic", value_parser = parse_nic)]
         nics: Vec<api::VmNic>,
-        /// Start it right away
+        /// Start it right away (and wait until it runs, as `vm start`)
         #[arg(long)]
         start: bool,
+        #[command(flatten)]
+        wait: WaitArgs,
     },
     /// List VMs
     List,
@@ -367,17 +390,27 @@ enum VmCmd {
     Get {
         name: String,
     },
-    /// Start a stopped VM
+    /// Start a stopped VM and wait until it runs (fails with the reason when it does not)
     Start {
         name: String,
+        #[command(flatten)]
+        wait: WaitArgs,
     },
     /// Press the VM's ACPI power button (the guest shuts down by itself)
     Shutdown {
         name: String,
+        /// Wait until the guest has powered off
+        #[arg(long)]
+        wait: bool,
+        /// Seconds to wait with --wait before failing
+        #[arg(long, default_value_t = 300, value_name = "SECONDS")]
+        wait_timeout: u64,
     },
-    /// Stop the VM at once
+    /// Stop the VM at once and wait until it has stopped
     Poweroff {
         name: String,
+        #[command(flatten)]
+        wait: WaitArgs,
     },
     Pause {
         name: String,
@@ -450,6 +483,16 @@ enum Error {
     /// Host {id} does not answer with its registered key at any of: {tried}
     #[error("Host {id} does not answer with its registered key at any of: {tried}")]
     Unreachable { id: String, tried: String },
+    /// VM {name} did not start: {error}
+    #[error("VM {name} did not start: {error}")]
+    StartFailed { name: String, error: String },
+    /// VM {name} is still {state} after {secs} s (`keelctl vm get {name}` shows it)
+    #[error("VM {name} is still {state} after {secs} s (`keelctl vm get {name}` shows it)")]
+    StillGoing {
+        name: String,
+        state: String,
+        secs: u64,
+    },
 }
 
 /// Adopts the host at `sock` whose key is `pin` with its one-time `token`, and remembers it as
@@ -483,13 +526,14 @@ struct Target {
 }
 
 impl Target {
-    fn open(config: &Config, host: Option<&str>) -> Result<Self, Error> {
+    fn open(config: &Config, host: Option<&str>, timeout: Duration) -> Result<Self, Error> {
         let (name, addr, pin) = config.host(host)?;
         let cert = config.client_cert()?;
         let client = HostClient::new(addr, pin, Some(&cert)).map_err(|err| Error::Host {
             host: name.clone(),
             err,
         })?;
+        let client = client.with_timeout(timeout);
         Ok(Self { name, client })
     }
 
@@ -526,6 +570,7 @@ fn run(cli: Cli) -> Result<(), Error> {
     let config = Config::locate(cli.config_dir.clone())?;
     let fmt = cli.output;
     let host = cli.host.as_deref();
+    let timeout = Duration::from_secs(cli.timeout);
     match cli.command {
         Top::Ca(CaCmd::Init { name, days, force }) => {
             config.init_ca(&name, days, force)?;
@@ -538,14 +583,20 @@ fn run(cli: Cli) -> Result<(), Error> {
             let fp = config.ca_fingerprint()?;
             output::message(fmt, &fp.to_string())
         }
-        Top::Host(cmd) => host_cmd(&config, host, fmt, cmd),
+        Top::Host(cmd) => host_cmd(&config, host, timeout, fmt, cmd),
         Top::Manager(cmd) => manager_cmd(config, fmt, cmd),
-        Top::Vm(cmd) => vm_cmd(&Target::open(&config, host)?, fmt, cmd),
-        Top::Image(cmd) => image_cmd(&Target::open(&config, host)?, fmt, cmd),
+        Top::Vm(cmd) => vm_cmd(&Target::open(&config, host, timeout)?, fmt, cmd),
+        Top::Image(cmd) => image_cmd(&Target::open(&config, host, timeout)?, fmt, cmd),
     }
 }
 
-fn host_cmd(config: &Config, host: Option<&str>, fmt: Format, cmd: HostCmd) -> Result<(), Error> {
+fn host_cmd(
+    config: &Config,
+    host: Option<&str>,
+    timeout: Duration,
+    fmt: Format,
+    cmd: HostCmd,
+) -> Result<(), Error> {
     match cmd {
         HostCmd::Adopt {
             addr,
@@ -589,7 +640,7 @@ fn host_cmd(config: &Config, host: Option<&str>, fmt: Format, cmd: HostCmd) -> R
             )
         }
         HostCmd::Release => {
-            let target = Target::open(config, host)?;
+            let target = Target::open(config, host, timeout)?;
             let answer: api::ReleaseResponse = target.send::<(), _>("POST", api::RELEASE, None)?;
             config.forget_host(&target.name);
             output::print(fmt, &answer, |a| {
@@ -597,20 +648,21 @@ fn host_cmd(config: &Config, host: Option<&str>, fmt: Format, cmd: HostCmd) -> R
             })
         }
         HostCmd::Info => {
-            let info: api::HostInfo = Target::open(config, host)?.get(api::HOST)?;
+            let info: api::HostInfo = Target::open(config, host, timeout)?.get(api::HOST)?;
             output::print(fmt, &info, output::host_info)
         }
         HostCmd::Stats => {
-            let stats: api::HostStats = Target::open(config, host)?.get(api::HOST_STATS)?;
+            let stats: api::HostStats =
+                Target::open(config, host, timeout)?.get(api::HOST_STATS)?;
             output::print(fmt, &stats, output::host_stats)
         }
         HostCmd::Firewall => {
             let rules: keel_api::firewall::Description =
-                Target::open(config, host)?.get(api::HOST_FIREWALL)?;
+                Target::open(config, host, timeout)?.get(api::HOST_FIREWALL)?;
             output::print(fmt, &rules, output::firewall)
         }
         HostCmd::Logs { after, follow } => {
-            let t = Target::open(config, host)?;
+            let t = Target::open(config, host, timeout)?;
             let mut query = Vec::new();
             query.extend(after.map(|seq| format!("after={seq}")));
             if follow {
@@ -632,7 +684,7 @@ fn host_cmd(config: &Config, host: Option<&str>, fmt: Format, cmd: HostCmd) -> R
         }
         HostCmd::State => {
             let state: keel_api::state::Status =
-                Target::open(config, host)?.get(api::HOST_STATE)?;
+                Target::open(config, host, timeout)?.get(api::HOST_STATE)?;
             output::print(fmt, &state, |s| format!("{}\n", s.console_line()))
         }
         HostCmd::CreateState {
@@ -645,11 +697,14 @@ fn host_cmd(config: &Config, host: Option<&str>, fmt: Format, cmd: HostCmd) -> R
                 confirm,
                 size_mib,
             };
-            let state: keel_api::state::Status =
-                Target::open(config, host)?.send("POST", api::HOST_STATE, Some(&request))?;
+            let state: keel_api::state::Status = Target::open(config, host, timeout)?.send(
+                "POST",
+                api::HOST_STATE,
+                Some(&request),
+            )?;
             output::print(fmt, &state, |s| format!("{}\n", s.console_line()))
         }
-        HostCmd::Network { cmd } => network_cmd(&Target::open(config, host)?, fmt, cmd),
+        HostCmd::Network { cmd } => network_cmd(&Target::open(config, host, timeout)?, fmt, cmd),
     }
 }
 
@@ -706,9 +761,15 @@ fn manager_cmd(config: Config, fmt: Format, cmd: ManagerCmd) -> Result<(), Error
 }
 
 fn vm_cmd(t: &Target, fmt: Format, cmd: VmCmd) -> Result<(), Error> {
-    let action = |pattern: &str, name: &str| -> Result<(), Error> {
-        let status: api::VmStatus = t.send::<(), _>("POST", &vm_path(pattern, name), None)?;
-        output::print(fmt, &status, |s| output::vm_table(std::slice::from_ref(s)))
+    let show = |status: &api::VmStatus| {
+        output::print(fmt, status, |s| output::vm_table(std::slice::from_ref(s)))
+    };
+    let action = |pattern: &str, name: &str| -> Result<api::VmStatus, Error> {
+        t.send::<(), _>("POST", &vm_path(pattern, name), None)
+    };
+    let start = |name: &str, wait: WaitArgs| -> Result<(), Error> {
+        let status = action(api::VM_START, name)?;
+        show(&wait_vm(t, status, wait.limit(), started)?)
     };
     match cmd {
         VmCmd::Create {
@@ -721,7 +782,8 @@ fn vm_cmd(t: &Target, fmt: Format, cmd: VmCmd) -> Result<(), Error> {
             on_crash,
             disks,
             nics,
-            start,
+            start: and_start,
+            wait,
         } => {
             let spec = VmSpec {
                 name: name.clone(),
@@ -737,11 +799,12 @@ fn vm_cmd(t: &Target, fmt: Format, cmd: VmCmd) -> Result<(), Error> {
                 disks,
                 nics,
             };
-            let mut status: api::VmStatus = t.send("POST", api::VMS, Some(&spec))?;
-            if start {
-                status = t.send::<(), _>("POST", &vm_path(api::VM_START, &name), None)?;
+            let status: api::VmStatus = t.send("POST", api::VMS, Some(&spec))?;
+            if and_start {
+                start(&name, wait)
+            } else {
+                show(&status)
             }
-            output::print(fmt, &status, |s| output::vm_table(std::slice::from_ref(s)))
         }
         VmCmd::List => {
             let list: api::VmList = t.get(api::VMS)?;
@@ -751,11 +814,22 @@ fn vm_cmd(t: &Target, fmt: Format, cmd: VmCmd) -> Result<(), Error> {
             let status: api::VmStatus = t.get(&vm_path(api::VM, &name))?;
             output::print(fmt, &status, output::vm_detail)
         }
-        VmCmd::Start { name } => action(api::VM_START, &name),
-        VmCmd::Shutdown { name } => action(api::VM_SHUTDOWN, &name),
-        VmCmd::Poweroff { name } => action(api::VM_POWEROFF, &name),
-        VmCmd::Pause { name } => action(api::VM_PAUSE, &name),
-        VmCmd::Resume { name } => action(api::VM_RESUME, &name),
+        VmCmd::Start { name, wait } => start(&name, wait),
+        VmCmd::Shutdown {
+            name,
+            wait,
+            wait_timeout,
+        } => {
+            let status = action(api::VM_SHUTDOWN, &name)?;
+            let limit = wait.then(|| Duration::from_secs(wait_timeout));
+            show(&wait_vm(t, status, limit, stopped)?)
+        }
+        VmCmd::Poweroff { name, wait } => {
+            let status = action(api::VM_POWEROFF, &name)?;
+            show(&wait_vm(t, status, wait.limit(), stopped)?)
+        }
+        VmCmd::Pause { name } => show(&action(api::VM_PAUSE, &name)?),
+        VmCmd::Resume { name } => show(&action(api::VM_RESUME, &name)?),
         VmCmd::Delete { name } => {
             let status: api::VmStatus =
                 t.send::<(), _>("DELETE", &vm_path(api::VM, &name), None)?;
@@ -768,6 +842,72 @@ fn vm_cmd(t: &Target, fmt: Format, cmd: VmCmd) -> Result<(), Error> {
             }
             let mut out = io::stdout().lock();
             t.client.stream_get(&path, &mut out).map_err(|e| t.err(e))
+        }
+    }
+}
+
+/// Where a VM operation that goes on after the host's answer stands: `None` while under way,
+/// else how it ended.
+type Outcome = fn(&api::VmStatus) -> Option<Result<(), Error>>;
+
+/// A start ends when the VM runs, or when it is stopped: with `error` set the start failed;
+/// without, the VM ran and has stopped since (a guest that powered off at once).
+fn started(status: &api::VmStatus) -> Option<Result<(), Error>> {
+    match (status.state, &status.error) {
+        (api::VmState::Starting, _) => None,
+        (api::VmState::Stopped, Some(error)) => Some(Err(Error::StartFailed {
+            name: status.spec.name.clone(),
+            error: error.clone(),
+        })),
+        _ => Some(Ok(())),
+    }
+}
+
+/// A shutdown or power-off ends when the VM is stopped.
+fn stopped(status: &api::VmStatus) -> Option<Result<(), Error>> {
+    (status.state == api::VmState::Stopped).then_some(Ok(()))
+}
+
+/// Polls the VM of `status` (the host's answer to an operation) until `outcome` says the
+/// operation ended, for at most `limit` (`None`: not at all); returns its last status. A poll
+/// that cannot reach the host is tried again until the limit.
+fn wait_vm(
+    t: &Target,
+    mut status: api::VmStatus,
+    limit: Option<Duration>,
+    outcome: Outcome,
+) -> Result<api::VmStatus, Error> {
+    let Some(limit) = limit else {
+        return Ok(status);
+    };
+    let path = vm_path(api::VM, &status.spec.name);
+    let deadline = std::time::Instant::now() + limit;
+    let mut pause = Duration::from_millis(100);
+    loop {
+        if let Some(ended) = outcome(&status) {
+            return ended.map(|()| status);
+        }
+        if std::time::Instant::now() >= deadline {
+            return Err(Error::StillGoing {
+                name: status.spec.name.clone(),
+                state: serde_json::to_value(status.state)
+                    .ok()
+                    .and_then(|v| v.as_str().map(String::from))
+                    .unwrap_or_default(),
+                secs: limit.as_secs(),
+            });
+        }
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_secs(1));
+        match t.client.call::<(), api::VmStatus>("GET", &path, None) {
+            Ok(now) => status = now,
+            Err(
+                e @ (ClientError::Status { .. } | ClientError::Decode(_) | ClientError::Pin(_)),
+            ) => {
+                return Err(t.err(e));
+            }
+            // The host is busy or the network hiccups: the deadline decides.
+            Err(_) => {}
         }
     }
 }
@@ -866,6 +1006,57 @@ mod tests {
         );
         for bad in ["", "br0,vlan=3"] {
             assert!(parse_nic(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_start_ends_running_or_stopped_with_its_error() {
+        let status = |state, error: Option<&str>| api::VmStatus {
+            spec: VmSpec {
+                name: "g1".into(),
+                vcpus: 1,
+                memory_mib: 64,
+                kernel: "k".into(),
+                initrd: None,
+                cmdline: String::new(),
+                on_crash: OnCrash::Stop,
+                disks: Vec::new(),
+                nics: Vec::new(),
+            },
+            state,
+            pid: None,
+            restarts: 0,
+            last_exit: None,
+            error: error.map(String::from),
+            jail: None,
+        };
+        use api::VmState::*;
+        assert!(started(&status(Starting, None)).is_none());
+        assert!(matches!(started(&status(Running, None)), Some(Ok(()))));
+        assert!(matches!(started(&status(Stopped, None)), Some(Ok(()))));
+        let failed = started(&status(Stopped, Some("keel-vmm exited at start")));
+        match failed {
+            Some(Err(e)) => assert_eq!(
+                e.to_string(),
+                "VM g1 did not start: keel-vmm exited at start"
+            ),
+            _ => panic!("a failed start is an error"),
+        }
+        assert!(stopped(&status(ShuttingDown, None)).is_none());
+        assert!(stopped(&status(Starting, None)).is_none());
+        assert!(matches!(stopped(&status(Stopped, Some("x"))), Some(Ok(()))));
+        // Waiting is the default for start and power-off; --no-wait answers at once.
+        let cli = Cli::try_parse_from(["keelctl", "vm", "start", "g1", "--wait-timeout", "5"]);
+        match cli.map(|c| c.command) {
+            Ok(Top::Vm(VmCmd::Start { wait, .. })) => {
+                assert_eq!(wait.limit(), Some(Duration::from_secs(5)));
+            }
+            _ => panic!("vm start --wait-timeout"),
+        }
+        let cli = Cli::try_parse_from(["keelctl", "vm", "poweroff", "g1", "--no-wait"]);
+        match cli.map(|c| c.command) {
+            Ok(Top::Vm(VmCmd::Poweroff { wait, .. })) => assert_eq!(wait.limit(), None),
+            _ => panic!("vm poweroff --no-wait"),
         }
     }
 

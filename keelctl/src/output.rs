@@ -170,6 +170,9 @@ pub fn vm_detail(v: &VmStatus) -> String {
         v.restarts,
         v.spec.cmdline
     ));
+    if let Some(error) = &v.error {
+        out.push_str(&format!("start failed: {error}\n"));
+    }
     if let Some(j) = &v.jail {
         let e = &j.events;
         out.push_str(&format!(

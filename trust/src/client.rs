@@ -43,6 +43,11 @@ pub enum ClientError {
     Ca(#[from] CaError),
 }
 
+/// How long a request may wait to connect, and for each read or write, unless
+/// [`HostClient::with_timeout`] says otherwise (keelctl allows more: a VM operation is answered
+/// within keel-vmm's control timeout, `vms::VMM_CALL_TIMEOUT`, plus a loaded host's margin).
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// A connection recipe for one host.
 #[derive(Debug, Clone)]
 pub struct HostClient {
@@ -74,9 +79,15 @@ impl HostClient {
             addr,
             pin,
             config,
-            timeout: Duration::from_secs(10),
+            timeout: DEFAULT_TIMEOUT,
             server_name: None,
         }
+    }
+
+    /// Waits `timeout` to connect and for each read and write instead of [`DEFAULT_TIMEOUT`].
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
     }
 
     /// Expects the server's certificate to be for `name` rather than for its address.
@@ -159,8 +170,8 @@ impl HostClient {
         }
     }
 
-    /// Sends one request and decodes a 200 answer as `T`; any other status is an error carrying
-    /// the host's message.
+    /// Sends one request and decodes a 200, 201 or 202 answer as `T`; any other status is an
+    /// error carrying the host's message.
     pub fn call<B: Serialize, T: DeserializeOwned>(
         &self,
         method: &str,
@@ -171,9 +182,10 @@ impl HostClient {
         self.decode(response)
     }
 
-    /// A 200 answer decoded as `T`; any other status is an error carrying the host's message.
+    /// A 200, 201 or 202 (accepted: the operation goes on) answer decoded as `T`; any other
+    /// status is an error carrying the host's message.
     pub fn decode<T: DeserializeOwned>(&self, response: Response) -> Result<T, ClientError> {
-        if response.status != 200 {
+        if !matches!(response.status, 200..=202) {
             let message = response
                 .json_body::<http::ErrorBody>()
                 .map(|b| b.error)

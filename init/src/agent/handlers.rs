@@ -6,7 +6,7 @@ use super::super::hostinfo;
 use super::super::http::{self, HttpError, RequestHead, Response};
 use super::super::identity::{CERT_FILE, KEY_FILE};
 use super::super::images::parse_kind;
-use super::super::vms::Op;
+use super::super::vms::{Op, VmError};
 use super::{Access, Agent, Peer, Request, ROUTES};
 use rustls::{ServerConnection, StreamOwned};
 use std::io::{Read, Write};
@@ -33,6 +33,15 @@ fn json_or<T: serde::Serialize, E>(result: Result<T, E>, err: impl Fn(E) -> Resp
     match result {
         Ok(value) => Response::json(200, &value),
         Err(e) => err(e),
+    }
+}
+
+/// A VM operation's answer: 202 Accepted with the VM's status for one that goes on after the
+/// answer (a start, a shutdown or power-off: the manager polls the status), else 200.
+fn vm_answer(result: Result<api::VmStatus, VmError>, accepted: bool) -> Response {
+    match result {
+        Ok(status) => Response::json(if accepted { 202 } else { 200 }, &status),
+        Err(e) => e.response(),
     }
 }
 
@@ -219,18 +228,15 @@ impl Agent {
         if let Some(bad) = empty_body(request) {
             return bad;
         }
-        json_or(self.vms.start(first(request, api::VM_START)), |e| {
-            e.response()
-        })
+        vm_answer(self.vms.start(first(request, api::VM_START)), true)
     }
 
     fn vm_op(&self, request: &Request, pattern: &str, op: Op) -> Response {
         if let Some(bad) = empty_body(request) {
             return bad;
         }
-        json_or(self.vms.control(first(request, pattern), op), |e| {
-            e.response()
-        })
+        let accepted = matches!(op, Op::Shutdown | Op::PowerOff);
+        vm_answer(self.vms.control(first(request, pattern), op), accepted)
     }
 
     pub(super) fn vm_shutdown(&self, request: &Request) -> Response {

@@ -100,6 +100,14 @@ impl Process {
         }
     }
 
+    /// Its exit status if it has exited (reaped then), without waiting.
+    pub fn try_wait(&mut self) -> io::Result<Option<ExitStatus>> {
+        match self {
+            Process::Jailed(j) => j.try_wait(),
+            Process::Child(c) => c.try_wait(),
+        }
+    }
+
     /// Kills and reaps it (a start that failed half-way).
     pub fn kill(&mut self) {
         match self {

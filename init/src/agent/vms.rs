@@ -8,14 +8,19 @@
 //! agent, so it outlives an agent that dies; a new agent finds it again by the pid file and a
 //! control socket that answers (VDSM's recovery). A monitor reads each jail's cgroup events and
 //! logs the limits a VM hits; the VM's status shows them.
+//!
+//! A start answers at once: the VM is `starting` while a thread of its own sets up the jail,
+//! launches keel-vmm and waits for its control socket, then `running`, or `stopped` with the
+//! reason in its status' `error`. The VM table's lock is only ever held for bookkeeping, never
+//! across a launch, a wait or a call to keel-vmm, so `get` and `list` answer at once.
 
 use super::api::{DiskCopy, ImageKind, OnCrash, VmExit, VmJail, VmSpec, VmState, VmStatus};
 use super::atomic::{remove_durable, write_atomic};
 use super::console::Console;
 use super::http::{self, Limits, Response};
 use super::images::Store;
-use super::launch::{self, Launched, VmRun};
-use super::vm_devices::{self, DeviceError};
+use super::launch::{self, Launched, Process, VmRun};
+use super::vm_devices::{self, DeviceError, VmDevices};
 use crate::jail::{CgroupLimits, JailError, Jailer};
 use keel_api::vmm::{self, ExitReason};
 use std::collections::BTreeMap;
@@ -29,8 +34,15 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-/// How long a new keel-vmm has to open its control socket.
-const START_WAIT: Duration = Duration::from_secs(10);
+/// How long a new keel-vmm has to open its control socket. Generous: nothing waits on it but
+/// the VM's own start thread, and under emulation (the e2e tests' QEMU/TCG) a start takes ~50x
+/// longer than on a host. keelctl waits longer than this by default.
+pub const START_WAIT: Duration = Duration::from_secs(120);
+/// How long keel-vmm has to answer one control request: well under a manager's request
+/// timeout (keelctl: 30 s), which the answer to a VM operation must fit in.
+pub const VMM_CALL_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often a start looks for keel-vmm's control socket (and for an early exit).
+const START_POLL: Duration = Duration::from_millis(50);
 /// Restarts after crashes back off from 1 s, doubling up to this.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// How often the monitor reads the jails' cgroup events.
@@ -72,6 +84,21 @@ pub enum VmError {
         reason: String,
         log: String,
     },
+    /// keel-vmm for {name:?} did not open its control socket within {secs} s; its log: {log}
+    #[error(
+        "keel-vmm for {name:?} did not open its control socket within {secs} s; its log: {log}"
+    )]
+    StartTimeout {
+        name: String,
+        secs: u64,
+        log: String,
+    },
+    /// VM {0:?} was powered off while starting
+    #[error("VM {0:?} was powered off while starting")]
+    StartAborted(String),
+    /// Cannot start a thread for VM {0:?}: {1}
+    #[error("Cannot start a thread for VM {0:?}: {1}")]
+    Thread(String, io::Error),
     /// Cannot {0} {1}: {2}
     #[error("Cannot {0} {1}: {2}")]
     Io(&'static str, PathBuf, io::Error),
@@ -99,10 +126,10 @@ impl VmError {
             Self::Invalid(_) => 400,
             Self::Image(e) if e.status() == 404 => 400,
             Self::Image(e) => e.status(),
-            Self::StartFailed { .. } => 422,
+            Self::StartFailed { .. } | Self::StartTimeout { .. } | Self::StartAborted(_) => 422,
             Self::NoUid | Self::DiskInUse { .. } => 409,
             Self::Tap(_) => 422,
-            Self::Io(..) | Self::Jail(_) => 500,
+            Self::Io(..) | Self::Jail(_) | Self::Thread(..) => 500,
             Self::Devices(DeviceError::Invalid(_)) => 400,
             Self::Devices(DeviceError::Store(e)) if e.status() == 404 => 400,
             Self::Devices(DeviceError::Store(e)) => e.status(),
@@ -186,8 +213,12 @@ fn now_unix() -> u64 {
 }
 
 struct Run {
-    pid: u32,
+    /// keel-vmm's pid; `None` while the start is still setting up its jail.
+    pid: Option<u32>,
     state: VmState,
+    /// The jail uid the run holds: taken when the start is accepted, so two starts in flight
+    /// never share one.
+    uid: Option<u32>,
 }
 
 struct Entry {
@@ -203,6 +234,8 @@ struct Entry {
     console: Arc<Console>,
     /// The jail of the current run, or of the last one with its final counters.
     jail: Option<VmJail>,
+    /// Why the last start did not reach `running`; cleared by the next start.
+    error: Option<String>,
 }
 
 impl Entry {
@@ -210,17 +243,58 @@ impl Entry {
         VmStatus {
             spec: self.spec.clone(),
             state: self.run.as_ref().map_or(VmState::Stopped, |r| r.state),
-            pid: self.run.as_ref().map(|r| r.pid),
+            pid: self.run.as_ref().and_then(|r| r.pid),
             restarts: self.restarts,
             last_exit: self.last_exit.clone(),
+            error: self.error.clone(),
             jail: self.jail.clone(),
         }
     }
 
-    /// The jail uid of the running VMM.
+    /// The jail uid of the running (or starting) VMM.
     fn uid(&self) -> Option<u32> {
-        self.run.as_ref().and(self.jail.as_ref()).map(|j| j.uid)
+        self.run.as_ref().and_then(|r| r.uid)
     }
+
+    /// The current run's generation, while it is `starting`.
+    fn starting(&self, generation: u64) -> bool {
+        self.generation == generation
+            && self
+                .run
+                .as_ref()
+                .is_some_and(|r| r.state == VmState::Starting)
+    }
+}
+
+/// Sets up a VM's jail and starts its keel-vmm ([`launch::launch`]; tests stand in a slow one).
+pub type Launcher = fn(Option<&Jailer>, &Path, &VmRun) -> Result<Launched, VmError>;
+
+/// How VMs start: the launcher, and how long keel-vmm has to open its control socket.
+#[derive(Clone, Copy)]
+pub struct Starter {
+    pub launch: Launcher,
+    pub wait: Duration,
+}
+
+impl Default for Starter {
+    fn default() -> Self {
+        Self {
+            launch: launch::launch,
+            wait: START_WAIT,
+        }
+    }
+}
+
+/// A start accepted under the table's lock, for the start thread to carry out without it.
+struct Pending {
+    spec: VmSpec,
+    kernel: PathBuf,
+    initrd: Option<PathBuf>,
+    devices: VmDevices,
+    uid: u32,
+    generation: u64,
+    /// When the start was accepted, for the log's timings.
+    accepted: Instant,
 }
 
 /// Where things live and what runs VMs.
@@ -245,11 +319,21 @@ pub struct Vms {
     /// VMs being defined: their private disk copies are made outside the table's lock, so that
     /// copying a large image does not hold up every other VM operation. Locked after `entries`.
     defining: Mutex<BTreeMap<String, VmSpec>>,
+    starter: Starter,
 }
 
 impl Vms {
     /// Loads the definitions and takes back the VMs still running, logging what happened.
     pub fn open(paths: VmPaths, store: Arc<Store>) -> Result<Arc<Self>, VmError> {
+        Self::open_with(paths, store, Starter::default())
+    }
+
+    /// As [`Vms::open`], starting VMs with `starter`.
+    pub fn open_with(
+        paths: VmPaths,
+        store: Arc<Store>,
+        starter: Starter,
+    ) -> Result<Arc<Self>, VmError> {
         for dir in [&paths.defs, &paths.run] {
             fs::DirBuilder::new()
                 .recursive(true)
@@ -262,6 +346,7 @@ impl Vms {
             store,
             entries: Mutex::new(BTreeMap::new()),
             defining: Mutex::new(BTreeMap::new()),
+            starter,
         });
         if vms.paths.jail.is_some() {
             let weak = Arc::downgrade(&vms);
@@ -328,6 +413,7 @@ impl Vms {
             backoff: Duration::from_secs(1),
             console: Arc::new(console),
             jail: None,
+            error: None,
         }
     }
 
@@ -337,7 +423,6 @@ impl Vms {
         let console = self.console_of(&spec.name);
         let mut entry = Self::new_entry(spec, console);
         if let Some((pid, state)) = self.find_running(&name) {
-            entry.run = Some(Run { pid, state });
             entry.generation = 1;
             if let Some(jailer) = &self.paths.jail {
                 let limits = CgroupLimits::for_vm(entry.spec.memory_mib, entry.spec.vcpus.into());
@@ -345,6 +430,11 @@ impl Vms {
                     .filter(|uid| launch::is_vm_uid(*uid))
                     .map(|uid| launch::jail_info(jailer, &name, uid, &limits));
             }
+            entry.run = Some(Run {
+                pid: Some(pid),
+                state,
+                uid: entry.jail.as_ref().map(|j| j.uid),
+            });
             entry
                 .console
                 .attach(launch::sockets(&self.dir(&name)).1, START_WAIT);
@@ -381,13 +471,13 @@ impl Vms {
         Some((pid, state))
     }
 
-    /// A VM's status, with its jail's limit counters read now while it runs.
-    fn status_of(&self, entry: &Entry) -> VmStatus {
-        let mut status = entry.status();
+    /// A VM's status (taken under the table's lock), with its jail's limit counters read now,
+    /// after the lock, while it runs.
+    fn with_events(&self, mut status: VmStatus) -> VmStatus {
         if let (Some(jail), Some(jailer), Some(_)) =
-            (status.jail.as_mut(), &self.paths.jail, &entry.run)
+            (status.jail.as_mut(), &self.paths.jail, status.pid)
         {
-            if let Ok(events) = jailer.cgroup_events(&entry.spec.name) {
+            if let Ok(events) = jailer.cgroup_events(&status.spec.name) {
                 jail.events = events;
             }
         }
@@ -395,13 +485,14 @@ impl Vms {
     }
 
     pub fn list(&self) -> Vec<VmStatus> {
-        self.lock().values().map(|e| self.status_of(e)).collect()
+        let statuses: Vec<VmStatus> = self.lock().values().map(Entry::status).collect();
+        statuses.into_iter().map(|s| self.with_events(s)).collect()
     }
 
     pub fn get(&self, name: &str) -> Result<VmStatus, VmError> {
-        self.lock()
-            .get(name)
-            .map(|e| self.status_of(e))
+        let status = self.lock().get(name).map(Entry::status);
+        status
+            .map(|s| self.with_events(s))
             .ok_or_else(|| VmError::NotFound(name.to_string()))
     }
 
@@ -436,7 +527,18 @@ impl Vms {
     pub fn running(&self) -> Vec<(String, u32)> {
         self.lock()
             .values()
-            .filter_map(|e| e.run.as_ref().map(|r| (e.spec.name.clone(), r.pid)))
+            .filter_map(|e| {
+                let pid = e.run.as_ref().and_then(|r| r.pid)?;
+                Some((e.spec.name.clone(), pid))
+            })
+            .collect()
+    }
+
+    /// Names and states of the VMs not stopped (starting ones too).
+    fn runs(&self) -> Vec<(String, VmState)> {
+        self.lock()
+            .values()
+            .filter_map(|e| e.run.as_ref().map(|r| (e.spec.name.clone(), r.state)))
             .collect()
     }
 
@@ -495,66 +597,103 @@ impl Vms {
         Ok(status)
     }
 
-    /// Starts a stopped VM and waits until its control socket answers.
+    /// Accepts the start of a stopped VM and answers at once with it `starting`: a thread of its
+    /// own launches keel-vmm and waits for its control socket (see [`Vms::run_start`]). What
+    /// can be checked at once (the VM, its state, its images, a disk in use, a free jail uid) is
+    /// an error here; what fails later is in the VM's status (`error`).
     pub fn start(self: &Arc<Self>, name: &str) -> Result<VmStatus, VmError> {
-        let (generation, api_sock) = {
+        let (pending, status) = {
             let mut entries = self.lock();
-            let uid = free_uid(&entries)?;
-            let entry = entries
-                .get(name)
-                .ok_or_else(|| VmError::NotFound(name.to_string()))?;
-            if let Some(run) = &entry.run {
-                return Err(VmError::State {
-                    name: name.into(),
-                    state: run.state,
-                    op: "start it",
-                });
-            }
-            if let Some(conflict) = disk_conflict(&entries, &entry.spec) {
-                return Err(conflict);
-            }
-            let entry = entries
-                .get_mut(name)
-                .ok_or_else(|| VmError::NotFound(name.to_string()))?;
-            entry.stopping = false;
-            self.spawn(entry, uid)?
+            let pending = self.accept_start(&mut entries, name)?;
+            let status = entries.get(name).map(Entry::status);
+            (pending, status)
         };
-        let deadline = Instant::now() + START_WAIT;
-        while Instant::now() < deadline {
-            let status = self.get(name)?;
-            let current = self.lock().get(name).map(|e| e.generation);
-            if status.state == VmState::Stopped || current != Some(generation) {
-                let reason = status
-                    .last_exit
-                    .map_or_else(|| "unknown".into(), |e| e.reason);
-                let log = tail(&self.dir(name).join("vmm.log"));
-                return Err(VmError::StartFailed {
-                    name: name.into(),
-                    reason,
-                    log,
-                });
-            }
-            if launch::connect(&api_sock).is_ok() {
-                return Ok(status);
-            }
-            thread::sleep(Duration::from_millis(50));
-        }
-        self.get(name)
+        let status = status.ok_or_else(|| VmError::NotFound(name.to_string()))?;
+        self.spawn_start(pending)?;
+        Ok(status)
     }
 
-    /// Launches keel-vmm for `entry` (locked by the caller) as jail uid `uid`; returns the run's
-    /// generation and control socket.
-    fn spawn(self: &Arc<Self>, entry: &mut Entry, uid: u32) -> Result<(u64, PathBuf), VmError> {
-        let spec = &entry.spec;
+    /// Runs an accepted start on a thread of its own.
+    fn spawn_start(self: &Arc<Self>, pending: Pending) -> Result<(), VmError> {
+        let (name, generation) = (pending.spec.name.clone(), pending.generation);
+        let vms = Arc::clone(self);
+        let started = thread::Builder::new()
+            .name("keel-vm-start".into())
+            .spawn(move || vms.run_start(pending));
+        started.map(drop).map_err(|e| {
+            let error = VmError::Thread(name.clone(), e);
+            self.start_failed(&name, generation, &error);
+            error
+        })
+    }
+
+    /// Checks VM `name` can start and marks it `starting` (under the table's lock, held by the
+    /// caller): a new generation, a jail uid taken, its images resolved.
+    fn accept_start(
+        &self,
+        entries: &mut BTreeMap<String, Entry>,
+        name: &str,
+    ) -> Result<Pending, VmError> {
+        let uid = free_uid(entries)?;
+        let entry = entries
+            .get(name)
+            .ok_or_else(|| VmError::NotFound(name.to_string()))?;
+        if let Some(run) = &entry.run {
+            return Err(VmError::State {
+                name: name.into(),
+                state: run.state,
+                op: "start it",
+            });
+        }
+        if let Some(conflict) = disk_conflict(entries, &entry.spec) {
+            return Err(conflict);
+        }
+        let spec = entry.spec.clone();
         let kernel = self.store.path(ImageKind::Kernel, &spec.kernel)?;
         let initrd = match &spec.initrd {
             Some(name) => Some(self.store.path(ImageKind::Initrd, name)?),
             None => None,
         };
-        let devices = vm_devices::vmm_config(&self.store, &self.store.vm_copies(), spec)?;
-        let dir = self.dir(&spec.name);
+        let devices = vm_devices::vmm_config(&self.store, &self.store.vm_copies(), &spec)?;
+        let entry = entries
+            .get_mut(name)
+            .ok_or_else(|| VmError::NotFound(name.to_string()))?;
+        entry.generation += 1;
+        entry.stopping = false;
+        entry.error = None;
+        entry.run = Some(Run {
+            pid: None,
+            state: VmState::Starting,
+            uid: Some(uid),
+        });
+        Ok(Pending {
+            spec,
+            kernel,
+            initrd,
+            devices,
+            uid,
+            generation: entry.generation,
+            accepted: Instant::now(),
+        })
+    }
+
+    /// Carries out an accepted start, without the table's lock: launches keel-vmm (jail, taps,
+    /// cgroup), then waits for its control socket while watching for an early exit, a
+    /// power-off and the deadline. Ends with the VM `running`, or stopped with `error` set.
+    fn run_start(self: &Arc<Self>, pending: Pending) {
+        let Pending {
+            spec,
+            kernel,
+            initrd,
+            devices,
+            uid,
+            generation,
+            accepted,
+        } = pending;
+        let name = spec.name.as_str();
+        let dir = self.dir(name);
         let run = VmRun {
-            name: &spec.name,
+            name,
             vcpus: spec.vcpus,
             memory_mib: spec.memory_mib,
             kernel: &kernel,
@@ -569,26 +708,116 @@ impl Vms {
             api_sock,
             console_sock,
             jail,
-        } = launch::launch(self.paths.jail.as_ref(), &self.paths.vmm, &run)?;
+        } = match (self.starter.launch)(self.paths.jail.as_ref(), &self.paths.vmm, &run) {
+            Ok(launched) => launched,
+            Err(e) => return self.start_failed(name, generation, &e),
+        };
         let pid = process.pid();
+        let launched = accepted.elapsed();
+        let console = {
+            let mut entries = self.lock();
+            let Some(entry) = entries.get_mut(name).filter(|e| e.starting(generation)) else {
+                // Nothing else ends a start; should it happen, the process is nobody's.
+                drop(entries);
+                process.kill();
+                return;
+            };
+            if let Some(run) = entry.run.as_mut() {
+                run.pid = Some(pid);
+            }
+            entry.jail = jail;
+            Arc::clone(&entry.console)
+        };
         let pid_path = dir.join("pid");
         if let Err(e) = fs::write(&pid_path, format!("{pid}\n")) {
-            process.kill();
-            if let Some(jailer) = &self.paths.jail {
-                let taps = launch::tap_names(&spec.name, spec.nics.len());
-                launch::finish(jailer, &spec.name, &taps);
-            }
-            return Err(VmError::Io("write", pid_path, e));
+            let error = VmError::Io("write", pid_path, e);
+            return self.abort_start(name, generation, &mut process, &error);
         }
-        entry.generation += 1;
-        let generation = entry.generation;
-        entry.run = Some(Run {
-            pid,
-            state: VmState::Running,
-        });
-        entry.jail = jail;
-        entry.console.attach(console_sock, START_WAIT);
-        let name = spec.name.clone();
+        console.attach(console_sock, self.starter.wait);
+        let deadline = Instant::now() + self.starter.wait;
+        loop {
+            match process.try_wait() {
+                Ok(Some(status)) => return self.exited(name, generation, exit_reason(status)),
+                Ok(None) => {}
+                Err(e) => {
+                    let exit = (None, format!("cannot wait for keel-vmm: {e}"), true);
+                    return self.exited(name, generation, exit);
+                }
+            }
+            let stopping = self.lock().get(name).is_none_or(|e| e.stopping);
+            if stopping {
+                let error = VmError::StartAborted(name.into());
+                return self.abort_start(name, generation, &mut process, &error);
+            }
+            if Instant::now() >= deadline {
+                let error = VmError::StartTimeout {
+                    name: name.into(),
+                    secs: self.starter.wait.as_secs(),
+                    log: tail(&dir.join("vmm.log")),
+                };
+                return self.abort_start(name, generation, &mut process, &error);
+            }
+            if launch::connect(&api_sock).is_ok() {
+                break;
+            }
+            thread::sleep(START_POLL);
+        }
+        {
+            let mut entries = self.lock();
+            if let Some(run) = entries
+                .get_mut(name)
+                .filter(|e| e.generation == generation)
+                .and_then(|e| e.run.as_mut())
+            {
+                run.state = VmState::Running;
+            }
+        }
+        log::info!(
+            "keel-agent: VM {name} running (keel-vmm pid {pid}): launched {:.1} s and answering {:.1} s after its start",
+            launched.as_secs_f32(),
+            accepted.elapsed().as_secs_f32()
+        );
+        self.watch(name.to_string(), generation, process);
+    }
+
+    /// Ends a start whose keel-vmm runs but must not go on: records `error`, kills and reaps the
+    /// process (still the start thread's own, so no other process can be hit), then its end.
+    fn abort_start(
+        self: &Arc<Self>,
+        name: &str,
+        generation: u64,
+        process: &mut Process,
+        error: &VmError,
+    ) {
+        if let Some(entry) = self
+            .lock()
+            .get_mut(name)
+            .filter(|e| e.generation == generation)
+        {
+            entry.stopping = true;
+            entry.error.get_or_insert_with(|| error.to_string());
+        }
+        process.kill();
+        let exit = (None, format!("killed at start: {error}"), false);
+        self.exited(name, generation, exit);
+    }
+
+    /// Records a start that failed before keel-vmm ran (nothing of it is left to clean up).
+    fn start_failed(&self, name: &str, generation: u64, error: &VmError) {
+        let mut entries = self.lock();
+        let Some(entry) = entries.get_mut(name).filter(|e| e.generation == generation) else {
+            return;
+        };
+        if entry.run.as_ref().is_some_and(|r| r.pid.is_none()) {
+            entry.run = None;
+        }
+        let message = error.to_string();
+        log::error!("keel-agent: VM {name} did not start: {message}");
+        entry.error.get_or_insert(message);
+    }
+
+    /// Waits for a running keel-vmm (the agent's child) on a thread and records its end.
+    fn watch(self: &Arc<Self>, name: String, generation: u64, mut process: Process) {
         let vms = Arc::clone(self);
         let _ = thread::Builder::new()
             .name("keel-vm-watch".into())
@@ -599,7 +828,6 @@ impl Vms {
                 };
                 vms.exited(&name, generation, exit);
             });
-        Ok((generation, api_sock))
     }
 
     /// Watches a keel-vmm that is not the agent's child (taken back after a restart): its exit
@@ -631,9 +859,16 @@ impl Vms {
     fn exited(self: &Arc<Self>, name: &str, generation: u64, exit: (Option<i32>, String, bool)) {
         let (code, mut reason, crash) = exit;
         // Only the current run's jail (and taps) are this run's to remove.
-        let taps = self.lock().get(name).and_then(|e| {
-            (e.generation == generation).then(|| launch::tap_names(name, e.spec.nics.len()))
-        });
+        let (taps, starting) = {
+            let entries = self.lock();
+            let current = entries.get(name).filter(|e| e.generation == generation);
+            (
+                current.map(|e| launch::tap_names(name, e.spec.nics.len())),
+                current.is_some_and(|e| e.starting(generation)),
+            )
+        };
+        // A run that ends before it answered is a failed start: its log says why.
+        let log = starting.then(|| tail(&self.dir(name).join("vmm.log")));
         let events = self
             .paths
             .jail
@@ -656,6 +891,14 @@ impl Vms {
                     log::warn!("{line}");
                 }
                 jail.events = events;
+            }
+            if let Some(log) = log.filter(|_| entry.starting(generation)) {
+                let failed = VmError::StartFailed {
+                    name: name.into(),
+                    reason: reason.clone(),
+                    log,
+                };
+                entry.error.get_or_insert_with(|| failed.to_string());
             }
             entry.run = None;
             entry.console.close_followers();
@@ -682,20 +925,31 @@ impl Vms {
         };
         if let Some(wait) = restart_after {
             thread::sleep(wait);
-            let mut entries = self.lock();
-            let uid = free_uid(&entries);
-            if let Some(entry) = entries.get_mut(name) {
-                if entry.run.is_none() && !entry.stopping && entry.generation == generation {
-                    entry.restarts += 1;
-                    if let Err(e) = uid.and_then(|uid| self.spawn(entry, uid)) {
-                        log::error!("keel-agent: cannot restart VM {name}: {e}");
+            let pending = {
+                let mut entries = self.lock();
+                let again = entries
+                    .get_mut(name)
+                    .filter(|e| e.run.is_none() && !e.stopping && e.generation == generation);
+                let Some(entry) = again else {
+                    return;
+                };
+                entry.restarts += 1;
+                self.accept_start(&mut entries, name).inspect_err(|e| {
+                    if let Some(entry) = entries.get_mut(name) {
+                        entry.error = Some(e.to_string());
                     }
-                }
+                })
+            };
+            // On a thread of its own: a VM that keeps crashing is no deeper a call each time.
+            if let Err(e) = pending.and_then(|p| self.spawn_start(p)) {
+                log::error!("keel-agent: cannot restart VM {name}: {e}");
             }
         }
     }
 
-    /// Sends a control request to a running VM and records the state it leads to.
+    /// Sends a control request to a running VM and records the state it leads to. The table's
+    /// lock is not held while keel-vmm answers. A VM still starting can only be powered off: its
+    /// start thread stops it (the status says `starting` until it has).
     pub fn control(&self, name: &str, op: Op) -> Result<VmStatus, VmError> {
         let (path, next, label) = match op {
             Op::Shutdown => ("/vm/shutdown", VmState::ShuttingDown, "shutdown"),
@@ -703,22 +957,28 @@ impl Vms {
             Op::Pause => ("/vm/pause", VmState::Paused, "pause"),
             Op::Resume => ("/vm/resume", VmState::Running, "resume"),
         };
-        {
+        let generation = {
             let mut entries = self.lock();
             let entry = entries
                 .get_mut(name)
                 .ok_or_else(|| VmError::NotFound(name.to_string()))?;
-            if entry.run.is_none() {
+            let state = entry.run.as_ref().map_or(VmState::Stopped, |r| r.state);
+            if state == VmState::Starting && op == Op::PowerOff {
+                entry.stopping = true;
+                return Ok(entry.status());
+            }
+            if matches!(state, VmState::Stopped | VmState::Starting) {
                 return Err(VmError::State {
                     name: name.into(),
-                    state: VmState::Stopped,
+                    state,
                     op: label,
                 });
             }
             if matches!(op, Op::Shutdown | Op::PowerOff) {
                 entry.stopping = true;
             }
-        }
+            entry.generation
+        };
         let (sock, _) = launch::sockets(&self.dir(name));
         let response = vmm_call(&sock, "PUT", path).map_err(|e| VmError::Refused {
             name: name.into(),
@@ -739,7 +999,11 @@ impl Vms {
         let entry = entries
             .get_mut(name)
             .ok_or_else(|| VmError::NotFound(name.to_string()))?;
-        if let Some(run) = entry.run.as_mut() {
+        if let Some(run) = entry
+            .run
+            .as_mut()
+            .filter(|_| entry.generation == generation)
+        {
             run.state = next;
         }
         Ok(entry.status())
@@ -747,25 +1011,32 @@ impl Vms {
 }
 
 impl Vms {
-    /// Stops every running VM for a host shutdown: presses each power button, waits up to
-    /// `grace` for the guests to power off, then powers off the rest. Returns how many needed the
-    /// power-off.
+    /// Stops every VM for a host shutdown: presses each power button (a VM still starting gets
+    /// it once it runs), waits up to `grace` for the guests to power off, then powers off the
+    /// rest (a start still under way is abandoned). Returns how many needed the power-off.
     pub fn stop_all(&self, grace: Duration) -> usize {
-        let names =
-            |vms: &Self| -> Vec<String> { vms.running().into_iter().map(|(n, _)| n).collect() };
-        for name in names(self) {
-            let _ = self.control(&name, Op::Shutdown);
-        }
         let deadline = Instant::now() + grace;
-        while !self.running().is_empty() && Instant::now() < deadline {
+        let mut pressed = std::collections::BTreeSet::new();
+        loop {
+            let runs = self.runs();
+            if runs.is_empty() || Instant::now() >= deadline {
+                break;
+            }
+            for (name, state) in runs {
+                let up = matches!(state, VmState::Running | VmState::Paused);
+                if up && !pressed.contains(&name) {
+                    let _ = self.control(&name, Op::Shutdown);
+                    pressed.insert(name);
+                }
+            }
             thread::sleep(Duration::from_millis(100));
         }
-        let stragglers = names(self);
+        let stragglers: Vec<String> = self.runs().into_iter().map(|(n, _)| n).collect();
         for name in &stragglers {
             let _ = self.control(name, Op::PowerOff);
         }
         let deadline = Instant::now() + Duration::from_secs(2);
-        while !self.running().is_empty() && Instant::now() < deadline {
+        while !self.runs().is_empty() && Instant::now() < deadline {
             thread::sleep(Duration::from_millis(50));
         }
         stragglers.len()
@@ -797,15 +1068,25 @@ fn monitor_limits(vms: Weak<Vms>) {
         let Some(jailer) = &vms.paths.jail else {
             return;
         };
-        let mut entries = vms.lock();
-        for (name, entry) in entries.iter_mut() {
-            let Some(jail) = entry.jail.as_mut().filter(|_| entry.run.is_some()) else {
+        // The cgroup files are read without the table's lock; the counters are kept with it.
+        let jailed: Vec<(String, u64)> = vms
+            .lock()
+            .iter()
+            .filter(|(_, e)| e.jail.is_some() && e.run.as_ref().is_some_and(|r| r.pid.is_some()))
+            .map(|(name, e)| (name.clone(), e.generation))
+            .collect();
+        for (name, generation) in jailed {
+            let Ok(events) = jailer.cgroup_events(&name) else {
                 continue;
             };
-            let Ok(events) = jailer.cgroup_events(name) else {
+            let mut entries = vms.lock();
+            let current = entries
+                .get_mut(&name)
+                .filter(|e| e.generation == generation && e.run.is_some());
+            let Some(jail) = current.and_then(|e| e.jail.as_mut()) else {
                 continue;
             };
-            if let Some(line) = launch::limit_report(name, &jail.events, &events) {
+            if let Some(line) = launch::limit_report(&name, &jail.events, &events) {
                 log::warn!("{line}");
             }
             jail.events = events;
@@ -816,8 +1097,8 @@ fn monitor_limits(vms: Weak<Vms>) {
 /// One request to keel-vmm's control socket (never through a symlink in its place).
 pub fn vmm_call(sock: &Path, method: &str, path: &str) -> Result<Response, http::HttpError> {
     let mut stream = launch::connect(sock)?;
-    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-    stream.set_write_timeout(Some(Duration::from_secs(10)))?;
+    stream.set_read_timeout(Some(VMM_CALL_TIMEOUT))?;
+    stream.set_write_timeout(Some(VMM_CALL_TIMEOUT))?;
     http::write_request(&mut stream, method, path, "localhost", None)?;
     http::read_response(&mut stream, &Limits::default())
 }
@@ -879,6 +1160,10 @@ mod tests {
     }
 
     fn open(dir: &TestDir, vmm: &str) -> Arc<Vms> {
+        open_with(dir, vmm, Starter::default())
+    }
+
+    fn open_with(dir: &TestDir, vmm: &str, starter: Starter) -> Arc<Vms> {
         let store = Arc::new(Store::open(dir.path().join("data"), StoreKind::Ram).unwrap());
         let paths = VmPaths {
             vmm: vmm.into(),
@@ -886,7 +1171,37 @@ mod tests {
             run: dir.path().join("run"),
             jail: None,
         };
-        Vms::open(paths, store).unwrap()
+        Vms::open_with(paths, store, starter).unwrap()
+    }
+
+    /// A stand-in keel-vmm: a shell script.
+    fn script(dir: &TestDir, body: &str) -> String {
+        use std::os::unix::fs::PermissionsExt;
+        let vmm = dir.path().join("vmm.sh");
+        fs::write(&vmm, format!("#!/bin/sh\n{body}\n")).unwrap();
+        fs::set_permissions(&vmm, fs::Permissions::from_mode(0o755)).unwrap();
+        vmm.to_str().unwrap().into()
+    }
+
+    /// Puts kernel image "k" in the store.
+    fn kernel(vms: &Vms) {
+        let data = b"k";
+        let digest = super::super::images::hex(&<sha2::Sha256 as sha2::Digest>::digest(data));
+        vms.store
+            .upload(ImageKind::Kernel, "k", &digest, 1, &mut &data[..])
+            .unwrap();
+    }
+
+    /// Polls VM `name` until `done` holds (10 s at most).
+    fn wait_for(vms: &Vms, name: &str, done: impl Fn(&VmStatus) -> bool) -> VmStatus {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let status = vms.get(name).unwrap();
+            if done(&status) || Instant::now() > deadline {
+                return status;
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// A shared (not copied) disk.
@@ -910,8 +1225,9 @@ mod tests {
                 Console::default(),
             );
             e.run = Some(Run {
-                pid: 1,
+                pid: Some(1),
                 state: VmState::Running,
+                uid: None,
             });
             (name.to_string(), e)
         };
@@ -1059,52 +1375,166 @@ mod tests {
             err.to_string().contains("No kernel image named \"k\""),
             "{err}"
         );
-        let data = b"k";
-        let digest = super::super::images::hex(&<sha2::Sha256 as sha2::Digest>::digest(data));
-        vms.store
-            .upload(ImageKind::Kernel, "k", &digest, 1, &mut &data[..])
-            .unwrap();
-        let err = vms.start("a").unwrap_err();
-        assert_eq!(err.status(), 422, "{err}");
-        assert!(err.to_string().contains("keel-vmm failed"), "{err}");
-        let status = vms.get("a").unwrap();
-        assert_eq!(status.state, VmState::Stopped);
+        kernel(&vms);
+        // Accepted at once; the VMM's end before it answered is a failed start in the status.
+        assert_eq!(vms.start("a").unwrap().state, VmState::Starting);
+        let status = wait_for(&vms, "a", |s| s.state == VmState::Stopped);
+        assert_eq!(status.state, VmState::Stopped, "{status:?}");
+        let error = status.error.unwrap_or_default();
+        assert!(
+            error.contains("exited at start: keel-vmm failed"),
+            "{error}"
+        );
+        assert!(
+            error.contains("its log: keel-agent: keel-vmm starting"),
+            "{error}"
+        );
         assert_eq!(status.last_exit.unwrap().code, Some(1));
     }
 
     #[test]
     fn a_crashing_vm_with_the_restart_policy_is_restarted() {
-        use std::os::unix::fs::PermissionsExt;
         let dir = TestDir::new("vms-restart");
         // Stands in for a keel-vmm whose guest triple-faults at once (exit status 4).
-        let vmm = dir.path().join("crashing-vmm");
-        fs::write(&vmm, "#!/bin/sh\nexit 4\n").unwrap();
-        fs::set_permissions(&vmm, fs::Permissions::from_mode(0o755)).unwrap();
-        let vms = open(&dir, vmm.to_str().unwrap());
-        let data = b"k";
-        let digest = super::super::images::hex(&<sha2::Sha256 as sha2::Digest>::digest(data));
-        vms.store
-            .upload(ImageKind::Kernel, "k", &digest, 1, &mut &data[..])
-            .unwrap();
+        let vms = open(&dir, &script(&dir, "exit 4"));
+        kernel(&vms);
         vms.define(VmSpec {
             on_crash: OnCrash::Restart,
             ..spec("a")
         })
         .unwrap();
         vms.define(spec("b")).unwrap();
-        assert!(vms.start("a").is_err());
-        assert!(vms.start("b").is_err());
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while vms.get("a").unwrap().restarts < 2 && Instant::now() < deadline {
-            thread::sleep(Duration::from_millis(100));
-        }
-        let a = vms.get("a").unwrap();
+        vms.start("a").unwrap();
+        vms.start("b").unwrap();
+        let a = wait_for(&vms, "a", |s| s.restarts >= 2);
         assert!(a.restarts >= 2, "{a:?}");
         assert_eq!(a.last_exit.unwrap().code, Some(4));
         // Without the policy a crash stays down.
-        assert_eq!(vms.get("b").unwrap().restarts, 0);
+        let b = wait_for(&vms, "b", |s| s.state == VmState::Stopped);
+        assert_eq!((b.state, b.restarts), (VmState::Stopped, 0), "{b:?}");
+        assert!(b.error.unwrap_or_default().contains("triple-faulted"));
         // Powering off or deleting needs it stopped; stop the restarts by deleting after a crash.
         vms.lock().get_mut("a").unwrap().stopping = true;
+    }
+
+    #[test]
+    fn a_start_answers_at_once_and_runs_once_the_vmm_answers() {
+        let dir = TestDir::new("vms-starting");
+        // A keel-vmm that never opens its control socket: the test opens it in its place.
+        let vms = open(&dir, &script(&dir, "exec sleep 30"));
+        kernel(&vms);
+        vms.define(spec("a")).unwrap();
+        let accepted = vms.start("a").unwrap();
+        assert_eq!((accepted.state, accepted.error), (VmState::Starting, None));
+        let starting = wait_for(&vms, "a", |s| s.pid.is_some());
+        assert_eq!(starting.state, VmState::Starting);
+        // While it starts: another start, a delete, a pause or a shutdown are refused.
+        let refused = vms.start("a").unwrap_err();
+        assert_eq!(refused.status(), 409);
+        assert!(refused.to_string().contains("Starting"), "{refused}");
+        assert_eq!(vms.delete("a").unwrap_err().status(), 409);
+        assert_eq!(vms.control("a", Op::Pause).unwrap_err().status(), 409);
+        assert_eq!(vms.control("a", Op::Shutdown).unwrap_err().status(), 409);
+        let (api_sock, _) = launch::sockets(&vms.dir("a"));
+        let _listener = std::os::unix::net::UnixListener::bind(&api_sock).unwrap();
+        let running = wait_for(&vms, "a", |s| s.state == VmState::Running);
+        assert_eq!(running.state, VmState::Running, "{running:?}");
+        assert_eq!(running.pid, starting.pid);
+        // Its end once running is no failed start.
+        // SAFETY: kill has no memory effects; the pid is the stand-in's, not yet reaped.
+        unsafe { libc::kill(running.pid.unwrap() as libc::pid_t, libc::SIGKILL) };
+        let ended = wait_for(&vms, "a", |s| s.state == VmState::Stopped);
+        assert_eq!((ended.state, ended.error), (VmState::Stopped, None));
+        assert!(ended.last_exit.unwrap().reason.contains("signal 9"));
+    }
+
+    /// Holds every launch of `slow_launch` until cleared.
+    static HOLD: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+
+    fn slow_launch(jail: Option<&Jailer>, vmm: &Path, run: &VmRun) -> Result<Launched, VmError> {
+        while HOLD.load(std::sync::atomic::Ordering::SeqCst) {
+            thread::sleep(Duration::from_millis(10));
+        }
+        launch::launch(jail, vmm, run)
+    }
+
+    #[test]
+    fn a_slow_launch_holds_up_no_other_call_and_can_be_powered_off() {
+        let dir = TestDir::new("vms-slow-launch");
+        let starter = Starter {
+            launch: slow_launch,
+            ..Starter::default()
+        };
+        let vms = open_with(&dir, &script(&dir, "exec sleep 30"), starter);
+        kernel(&vms);
+        vms.define(spec("a")).unwrap();
+        let quick = Duration::from_secs(2);
+        let t = Instant::now();
+        assert_eq!(vms.start("a").unwrap().state, VmState::Starting);
+        // The launch is held: every other call answers at once.
+        for _ in 0..5 {
+            assert_eq!(vms.get("a").unwrap().state, VmState::Starting);
+            assert_eq!(vms.list().len(), 1);
+            thread::sleep(Duration::from_millis(20));
+        }
+        vms.define(spec("b")).unwrap();
+        vms.delete("b").unwrap();
+        assert!(vms.running().is_empty(), "no keel-vmm yet");
+        assert!(t.elapsed() < quick, "{:?}", t.elapsed());
+        // A power-off while starting is accepted; the start thread stops it.
+        let off = vms.control("a", Op::PowerOff).unwrap();
+        assert_eq!(off.state, VmState::Starting);
+        HOLD.store(false, std::sync::atomic::Ordering::SeqCst);
+        let a = wait_for(&vms, "a", |s| s.state == VmState::Stopped);
+        assert_eq!(a.state, VmState::Stopped, "{a:?}");
+        let error = a.error.unwrap_or_default();
+        assert!(error.contains("powered off while starting"), "{error}");
+        assert!(a.last_exit.unwrap().reason.contains("killed at start"));
+        // It can start again: the error goes with the new start.
+        assert_eq!(vms.start("a").unwrap().error, None);
+        vms.control("a", Op::PowerOff).unwrap();
+        wait_for(&vms, "a", |s| s.state == VmState::Stopped);
+    }
+
+    #[test]
+    fn a_start_that_fails_after_the_answer_says_why_in_the_status() {
+        let dir = TestDir::new("vms-start-fails");
+        // Launching fails: no keel-vmm binary.
+        let vms = open(&dir, "/nonexistent/keel-vmm");
+        kernel(&vms);
+        vms.define(spec("a")).unwrap();
+        assert_eq!(vms.start("a").unwrap().state, VmState::Starting);
+        let a = wait_for(&vms, "a", |s| s.state == VmState::Stopped);
+        let error = a.error.unwrap_or_default();
+        assert!(
+            error.contains("Cannot start /nonexistent/keel-vmm"),
+            "{error}"
+        );
+        assert_eq!(a.last_exit, None);
+        // keel-vmm runs but never opens its control socket: killed at the deadline.
+        let dir = TestDir::new("vms-start-late");
+        let starter = Starter {
+            wait: Duration::from_secs(1),
+            ..Starter::default()
+        };
+        let vms = open_with(&dir, &script(&dir, "echo opening; exec sleep 30"), starter);
+        kernel(&vms);
+        vms.define(VmSpec {
+            on_crash: OnCrash::Restart,
+            ..spec("a")
+        })
+        .unwrap();
+        vms.start("a").unwrap();
+        let a = wait_for(&vms, "a", |s| s.state == VmState::Stopped);
+        let error = a.error.unwrap_or_default();
+        assert!(
+            error.contains("did not open its control socket within 1 s"),
+            "{error}"
+        );
+        assert!(error.contains("opening"), "{error}");
+        // Not restarted by the policy: it is no crash.
+        thread::sleep(Duration::from_millis(1500));
+        assert_eq!(vms.get("a").unwrap().restarts, 0);
     }
 
     #[test]
