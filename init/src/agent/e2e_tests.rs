@@ -362,10 +362,20 @@ fn adopted(tag: &str, vmm: &str) -> (Host, HostClient) {
 
 /// As `adopted`, with the manager CA and the client certificate.
 fn adopted_with_certs(tag: &str, vmm: &str) -> (Host, HostClient, ManagerCa, ClientCert) {
+    adopted_configured(tag, vmm, |_| {})
+}
+
+/// As `adopted_with_certs`, with the configuration changed by `tweak` first.
+fn adopted_configured(
+    tag: &str,
+    vmm: &str,
+    tweak: impl FnOnce(&mut AgentConfig),
+) -> (Host, HostClient, ManagerCa, ClientCert) {
     let dir = TestDir::new(tag);
     let mut config = AgentConfig::new(dir.path().join("state"), vec!["127.0.0.1".into()]);
     config.preset_token = Some(TOKEN.into());
     config.vmm = vmm.into();
+    tweak(&mut config);
     let agent = Agent::open(config, Arc::new(ManualClock::new())).unwrap();
     let server = agent
         .spawn(TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap())
@@ -590,4 +600,62 @@ fn the_console_shows_the_adoption_and_resets_it() {
     assert_eq!(host.agent.token(), Some(token));
     assert_eq!(host.agent.phase(), AdoptionPhase::NotAdopted);
     assert!(host.client(None).adopt(TOKEN, &ca, 30).is_err());
+}
+
+/// A slowloris: 200 connections from the manager's own address that each send one byte every
+/// 5 s do not keep the adopted manager's `GET /v1/host` from answering within 2 s, and are all
+/// closed by the head deadline (3 s here, 10 s by default) or sooner (evicted for newcomers).
+#[test]
+fn slow_clients_cannot_crowd_out_the_manager() {
+    use std::io::Read;
+    use std::net::TcpStream;
+    use std::time::Instant;
+    const DEADLINE: Duration = Duration::from_secs(3);
+    let (host, client, _, _) = adopted_configured("e2e-slowloris", "/bin/false", |c| {
+        c.head_timeout = DEADLINE;
+    });
+    let addr = host.server.local_addr();
+    let slow: Vec<_> = (0..200)
+        .map(|_| {
+            std::thread::spawn(move || -> Result<Duration, String> {
+                let mut tcp = TcpStream::connect(addr).map_err(|e| e.to_string())?;
+                let opened = Instant::now();
+                tcp.set_read_timeout(Some(Duration::from_secs(5)))
+                    .map_err(|e| e.to_string())?;
+                let mut buf = [0u8; 256];
+                while opened.elapsed() < Duration::from_secs(60) {
+                    // The first byte of a TLS record, one at a time.
+                    if tcp.write_all(&[0x16]).is_err() {
+                        return Ok(opened.elapsed());
+                    }
+                    match tcp.read(&mut buf) {
+                        Ok(0) => return Ok(opened.elapsed()),
+                        Ok(_) => {}
+                        Err(e)
+                            if matches!(
+                                e.kind(),
+                                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                            ) => {}
+                        Err(_) => return Ok(opened.elapsed()),
+                    }
+                }
+                Err("still open after 60 s".into())
+            })
+        })
+        .collect();
+    // Let the crowd connect, then ask as the manager, several times while it lasts.
+    std::thread::sleep(Duration::from_millis(500));
+    for _ in 0..3 {
+        let asked = Instant::now();
+        let info: api::HostInfo = client.call::<(), _>("GET", api::HOST, None).unwrap();
+        assert_eq!(info.fingerprint, host.agent.fingerprint());
+        let took = asked.elapsed();
+        assert!(took < Duration::from_secs(2), "GET /v1/host took {took:?}");
+        std::thread::sleep(Duration::from_millis(700));
+    }
+    for handle in slow {
+        let open_for = handle.join().unwrap().unwrap();
+        // Closed at the deadline (the client notices at once: it is waiting in a read).
+        assert!(open_for < DEADLINE + Duration::from_secs(3), "{open_for:?}");
+    }
 }
