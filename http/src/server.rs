@@ -173,6 +173,10 @@ impl<S: Timeouts> Guarded<S> {
         &self.inner
     }
 
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+
     /// The read timeout for the next read, or the error that ends the connection.
     fn next_timeout(&mut self) -> io::Result<Duration> {
         let now = Instant::now();

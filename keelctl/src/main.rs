@@ -798,7 +798,11 @@ fn image_cmd(t: &Target, fmt: Format, cmd: ImageCmd) -> Result<(), Error> {
 }
 
 /// Copies `from` to `to` in large pieces, showing each to `seen`.
-fn copy_out(from: &mut dyn Read, to: &mut dyn Write, mut seen: impl FnMut(&[u8])) -> io::Result<()> {
+fn copy_out(
+    from: &mut dyn Read,
+    to: &mut dyn Write,
+    mut seen: impl FnMut(&[u8]),
+) -> io::Result<()> {
     let mut buf = vec![0u8; 256 * 1024];
     loop {
         let n = match from.read(&mut buf) {

@@ -11,13 +11,13 @@
 use crate::config::{Config, HostEntry};
 use crate::db::{Db, HostState, Registration, DB_FILE};
 use crate::Error;
+use keel_http::server::{serve_tcp, Guarded, Pool, PoolLimits, Protection, Slot};
+use keel_http::{self as http, Limits, Request, Response};
 use keel_init::agent::api::{self, ManagerVerdict, RegistrationRequest, RegistrationResponse};
 use keel_init::agent::ca::Validity;
 use keel_init::agent::ca_pin::manager_server_config;
 use keel_init::agent::client::HostClient;
 use keel_init::agent::fingerprint::Fingerprint;
-use keel_http::server::{serve_tcp, Guarded, Pool, PoolLimits, Protection, Slot};
-use keel_http::{self as http, Limits, Request, Response};
 use keel_init::agent::tls::parse_cert_pem;
 use rustls::{ServerConfig, ServerConnection, StreamOwned};
 use std::io::Write;
@@ -177,7 +177,13 @@ impl Manager {
             authenticated: 0,
         });
         let serve = Arc::new(move |tcp, _slot: Slot| self.connection(tcp, Arc::clone(&tls)));
-        serve_tcp(listener, &pool, &AtomicBool::new(false), "keelctl-conn", serve);
+        serve_tcp(
+            listener,
+            &pool,
+            &AtomicBool::new(false),
+            "keelctl-conn",
+            serve,
+        );
     }
 
     fn connection(self: &Arc<Self>, tcp: TcpStream, tls: Arc<ServerConfig>) {
