@@ -537,31 +537,12 @@ mod tests {
     #[test]
     fn random_and_mutated_input_never_panics() {
         let seed = b"POST /v1/adopt HTTP/1.1\r\nHost: h\r\nContent-Length: 4\r\n\r\n{}{}";
-        let mut state = 0x9e37_79b9_7f4a_7c15u64;
-        let mut next = move || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state
-        };
         let limits = Limits {
             max_head: 64,
             max_headers: 4,
             max_body: 8,
         };
-        for round in 0..5000 {
-            let mut input = seed.to_vec();
-            for _ in 0..(next() % 6) {
-                let at = (next() as usize) % (input.len() + 1);
-                match next() % 3 {
-                    0 if at < input.len() => input[at] = next() as u8,
-                    1 => input.insert(at, b"\r\n: \x00\xff0"[(next() % 7) as usize]),
-                    _ => input.truncate(at),
-                }
-            }
-            if round % 10 == 0 {
-                input = (0..next() % 100).map(|_| next() as u8).collect();
-            }
+        for input in crate::mutations(seed, b"\r\n: \x00\xff0", 5000) {
             match read_request(&mut Cursor::new(input.clone()), &limits) {
                 Ok(r) => assert!(r.body.len() <= limits.max_body),
                 Err(HttpError::Closed) => assert!(input.is_empty()),

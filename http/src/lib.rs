@@ -157,6 +157,36 @@ pub(crate) fn is_token(s: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
+/// Inputs for the never-panics tests: `seed` mutated (bytes changed, `inserts` inserted,
+/// truncated), and every tenth input random bytes.
+#[cfg(test)]
+pub(crate) fn mutations(seed: &[u8], inserts: &'static [u8], rounds: usize) -> Vec<Vec<u8>> {
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    let mut out = Vec::with_capacity(rounds);
+    for round in 0..rounds {
+        let mut input = seed.to_vec();
+        for _ in 0..(next() % 6) {
+            let at = (next() as usize) % (input.len() + 1);
+            match next() % 3 {
+                0 if at < input.len() => input[at] = next() as u8,
+                1 => input.insert(at, inserts[(next() as usize) % inserts.len()]),
+                _ => input.truncate(at),
+            }
+        }
+        if round % 10 == 0 {
+            input = (0..next() % 100).map(|_| next() as u8).collect();
+        }
+        out.push(input);
+    }
+    out
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {

@@ -456,6 +456,12 @@ mod tests {
         Duplex(Cursor::new(raw.to_vec()), vec![])
     }
 
+    /// What the server wrote starts with `start`.
+    fn answered(s: &Duplex, start: &str) {
+        let text = String::from_utf8_lossy(&s.1);
+        assert!(text.starts_with(start), "{text:?}");
+    }
+
     #[test]
     fn serve_one_answers_errors_too() {
         let mut ok = duplex(b"GET /x HTTP/1.1\r\n\r\n");
@@ -502,28 +508,20 @@ mod tests {
             Ok(Response::error(401, "who are you"))
         })
         .unwrap();
-        assert!(
-            s.1.starts_with(b"HTTP/1.1 401 "),
-            "{:?}",
-            String::from_utf8_lossy(&s.1)
-        );
+        answered(&s, "HTTP/1.1 401 ");
 
         // Too large: 413, no 100.
         let big = b"PUT /x HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 70000\r\n\r\n";
         let mut s = duplex(big);
         let err = serve_one(&mut s, &Limits::default(), |_, _| Response::empty(204));
         assert!(matches!(err, Err(HttpError::BodyTooLarge { .. })));
-        assert!(
-            s.1.starts_with(b"HTTP/1.1 413 "),
-            "{:?}",
-            String::from_utf8_lossy(&s.1)
-        );
+        answered(&s, "HTTP/1.1 413 ");
 
         // HTTP/1.0 clients do not wait for it.
         let old = b"PUT /x HTTP/1.0\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\nhi";
         let mut s = duplex(old);
         serve_one(&mut s, &Limits::default(), |_, _| Response::empty(204)).unwrap();
-        assert!(s.1.starts_with(b"HTTP/1.1 204 "));
+        answered(&s, "HTTP/1.1 204 ");
     }
 
     fn closer(count: &Arc<AtomicUsize>) -> Box<dyn Fn() + Send> {

@@ -146,20 +146,26 @@ impl Run {
     }
 }
 
-#[test]
-fn registers_with_the_pinned_manager_and_announces_changes() {
-    let dir = TestDir::new("register-ok");
+/// An agent that registered once with a manager (answering chunked or not) and was told to wait.
+fn registered_once(tag: &str, chunked: bool) -> (TestDir, Arc<Agent>, Registrar, Run, Received) {
+    let dir = TestDir::new(tag);
     let agent = agent(&dir);
     let ca = ca();
-    let (addr, received) = manager(&ca, &["127.0.0.1"]);
+    let (addr, received) = manager_answering(&ca, &["127.0.0.1"], chunked);
     let url = format!("https://127.0.0.1:{}", addr.port());
-    let mut r = registrar(&agent, &url, &pin_of(&ca), Some("join-token"));
+    let r = registrar(&agent, &url, &pin_of(&ca), Some("join-token"));
     let mut run = Run::new();
     assert_eq!(run.step(&r), WATCH_EVERY);
     let status = agent.registration();
     assert_eq!(status.state, RegistrationState::Registered, "{status:?}");
     assert_eq!(status.verdict, Some(ManagerVerdict::Pending));
     assert_eq!(status.reason.as_deref(), Some("waiting for approval"));
+    (dir, agent, r, run, received)
+}
+
+#[test]
+fn registers_with_the_pinned_manager_and_announces_changes() {
+    let (_dir, agent, mut r, mut run, received) = registered_once("register-ok", false);
     {
         let got = received.lock().unwrap();
         assert_eq!(got.len(), 1);
@@ -192,18 +198,7 @@ fn registers_with_the_pinned_manager_and_announces_changes() {
 
 #[test]
 fn registers_with_a_manager_that_answers_chunked() {
-    let dir = TestDir::new("register-chunked");
-    let agent = agent(&dir);
-    let ca = ca();
-    let (addr, received) = manager_answering(&ca, &["127.0.0.1"], true);
-    let url = format!("https://127.0.0.1:{}", addr.port());
-    let r = registrar(&agent, &url, &pin_of(&ca), Some("join-token"));
-    let mut run = Run::new();
-    assert_eq!(run.step(&r), WATCH_EVERY);
-    let status = agent.registration();
-    assert_eq!(status.state, RegistrationState::Registered, "{status:?}");
-    assert_eq!(status.verdict, Some(ManagerVerdict::Pending));
-    assert_eq!(status.reason.as_deref(), Some("waiting for approval"));
+    let (_dir, _agent, _r, _run, received) = registered_once("register-chunked", true);
     assert_eq!(received.lock().unwrap().len(), 1);
 }
 
