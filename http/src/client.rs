@@ -185,6 +185,24 @@ mod tests {
     }
 
     #[test]
+    fn a_streamed_response_is_read_to_its_last_chunk() {
+        let mut wire = Vec::new();
+        crate::write_stream_head(&mut wire, 200, "text/plain").unwrap();
+        let mut out = ChunkedWriter::new(&mut wire);
+        out.write_all(b"history ").unwrap();
+        out.write_all(b"and more").unwrap();
+        out.finish(&[]).unwrap();
+        // What follows the last chunk is not part of the body.
+        wire.extend_from_slice(b"garbage");
+        let mut r = Cursor::new(wire);
+        let (head, mut body) = read_response_head(&mut r, &Limits::default()).unwrap();
+        assert_eq!(head.header("content-type"), Some("text/plain"));
+        let mut text = String::new();
+        body.read_to_string(&mut text).unwrap();
+        assert_eq!(text, "history and more");
+    }
+
+    #[test]
     fn requests_round_trip() {
         let mut wire = Vec::new();
         write_request(&mut wire, "POST", "/v1/adopt", "10.0.0.1", Some(b"{}")).unwrap();

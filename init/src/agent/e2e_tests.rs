@@ -448,6 +448,14 @@ fn images_and_vms_over_tls() {
     let spec = serde_json::json!({"name": "web", "vcpus": 1, "memory_mib": 64, "kernel": "k"});
     let status: api::VmStatus = client.call("POST", api::VMS, Some(&spec)).unwrap();
     assert_eq!(status.state, api::VmState::Stopped);
+    // Following a stopped VM's console: its history, chunked, and the end of the body.
+    let follow = "/v1/vms/web/console?follow=true";
+    let whole = client.request::<()>("GET", follow, None).unwrap();
+    assert_eq!(whole.status, 200);
+    assert_eq!(whole.header("transfer-encoding"), Some("chunked"));
+    let mut streamed = Vec::new();
+    client.stream_get(follow, &mut streamed).unwrap();
+    assert_eq!(streamed, whole.body);
     let cases: Vec<(&str, &str, Option<serde_json::Value>, u16)> = vec![
         ("POST", "/v1/vms", Some(spec.clone()), 409),
         (
