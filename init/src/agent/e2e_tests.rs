@@ -667,3 +667,47 @@ fn slow_clients_cannot_crowd_out_the_manager() {
         assert!(open_for < DEADLINE + Duration::from_secs(3), "{open_for:?}");
     }
 }
+
+/// An upload that asks for `100 Continue` gets it only when its head is acceptable: refused from
+/// its head (here without a digest), it gets the final answer at once and sends no body.
+#[test]
+fn uploads_get_100_continue_unless_refused_from_their_head() {
+    use super::http::client::await_continue;
+    let (_host, client) = adopted("e2e-continue", "/bin/false");
+    let data = vec![5u8; 100_000];
+    let digest = super::images::hex(&<sha2::Sha256 as sha2::Digest>::digest(&data));
+    let head = |digest: &str| {
+        format!(
+            "PUT /v1/images/disk/d HTTP/1.1\r\nHost: h\r\n{}: {digest}\r\nExpect: 100-continue\r\nContent-Length: {}\r\n\r\n",
+            api::SHA256_HEADER,
+            data.len()
+        )
+    };
+    let mut refused = None;
+    // The exchange itself fails: the host answered (and closed) before the client's turn.
+    let _ = client.exchange(|s| {
+        let no_digest = head("").replace(&format!("{}: \r\n", api::SHA256_HEADER), "");
+        s.write_all(no_digest.as_bytes())?;
+        s.flush()?;
+        refused = Some(await_continue(s, &http::Limits::default()));
+        Ok(())
+    });
+    let refused = refused.unwrap().unwrap().unwrap();
+    assert_eq!(refused.status, 400, "{}", refused.error_message());
+    assert!(refused.error_message().contains(api::SHA256_HEADER));
+
+    let mut continued = None;
+    let stored = client
+        .exchange(|s| {
+            s.write_all(head(&digest).as_bytes())?;
+            s.flush()?;
+            continued = Some(await_continue(s, &http::Limits::default()));
+            s.write_all(&data)?;
+            s.flush()
+        })
+        .unwrap();
+    assert!(matches!(continued, Some(Ok(None))), "{continued:?}");
+    assert_eq!(stored.status, 200, "{}", stored.error_message());
+    let image: api::Image = stored.json_body().unwrap();
+    assert_eq!((image.sha256, image.size), (digest, data.len() as u64));
+}

@@ -6,7 +6,7 @@ use super::super::hostinfo;
 use super::super::http::server::{answer_error, Guarded};
 use super::super::http::{self, Body, ChunkedWriter, HttpError, Response};
 use super::super::identity::{CERT_FILE, KEY_FILE};
-use super::super::images::{parse_kind, UploadBody};
+use super::super::images::{check_name, parse_kind, StoreError, UploadBody};
 use super::super::vms::Op;
 use super::{Access, Agent, Peer, Request, ROUTES};
 use rustls::{ServerConnection, StreamOwned};
@@ -62,10 +62,12 @@ impl Agent {
         let manager = verified && self.current_tls().generation == generation;
         let peer = Peer { addr, manager };
         let request = head.request.clone();
+        let upload = request.method == "PUT" && http::path_matches(api::IMAGE, &request.path);
         // Refuse before reading a body nobody is allowed to send (and before 100 Continue).
         let refused = match http::route(ROUTES, &request) {
             Err(response) => Some(response),
             Ok((Access::Manager, _)) if !peer.manager => Some(Self::needs_manager()),
+            Ok(_) if upload => Self::upload_target(&request, head.length().is_none()).err(),
             Ok(_) => None,
         };
         let response = if let Some(response) = refused {
@@ -80,7 +82,7 @@ impl Agent {
                 }
             }
             response
-        } else if request.method == "PUT" && http::path_matches(api::IMAGE, &request.path) {
+        } else if upload {
             let mut body = head.body(stream, &limits)?;
             self.upload(&request, &mut body)
         } else if request.method == "GET"
@@ -130,18 +132,21 @@ impl Agent {
         Ok(())
     }
 
-    /// Stores an upload streamed from `body`: its length declared, or chunked (the SHA-256 then
-    /// in the header or in a trailer announced by `Trailer`).
-    fn upload(&self, request: &Request, body: &mut dyn UploadBody) -> Response {
+    /// What an upload names (kind, name, the SHA-256 header if sent), or why it is refused from
+    /// its head, before its body is read (and before 100 Continue). A chunked body may send the
+    /// SHA-256 in a trailer announced by `Trailer` instead of the header.
+    fn upload_target(
+        request: &Request,
+        chunked: bool,
+    ) -> Result<(ImageKind, &str, Option<&str>), Response> {
+        let refuse = |e: StoreError| Response::error(e.status(), &e.to_string());
         let [kind, name] = params(request, api::IMAGE)[..] else {
-            return Response::error(404, "No such image path");
+            return Err(Response::error(404, "No such image path"));
         };
-        let kind = match parse_kind(kind) {
-            Ok(kind) => kind,
-            Err(e) => return Response::error(e.status(), &e.to_string()),
-        };
+        let kind = parse_kind(kind).map_err(refuse)?;
+        check_name(name).map_err(refuse)?;
         let digest = request.header(api::SHA256_HEADER);
-        let in_trailer = body.length().is_none()
+        let in_trailer = chunked
             && request.header("trailer").is_some_and(|names| {
                 names
                     .split(',')
@@ -152,9 +157,18 @@ impl Agent {
                 "Send the image's SHA-256 (64 hex digits) in the {} header",
                 api::SHA256_HEADER
             );
-            return Response::error(400, &message);
+            return Err(Response::error(400, &message));
         }
+        Ok((kind, name, digest))
+    }
+
+    /// Stores an upload streamed from `body`: its length declared, or chunked.
+    fn upload(&self, request: &Request, body: &mut dyn UploadBody) -> Response {
         let len = body.length();
+        let (kind, name, digest) = match Self::upload_target(request, len.is_none()) {
+            Ok(target) => target,
+            Err(response) => return response,
+        };
         match self.store.upload_stream(kind, name, digest, len, body) {
             Ok(image) => Response::json(200, &image),
             Err(e) => Response::error(e.status(), &e.to_string()),
