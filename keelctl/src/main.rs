@@ -433,12 +433,13 @@ enum VmCmd {
 
 #[derive(Subcommand)]
 enum ImageCmd {
-    /// Upload a file (streamed, SHA-256 verified by the host)
+    /// Upload a file (streamed, SHA-256 verified by the host); `-` reads standard input and
+    /// sends it chunked, its SHA-256 in a trailer
     Upload {
         #[arg(value_enum)]
         kind: Kind,
         file: PathBuf,
-        /// Name in the store (default: the file name)
+        /// Name in the store (default: the file name; required with `-`)
         #[arg(long)]
         name: Option<String>,
     },
@@ -477,6 +478,9 @@ enum Error {
     /// The manager cannot start: {0}
     #[error("The manager cannot start: {0}")]
     Manager(String),
+    /// Name the image with --name when uploading from standard input
+    #[error("Name the image with --name when uploading from standard input")]
+    NoName,
     /// Host {0} sent no adoption token: it is adopted already (release it from its manager first)
     #[error("Host {0} sent no adoption token: it is adopted already (release it from its manager first)")]
     NoAdoptToken(String),
@@ -916,37 +920,38 @@ fn image_cmd(t: &Target, fmt: Format, cmd: ImageCmd) -> Result<(), Error> {
     match cmd {
         ImageCmd::Upload { kind, file, name } => {
             let kind = ImageKind::from(kind);
-            let name = name
-                .or_else(|| file.file_name().map(|n| n.to_string_lossy().into_owned()))
-                .unwrap_or_default();
-            let read_err = |e| Error::File(file.clone(), e);
-            // Hash first, so the host can verify what arrives: one pass over the file each.
-            let mut hasher = Sha256::new();
-            let mut f = File::open(&file).map_err(read_err)?;
-            let len = io::copy(&mut f, &mut hasher).map_err(read_err)?;
-            let digest = keel_api::hex(&hasher.finalize());
-            let mut f = File::open(&file).map_err(read_err)?;
+            let stdin = file.as_os_str() == "-";
+            let name = match name {
+                Some(name) => name,
+                None if stdin => return Err(Error::NoName),
+                None => file
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default(),
+            };
             let path = format!("/v1/images/{}/{name}", kind.as_str());
-            let response = t
-                .client
-                .exchange(|s| {
+            let response = if stdin {
+                upload_chunked(&t.client, &path, &mut io::stdin().lock())
+            } else {
+                let read_err = |e| Error::File(file.clone(), e);
+                // Hash first, so the host can verify what arrives: one pass over the file each.
+                let mut hasher = Sha256::new();
+                let mut f = File::open(&file).map_err(read_err)?;
+                let len = io::copy(&mut f, &mut hasher).map_err(read_err)?;
+                let digest = keel_api::hex(&hasher.finalize());
+                let mut f = File::open(&file).map_err(read_err)?;
+                t.client.exchange(|s| {
                     let head = format!(
                         "PUT {path} HTTP/1.1\r\nHost: {}\r\n{}: {digest}\r\nContent-Type: application/octet-stream\r\nContent-Length: {len}\r\n\r\n",
                         t.client.addr(),
                         api::SHA256_HEADER
                     );
                     s.write_all(head.as_bytes())?;
-                    let mut buf = vec![0u8; 256 * 1024];
-                    loop {
-                        let n = f.read(&mut buf)?;
-                        if n == 0 {
-                            break;
-                        }
-                        s.write_all(&buf[..n])?;
-                    }
+                    copy_out(&mut f, s, |_| {})?;
                     s.flush()
                 })
-                .map_err(|e| t.err(e))?;
+            }
+            .map_err(|e| t.err(e))?;
             let image: api::Image = t.client.decode(response).map_err(|e| t.err(e))?;
             output::print(fmt, &image, |i| {
                 output::image_table(std::slice::from_ref(i))
@@ -963,6 +968,48 @@ fn image_cmd(t: &Target, fmt: Format, cmd: ImageCmd) -> Result<(), Error> {
             output::message(fmt, &format!("deleted {} {name}", kind.as_str()))
         }
     }
+}
+
+/// Copies `from` to `to` in large pieces, showing each to `seen`.
+fn copy_out(
+    from: &mut dyn Read,
+    to: &mut dyn Write,
+    mut seen: impl FnMut(&[u8]),
+) -> io::Result<()> {
+    let mut buf = vec![0u8; 256 * 1024];
+    loop {
+        let n = match from.read(&mut buf) {
+            Ok(0) => return Ok(()),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        seen(&buf[..n]);
+        to.write_all(&buf[..n])?;
+    }
+}
+
+/// Uploads a body whose length is not known before it is sent (standard input): chunked, its
+/// SHA-256 computed on the way and sent in a trailer announced by `Trailer`.
+fn upload_chunked(
+    client: &HostClient,
+    path: &str,
+    source: &mut dyn Read,
+) -> Result<keel_http::Response, ClientError> {
+    client.exchange(|s| {
+        let host = client.addr().to_string();
+        let headers = [
+            ("Content-Type", "application/octet-stream"),
+            ("Trailer", api::SHA256_HEADER),
+        ];
+        keel_http::write_chunked_request_head(s, "PUT", path, &host, &headers)?;
+        let mut hasher = Sha256::new();
+        let mut body = keel_http::ChunkedWriter::new(&mut *s);
+        copy_out(source, &mut body, |piece| hasher.update(piece))?;
+        let digest = keel_api::hex(&hasher.finalize());
+        body.finish(&[(api::SHA256_HEADER, &digest)])?;
+        Ok(())
+    })
 }
 
 fn main() -> ExitCode {

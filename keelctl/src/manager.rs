@@ -12,6 +12,7 @@ use crate::config::{Config, HostEntry};
 use crate::db::{Db, HostState, Registration, DB_FILE};
 use crate::Error;
 use keel_api::agent::{self as api, ManagerVerdict, RegistrationRequest, RegistrationResponse};
+use keel_http::server::{serve_tcp, Guarded, Pool, PoolLimits, Protection, Slot};
 use keel_http::{self as http, Limits, Request, Response};
 use keel_trust::ca::Validity;
 use keel_trust::client::HostClient;
@@ -21,12 +22,15 @@ use rustls::{ServerConfig, ServerConnection, StreamOwned};
 use std::io::Write;
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 use std::str::FromStr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
-/// Connections served at once; more are closed.
+/// Connections served at once: when all are taken, the oldest still in its handshake or head
+/// gives way to a new one.
 const MAX_CONNECTIONS: usize = 64;
+/// Of those, from one address (a NAT can hide many hosts behind one).
+const MAX_PER_PEER: usize = 16;
 /// Validity of the server certificate made at each start.
 const SERVER_CERT_DAYS: u32 = 365;
 
@@ -162,41 +166,36 @@ impl Manager {
         server_config(chain, key).map_err(|e| Error::Manager(e.to_string()))
     }
 
-    /// Serves registrations until the process is stopped.
+    /// Serves registrations until the process is stopped: a thread per connection, each with a
+    /// slot of the pool (given back however the connection ends, even when its thread cannot
+    /// start), the TLS handshake and request head within one deadline.
     pub fn serve(self: Arc<Self>, listener: &TcpListener, tls: Arc<ServerConfig>) {
-        let active = Arc::new(AtomicUsize::new(0));
-        for tcp in listener.incoming() {
-            let Ok(tcp) = tcp else {
-                std::thread::sleep(Duration::from_millis(50));
-                continue;
-            };
-            if active.fetch_add(1, Ordering::SeqCst) >= MAX_CONNECTIONS {
-                active.fetch_sub(1, Ordering::SeqCst);
-                continue;
-            }
-            let (manager, tls, active) = (Arc::clone(&self), Arc::clone(&tls), Arc::clone(&active));
-            let spawned = std::thread::Builder::new().spawn(move || {
-                manager.connection(tcp, tls);
-                active.fetch_sub(1, Ordering::SeqCst);
-            });
-            if spawned.is_err() {
-                std::thread::sleep(Duration::from_millis(50));
-            }
-        }
+        let pool = Pool::new(PoolLimits {
+            pending: MAX_CONNECTIONS,
+            per_peer: MAX_PER_PEER,
+            authenticated: 0,
+        });
+        let serve = Arc::new(move |tcp, _slot: Slot| self.connection(tcp, Arc::clone(&tls)));
+        serve_tcp(
+            listener,
+            &pool,
+            &AtomicBool::new(false),
+            "keelctl-conn",
+            serve,
+        );
     }
 
     fn connection(self: &Arc<Self>, tcp: TcpStream, tls: Arc<ServerConfig>) {
         let Ok(peer) = tcp.peer_addr().map(|a| a.ip()) else {
             return;
         };
-        let timeout = Some(Duration::from_secs(10));
-        if tcp.set_read_timeout(timeout).is_err() || tcp.set_write_timeout(timeout).is_err() {
+        let Ok(guarded) = Guarded::new(tcp, Protection::default()) else {
             return;
-        }
+        };
         let Ok(conn) = ServerConnection::new(tls) else {
             return;
         };
-        let mut stream = StreamOwned::new(conn, tcp);
+        let mut stream = StreamOwned::new(conn, guarded);
         let served = http::serve_one(&mut stream, &Limits::default(), |_, request| {
             self.handle(request, peer)
         });

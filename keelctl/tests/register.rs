@@ -157,3 +157,59 @@ fn join_tokens_adopt_and_others_wait_for_approval() {
     assert!(!pending.contains(id_b), "{pending}");
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// `keelctl image upload KIND - --name N` sends standard input chunked, its SHA-256 in a
+/// trailer; the host stores it whole and verifies it.
+#[test]
+fn an_upload_from_stdin_is_sent_chunked_and_arrives_whole() {
+    use sha2::Digest;
+    use std::io::Write;
+    let dir = tmp("chunked-upload");
+    let cfg = dir.join("config");
+    ok(&cfg, &["ca", "init"]);
+    let pin = ok(&cfg, &["ca", "fingerprint"]);
+    let token = ok(&cfg, &["manager", "token", "create"]);
+    let (_manager, url) = serve(&cfg);
+    let a = host(&dir.join("a"));
+    let id = "00000000-0000-4000-8000-0000000000c1";
+    let status = register(&a.registrar(&url, &pin, Some(&token), id));
+    assert_eq!(status.state, RegistrationState::Registered, "{status:?}");
+    a.wait_adopted();
+
+    // More than the in-memory body limit, in pieces of uneven size.
+    let data: Vec<u8> = (0..700_001u32).map(|i| (i % 251) as u8).collect();
+    let digest: String = sha2::Sha256::digest(&data)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_keelctl"))
+        .arg("--config-dir")
+        .arg(&cfg)
+        .args(["--host", id, "-o", "json", "image", "upload", "disk", "-"])
+        .args(["--name", "piped"])
+        .env_remove("KEELCTL_HOST")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let sent = data.clone();
+    let writer = std::thread::spawn(move || {
+        for piece in sent.chunks(77_777) {
+            stdin.write_all(piece).unwrap();
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    });
+    let out = child.wait_with_output().unwrap();
+    writer.join().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "upload failed: {stderr}");
+    let image: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(image["sha256"], digest.as_str(), "{image}");
+    assert_eq!(image["size"], data.len() as u64, "{image}");
+    // And the host holds it, listed with the digest it verified.
+    let list = ok(&cfg, &["--host", id, "image", "list", "-o", "json"]);
+    assert!(list.contains(&digest) && list.contains("piped"), "{list}");
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -208,14 +208,13 @@ impl HostClient {
         let host = addr.to_string();
         http::write_request(&mut stream, "GET", path, &host, None).map_err(|e| self.io_error(e))?;
         let limits = Limits::default();
-        let (head, early) =
+        let (head, mut body) =
             http::read_response_head(&mut stream, &limits).map_err(|e| match e {
                 HttpError::Io(e) => self.io_error(e),
                 e => ClientError::Http(addr, e),
             })?;
         if head.status != 200 {
-            let mut body = early;
-            let _ = io::Read::read_to_end(&mut io::Read::take(&mut stream, 64 * 1024), &mut body);
+            let body = body.read_all(64 * 1024).unwrap_or_default();
             let message = serde_json::from_slice::<http::ErrorBody>(&body)
                 .map(|b| b.error)
                 .unwrap_or_else(|_| String::from_utf8_lossy(&body).into_owned());
@@ -225,10 +224,9 @@ impl HostClient {
             });
         }
         let write_err = |e| ClientError::Http(addr, HttpError::Io(e));
-        out.write_all(&early).map_err(write_err)?;
         let mut buf = [0u8; 4096];
         loop {
-            match io::Read::read(&mut stream, &mut buf) {
+            match io::Read::read(&mut body, &mut buf) {
                 Ok(0) => return Ok(()),
                 Ok(n) => {
                     out.write_all(&buf[..n]).map_err(write_err)?;

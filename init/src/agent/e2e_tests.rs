@@ -362,10 +362,20 @@ fn adopted(tag: &str, vmm: &str) -> (Host, HostClient) {
 
 /// As `adopted`, with the manager CA and the client certificate.
 fn adopted_with_certs(tag: &str, vmm: &str) -> (Host, HostClient, ManagerCa, ClientCert) {
+    adopted_configured(tag, vmm, |_| {})
+}
+
+/// As `adopted_with_certs`, with the configuration changed by `tweak` first.
+fn adopted_configured(
+    tag: &str,
+    vmm: &str,
+    tweak: impl FnOnce(&mut AgentConfig),
+) -> (Host, HostClient, ManagerCa, ClientCert) {
     let dir = TestDir::new(tag);
     let mut config = AgentConfig::new(dir.path().join("state"), vec!["127.0.0.1".into()]);
     config.preset_token = Some(TOKEN.into());
     config.vmm = vmm.into();
+    tweak(&mut config);
     let agent = Agent::open(config, Arc::new(ManualClock::new())).unwrap();
     let server = agent
         .spawn(TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap())
@@ -451,6 +461,14 @@ fn images_and_vms_over_tls() {
     let spec = serde_json::json!({"name": "web", "vcpus": 1, "memory_mib": 64, "kernel": "k"});
     let status: api::VmStatus = client.call("POST", api::VMS, Some(&spec)).unwrap();
     assert_eq!(status.state, api::VmState::Stopped);
+    // Following a stopped VM's console: its history, chunked, and the end of the body.
+    let follow = "/v1/vms/web/console?follow=true";
+    let whole = client.request::<()>("GET", follow, None).unwrap();
+    assert_eq!(whole.status, 200);
+    assert_eq!(whole.header("transfer-encoding"), Some("chunked"));
+    let mut streamed = Vec::new();
+    client.stream_get(follow, &mut streamed).unwrap();
+    assert_eq!(streamed, whole.body);
     let cases: Vec<(&str, &str, Option<serde_json::Value>, u16)> = vec![
         ("POST", "/v1/vms", Some(spec.clone()), 409),
         (
@@ -715,4 +733,106 @@ fn the_console_shows_the_adoption_and_resets_it() {
     assert_eq!(host.agent.token(), Some(token));
     assert_eq!(host.agent.phase(), AdoptionPhase::NotAdopted);
     assert!(host.client(None).adopt(TOKEN, &ca, 30).is_err());
+}
+
+/// A slowloris: 200 connections from the manager's own address that each send one byte every
+/// 5 s do not keep the adopted manager's `GET /v1/host` from answering within 2 s, and are all
+/// closed by the head deadline (3 s here, 10 s by default) or sooner (evicted for newcomers).
+#[test]
+fn slow_clients_cannot_crowd_out_the_manager() {
+    use std::io::Read;
+    use std::net::TcpStream;
+    use std::time::Instant;
+    const DEADLINE: Duration = Duration::from_secs(3);
+    let (host, client, _, _) = adopted_configured("e2e-slowloris", "/bin/false", |c| {
+        c.head_timeout = DEADLINE;
+    });
+    let addr = host.server.local_addr();
+    let slow: Vec<_> = (0..200)
+        .map(|_| {
+            std::thread::spawn(move || -> Result<Duration, String> {
+                let mut tcp = TcpStream::connect(addr).map_err(|e| e.to_string())?;
+                let opened = Instant::now();
+                tcp.set_read_timeout(Some(Duration::from_secs(5)))
+                    .map_err(|e| e.to_string())?;
+                let mut buf = [0u8; 256];
+                while opened.elapsed() < Duration::from_secs(60) {
+                    // The first byte of a TLS record, one at a time.
+                    if tcp.write_all(&[0x16]).is_err() {
+                        return Ok(opened.elapsed());
+                    }
+                    match tcp.read(&mut buf) {
+                        Ok(0) => return Ok(opened.elapsed()),
+                        Ok(_) => {}
+                        Err(e)
+                            if matches!(
+                                e.kind(),
+                                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                            ) => {}
+                        Err(_) => return Ok(opened.elapsed()),
+                    }
+                }
+                Err("still open after 60 s".into())
+            })
+        })
+        .collect();
+    // Let the crowd connect, then ask as the manager, several times while it lasts.
+    std::thread::sleep(Duration::from_millis(500));
+    for _ in 0..3 {
+        let asked = Instant::now();
+        let info: api::HostInfo = client.call::<(), _>("GET", api::HOST, None).unwrap();
+        assert_eq!(info.fingerprint, host.agent.fingerprint());
+        let took = asked.elapsed();
+        assert!(took < Duration::from_secs(2), "GET /v1/host took {took:?}");
+        std::thread::sleep(Duration::from_millis(700));
+    }
+    for handle in slow {
+        let open_for = handle.join().unwrap().unwrap();
+        // Closed at the deadline (the client notices at once: it is waiting in a read).
+        assert!(open_for < DEADLINE + Duration::from_secs(3), "{open_for:?}");
+    }
+}
+
+/// An upload that asks for `100 Continue` gets it only when its head is acceptable: refused from
+/// its head (here without a digest), it gets the final answer at once and sends no body.
+#[test]
+fn uploads_get_100_continue_unless_refused_from_their_head() {
+    use super::http::client::await_continue;
+    let (_host, client) = adopted("e2e-continue", "/bin/false");
+    let data = vec![5u8; 100_000];
+    let digest = super::images::hex(&<sha2::Sha256 as sha2::Digest>::digest(&data));
+    let head = |digest: &str| {
+        format!(
+            "PUT /v1/images/disk/d HTTP/1.1\r\nHost: h\r\n{}: {digest}\r\nExpect: 100-continue\r\nContent-Length: {}\r\n\r\n",
+            api::SHA256_HEADER,
+            data.len()
+        )
+    };
+    let mut refused = None;
+    // The exchange itself fails: the host answered (and closed) before the client's turn.
+    let _ = client.exchange(|s| {
+        let no_digest = head("").replace(&format!("{}: \r\n", api::SHA256_HEADER), "");
+        s.write_all(no_digest.as_bytes())?;
+        s.flush()?;
+        refused = Some(await_continue(s, &http::Limits::default()));
+        Ok(())
+    });
+    let refused = refused.unwrap().unwrap().unwrap();
+    assert_eq!(refused.status, 400, "{}", refused.error_message());
+    assert!(refused.error_message().contains(api::SHA256_HEADER));
+
+    let mut continued = None;
+    let stored = client
+        .exchange(|s| {
+            s.write_all(head(&digest).as_bytes())?;
+            s.flush()?;
+            continued = Some(await_continue(s, &http::Limits::default()));
+            s.write_all(&data)?;
+            s.flush()
+        })
+        .unwrap();
+    assert!(matches!(continued, Some(Ok(None))), "{continued:?}");
+    assert_eq!(stored.status, 200, "{}", stored.error_message());
+    let image: api::Image = stored.json_body().unwrap();
+    assert_eq!((image.sha256, image.size), (digest, data.len() as u64));
 }

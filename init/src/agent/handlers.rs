@@ -3,19 +3,20 @@
 
 use super::super::api::{self, ImageKind, VmState};
 use super::super::hostinfo;
-use super::super::http::{self, HttpError, RequestHead, Response};
+use super::super::http::server::{answer_error, Guarded};
+use super::super::http::{self, Body, ChunkedWriter, HttpError, Response};
 use super::super::identity::{CERT_FILE, KEY_FILE};
-use super::super::images::parse_kind;
+use super::super::images::{check_name, parse_kind, StoreError, UploadBody};
 use super::super::vms::{Op, VmError};
 use super::{Access, Agent, Peer, Request, ROUTES};
 use rustls::{ServerConnection, StreamOwned};
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::TcpStream;
 
 /// The OpenAPI document of this API, kept in the repository next to the code.
 pub const OPENAPI_JSON: &str = include_str!("openapi.json");
 
-type Tls = StreamOwned<ServerConnection, TcpStream>;
+pub(super) type Tls = StreamOwned<ServerConnection, Guarded<TcpStream>>;
 
 /// The `{…}` parameters of `pattern` in the request path.
 fn params<'r>(request: &'r Request, pattern: &str) -> Vec<&'r str> {
@@ -61,53 +62,53 @@ impl Agent {
         generation: u64,
     ) -> Result<(), HttpError> {
         let limits = self.config.http;
-        let head = match http::read_request_head(stream, &limits) {
+        let mut head = match http::read_request_head(stream, &limits) {
             Ok(head) => head,
-            Err(e) => {
-                if let Some(response) = e.response() {
-                    let _ = http::write_response(stream, &response);
-                }
-                return Err(e);
-            }
+            Err(e) => return Err(answer_error(stream, e)),
         };
+        // The head is in: the deadline ends, the body rate is watched.
+        stream.sock.start_body();
         let verified = stream.conn.peer_certificates().is_some();
         let manager = verified && self.current_tls().generation == generation;
         let peer = Peer { addr, manager };
-        let request = &head.request;
-        // Refuse before reading a body nobody is allowed to send.
-        let refused = match http::route(ROUTES, request) {
+        let request = head.request.clone();
+        let upload = request.method == "PUT" && http::path_matches(api::IMAGE, &request.path);
+        // Refuse before reading a body nobody is allowed to send (and before 100 Continue).
+        let refused = match http::route(ROUTES, &request) {
             Err(response) => Some(response),
             Ok((Access::Manager, _)) if !peer.manager => Some(Self::needs_manager()),
+            Ok(_) if upload => Self::upload_target(&request, head.length().is_none()).err(),
             Ok(_) => None,
         };
         let response = if let Some(response) = refused {
-            // Take a small body off the wire so the answer is not lost to a reset connection.
-            if head.length <= limits.max_body as u64 {
-                let _ = std::io::copy(&mut head.body_reader(stream), &mut std::io::sink());
+            // Take a small body off the wire so the answer is not lost to a reset connection;
+            // a client waiting for 100 Continue has sent none.
+            let small = head
+                .length()
+                .is_some_and(|len| len <= limits.max_body as u64);
+            if small && !head.expect_continue {
+                if let Ok(mut body) = head.body(stream, &limits) {
+                    let _ = std::io::copy(&mut body, &mut std::io::sink());
+                }
             }
             response
-        } else if request.method == "PUT" && http::path_matches(api::IMAGE, &request.path) {
-            let mut body = head.body_reader(stream);
-            self.upload(request, head.length, &mut body)
+        } else if upload {
+            let mut body = head.body(stream, &limits)?;
+            self.upload(&request, &mut body)
         } else if request.method == "GET"
             && http::path_matches(api::VM_CONSOLE, &request.path)
-            && is_follow(request)
+            && is_follow(&request)
         {
-            return self.follow(&head, stream);
+            return self.follow(&request, stream);
         } else if request.method == "GET"
             && http::path_matches(keel_api::logs::HOST_LOGS, &request.path)
-            && is_follow(request)
+            && is_follow(&request)
         {
-            return self.follow_logs(request, stream);
+            return self.follow_logs(&request, stream);
         } else {
             match head.read_body(stream, &limits) {
                 Ok(request) => self.handle(&request, &peer),
-                Err(e) => {
-                    if let Some(response) = e.response() {
-                        let _ = http::write_response(stream, &response);
-                    }
-                    return Err(e);
-                }
+                Err(e) => return Err(answer_error(stream, e)),
             }
         };
         http::write_response(stream, &response)?;
@@ -118,53 +119,79 @@ impl Agent {
         Response::error(403, "This route needs the manager's client certificate")
     }
 
-    /// The console history, then everything the guest prints until the VM stops.
-    fn follow(&self, head: &RequestHead, stream: &mut Tls) -> Result<(), HttpError> {
-        let name = first(&head.request, api::VM_CONSOLE);
+    /// The console history, then everything the guest prints until the VM stops, chunked.
+    fn follow(&self, request: &Request, stream: &mut Tls) -> Result<(), HttpError> {
+        let name = first(request, api::VM_CONSOLE);
         let console = match self.vms.console(name) {
             Ok(console) => console,
             Err(e) => return Ok(http::write_response(stream, &e.response())?),
         };
+        // A stream is quiet for as long as the guest is: no deadline and no rate from here.
+        stream.sock.open();
         let (history, chunks) = console.follow();
         http::write_stream_head(stream, 200, "text/plain; charset=utf-8")?;
-        stream.write_all(&history)?;
-        stream.flush()?;
+        let mut out = ChunkedWriter::new(&mut *stream);
+        out.write_all(&history)?;
+        out.flush()?;
         let running = self
             .vms
             .get(name)
             .is_ok_and(|s| s.state != VmState::Stopped);
         if running {
             for chunk in chunks {
-                stream.write_all(&chunk)?;
-                stream.flush()?;
+                out.write_all(&chunk)?;
+                out.flush()?;
             }
         }
+        out.finish(&[])?;
         Ok(())
     }
 
-    fn upload(&self, request: &Request, len: u64, body: &mut dyn Read) -> Response {
+    /// What an upload names (kind, name, the SHA-256 header if sent), or why it is refused from
+    /// its head, before its body is read (and before 100 Continue). A chunked body may send the
+    /// SHA-256 in a trailer announced by `Trailer` instead of the header.
+    fn upload_target(
+        request: &Request,
+        chunked: bool,
+    ) -> Result<(ImageKind, &str, Option<&str>), Response> {
+        let refuse = |e: StoreError| Response::error(e.status(), &e.to_string());
         let [kind, name] = params(request, api::IMAGE)[..] else {
-            return Response::error(404, "No such image path");
+            return Err(Response::error(404, "No such image path"));
         };
-        let kind = match parse_kind(kind) {
-            Ok(kind) => kind,
-            Err(e) => return Response::error(e.status(), &e.to_string()),
-        };
-        let Some(digest) = request.header(api::SHA256_HEADER) else {
+        let kind = parse_kind(kind).map_err(refuse)?;
+        check_name(name).map_err(refuse)?;
+        let digest = request.header(api::SHA256_HEADER);
+        let in_trailer = chunked
+            && request.header("trailer").is_some_and(|names| {
+                names
+                    .split(',')
+                    .any(|n| n.trim().eq_ignore_ascii_case(api::SHA256_HEADER))
+            });
+        if digest.is_none() && !in_trailer {
             let message = format!(
                 "Send the image's SHA-256 (64 hex digits) in the {} header",
                 api::SHA256_HEADER
             );
-            return Response::error(400, &message);
+            return Err(Response::error(400, &message));
+        }
+        Ok((kind, name, digest))
+    }
+
+    /// Stores an upload streamed from `body`: its length declared, or chunked.
+    fn upload(&self, request: &Request, body: &mut dyn UploadBody) -> Response {
+        let len = body.length();
+        let (kind, name, digest) = match Self::upload_target(request, len.is_none()) {
+            Ok(target) => target,
+            Err(response) => return response,
         };
-        match self.store.upload(kind, name, digest, len, body) {
+        match self.store.upload_stream(kind, name, digest, len, body) {
             Ok(image) => Response::json(200, &image),
             Err(e) => Response::error(e.status(), &e.to_string()),
         }
     }
 
     pub(super) fn image_upload(&self, request: &Request) -> Response {
-        self.upload(request, request.body.len() as u64, &mut &request.body[..])
+        self.upload(request, &mut &request.body[..])
     }
 
     pub(super) fn image_list(&self, _: &Request) -> Response {
@@ -406,4 +433,14 @@ fn is_follow(request: &Request) -> bool {
         http::query_param(request.query.as_deref(), "follow"),
         Some("" | "1" | "true" | "yes")
     )
+}
+
+impl UploadBody for Body<'_, Tls> {
+    fn length(&self) -> Option<u64> {
+        Body::length(self)
+    }
+
+    fn trailer(&self, name: &str) -> Option<String> {
+        Body::trailer(self, name).map(str::to_string)
+    }
 }

@@ -3,11 +3,12 @@
 //! after SEQ come first, then each new one as the kernel logs it, until the client leaves.
 
 use super::super::http::{self, HttpError};
+use super::handlers::Tls;
 use super::{Agent, Request};
 use crate::agent::http::Response;
 use crate::localapi::kmsg::{KmsgLog, DEVICE, KEEP};
 use keel_api::logs::{LogEntry, JSON_LINES};
-use rustls::{ServerConnection, StreamOwned};
+use keel_http::ChunkedWriter;
 use std::io::Write;
 use std::net::TcpStream;
 use std::os::fd::AsRawFd;
@@ -83,27 +84,25 @@ impl Agent {
 
     /// The records after `after`, then every new one until the client leaves (or a write
     /// times out).
-    pub(super) fn follow_logs(
-        &self,
-        request: &Request,
-        stream: &mut StreamOwned<ServerConnection, TcpStream>,
-    ) -> Result<(), HttpError> {
+    pub(super) fn follow_logs(&self, request: &Request, stream: &mut Tls) -> Result<(), HttpError> {
         let (mut last, mut log) = match after(request).and_then(|a| Ok((a, read_log()?))) {
             Ok(ready) => ready,
             Err(response) => return Ok(http::write_response(stream, &response)?),
         };
+        // A followed log is quiet for as long as the host is: no deadline and no rate from here.
+        stream.sock.open();
+        let watch = stream.sock.get_ref().try_clone()?;
         http::write_stream_head(stream, 200, JSON_LINES)?;
+        let mut out = ChunkedWriter::new(&mut *stream);
         loop {
             let fresh = log.after(last);
             if let Some(newest) = fresh.last() {
                 last = Some(newest.seq);
-                stream.write_all(&json_lines(&fresh))?;
-                stream.flush()?;
+                out.write_all(&json_lines(&fresh))?;
+                out.flush()?;
             }
-            if client_left(&stream.sock, FOLLOW_POLL) {
-                return Ok(());
-            }
-            if log.refresh().is_err() {
+            if client_left(&watch, FOLLOW_POLL) || log.refresh().is_err() {
+                out.finish(&[])?;
                 return Ok(());
             }
         }

@@ -13,6 +13,49 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
+/// An upload's body: its bytes, then what may come after them.
+pub trait UploadBody: Read {
+    /// The declared length, when there is one.
+    fn length(&self) -> Option<u64>;
+    /// A field sent after the body (a chunked trailer), once the body is read.
+    fn trailer(&self, name: &str) -> Option<String>;
+}
+
+/// Bytes with nothing after them.
+struct Plain<'a>(&'a mut dyn Read);
+
+impl Read for Plain<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.0.read(buf)
+    }
+}
+
+impl UploadBody for Plain<'_> {
+    fn length(&self) -> Option<u64> {
+        None
+    }
+    fn trailer(&self, _: &str) -> Option<String> {
+        None
+    }
+}
+
+impl UploadBody for &[u8] {
+    fn length(&self) -> Option<u64> {
+        Some(self.len() as u64)
+    }
+    fn trailer(&self, _: &str) -> Option<String> {
+        None
+    }
+}
+
+/// What an upload may take.
+#[derive(Debug, Clone, Copy)]
+struct Room {
+    len: Option<u64>,
+    free: u64,
+    store: &'static str,
+}
+
 /// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -41,6 +84,12 @@ pub enum StoreError {
     /// The upload ended after {got} of {len} bytes
     #[error("The upload ended after {got} of {len} bytes")]
     Short { got: u64, len: u64 },
+    /// The upload broke off after {got} bytes: {reason}
+    #[error("The upload broke off after {got} bytes: {reason}")]
+    Broken { got: u64, reason: String },
+    /// Send the image's SHA-256 (64 hex digits) in the {0} header or trailer
+    #[error("Send the image's SHA-256 (64 hex digits) in the {0} header or trailer")]
+    NoDigest(&'static str),
     /// SHA-256 mismatch: expected {expected}, the upload has {actual}; nothing was stored
     #[error("SHA-256 mismatch: expected {expected}, the upload has {actual}; nothing was stored")]
     Mismatch { expected: String, actual: String },
@@ -57,6 +106,8 @@ impl StoreError {
             | Self::BadKind(_)
             | Self::BadDigest(..)
             | Self::Short { .. }
+            | Self::Broken { .. }
+            | Self::NoDigest(_)
             | Self::Mismatch { .. } => 400,
             Self::NotFound(..) => 404,
             Self::Exists(..) => 409,
@@ -207,49 +258,73 @@ impl Store {
         len: u64,
         body: &mut dyn Read,
     ) -> Result<Image, StoreError> {
+        self.upload_stream(kind, name, Some(expected), Some(len), &mut Plain(body))
+    }
+
+    /// Stores `body` as `kind/name` if its SHA-256 is `expected` (or, when that is `None`, the
+    /// one the body names after its end: a chunked upload's trailer). Without a `len`, the body
+    /// runs to its end, within the free space.
+    pub fn upload_stream(
+        &self,
+        kind: ImageKind,
+        name: &str,
+        expected: Option<&str>,
+        len: Option<u64>,
+        body: &mut dyn UploadBody,
+    ) -> Result<Image, StoreError> {
         let path = self.file(kind, name)?;
-        let expected = check_digest(super::api::SHA256_HEADER, expected)?;
+        let header = super::api::SHA256_HEADER;
+        let expected = expected.map(|e| check_digest(header, e)).transpose()?;
         let _guard = self.writing.lock().unwrap_or_else(|p| p.into_inner());
         if path.exists() {
             return Err(StoreError::Exists(kind.as_str(), name.to_string()));
         }
         let (_, free) =
             space(&self.root).map_err(|e| StoreError::Io("stat", self.root.clone(), e))?;
-        if len > free {
-            let store = match self.kind {
-                StoreKind::Disk => "disk",
-                StoreKind::Ram => "RAM",
-            };
+        let store = match self.kind {
+            StoreKind::Disk => "disk",
+            StoreKind::Ram => "RAM",
+        };
+        if let Some(len) = len.filter(|&len| len > free) {
             return Err(StoreError::NoSpace { len, free, store });
         }
         let part = self.root.join(kind.as_str()).join(format!(".{name}.part"));
-        let result = Self::receive(&part, len, body).and_then(|actual| {
+        let room = Room { len, free, store };
+        let result = Self::receive(&part, room, &mut *body).and_then(|(actual, size)| {
+            let expected = match expected {
+                Some(expected) => expected,
+                None => {
+                    let late = body.trailer(header).ok_or(StoreError::NoDigest(header))?;
+                    check_digest(header, &late)?
+                }
+            };
             if actual == expected {
-                Ok(())
+                Ok((expected, size))
             } else {
-                Err(StoreError::Mismatch {
-                    expected: expected.clone(),
-                    actual,
-                })
+                Err(StoreError::Mismatch { expected, actual })
             }
         });
-        if let Err(e) = result {
-            let _ = fs::remove_file(&part);
-            return Err(e);
-        }
+        let (expected, size) = match result {
+            Ok(done) => done,
+            Err(e) => {
+                let _ = fs::remove_file(&part);
+                return Err(e);
+            }
+        };
         fs::write(self.digest_file(kind, name), format!("{expected}\n"))
             .map_err(|e| StoreError::Io("write", self.digest_file(kind, name), e))?;
         fs::rename(&part, &path).map_err(|e| StoreError::Io("rename", part.clone(), e))?;
         Ok(Image {
             kind,
             name: name.to_string(),
-            size: len,
+            size,
             sha256: expected,
         })
     }
 
-    /// Copies exactly `len` bytes into `part`, synced; returns their SHA-256.
-    fn receive(part: &Path, len: u64, body: &mut dyn Read) -> Result<String, StoreError> {
+    /// Copies the body (exactly `len` bytes when given) into `part`, synced; returns its
+    /// SHA-256 and size.
+    fn receive(part: &Path, room: Room, body: &mut dyn Read) -> Result<(String, u64), StoreError> {
         let io_err = |op, e| StoreError::Io(op, part.to_path_buf(), e);
         let mut file: File = OpenOptions::new()
             .write(true)
@@ -261,23 +336,36 @@ impl Store {
         let mut hasher = Sha256::new();
         let mut buf = vec![0u8; 256 * 1024];
         let mut got = 0u64;
-        while got < len {
-            let want = usize::try_from(len - got)
-                .unwrap_or(usize::MAX)
-                .min(buf.len());
-            let n = match body.read(&mut buf[..want]) {
-                Ok(0) => return Err(StoreError::Short { got, len }),
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                // A client that stops sending is the client's problem, not the host's.
-                Err(_) => return Err(StoreError::Short { got, len }),
+        loop {
+            let want = match room.len {
+                Some(len) if got >= len => break,
+                Some(len) => usize::try_from(len - got)
+                    .unwrap_or(usize::MAX)
+                    .min(buf.len()),
+                None => buf.len(),
             };
+            let n = match (body.read(&mut buf[..want]), room.len) {
+                (Ok(0), Some(len)) => return Err(StoreError::Short { got, len }),
+                (Ok(0), None) => break,
+                (Ok(n), _) => n,
+                (Err(e), _) if e.kind() == io::ErrorKind::Interrupted => continue,
+                // A client that stops sending is the client's problem, not the host's.
+                (Err(_), Some(len)) => return Err(StoreError::Short { got, len }),
+                (Err(e), None) => {
+                    let reason = e.to_string();
+                    return Err(StoreError::Broken { got, reason });
+                }
+            };
+            if room.len.is_none() && got + n as u64 > room.free {
+                let (len, free, store) = (got + n as u64, room.free, room.store);
+                return Err(StoreError::NoSpace { len, free, store });
+            }
             hasher.update(&buf[..n]);
             file.write_all(&buf[..n]).map_err(|e| io_err("write", e))?;
             got += n as u64;
         }
         file.sync_all().map_err(|e| io_err("sync", e))?;
-        Ok(hex(&hasher.finalize()))
+        Ok((hex(&hasher.finalize()), got))
     }
 
     /// Removes an image.

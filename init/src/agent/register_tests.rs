@@ -29,6 +29,12 @@ type Received = Arc<Mutex<Vec<RegistrationRequest>>>;
 
 /// A manager endpoint with a server certificate from `ca` for `names`, recording what arrives.
 fn manager(ca: &ManagerCa, names: &[&str]) -> (SocketAddr, Received) {
+    manager_answering(ca, names, false)
+}
+
+/// As `manager`; with `chunked`, every answer is sent with `Transfer-Encoding: chunked` in
+/// small chunks with extensions and a trailer, as a proxy in front of a manager may.
+fn manager_answering(ca: &ManagerCa, names: &[&str], chunked: bool) -> (SocketAddr, Received) {
     let validity = Validity::days_from(SystemTime::now(), 30);
     let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
     let (mut chain, key) = ca
@@ -45,26 +51,48 @@ fn manager(ca: &ManagerCa, names: &[&str]) -> (SocketAddr, Received) {
     std::thread::spawn(move || {
         for tcp in listener.incoming().flatten() {
             let mut tls = StreamOwned::new(ServerConnection::new(config.clone()).unwrap(), tcp);
-            let _ =
-                http::serve_one(&mut tls, &Limits::default(), |_, request| match request
-                    .json::<RegistrationRequest>(
-                ) {
-                    Ok(doc) if request.path == api::REGISTER => {
-                        log.lock().unwrap().push(doc);
-                        let answer = RegistrationResponse {
-                            state: ManagerVerdict::Pending,
-                            message: "waiting for approval".into(),
-                        };
-                        Response::json(200, &answer)
-                    }
-                    Ok(_) => Response::error(404, "no such route"),
-                    Err(response) => response,
-                });
+            let Ok(request) = http::read_request(&mut tls, &Limits::default()) else {
+                continue;
+            };
+            let response = match request.json::<RegistrationRequest>() {
+                Ok(doc) if request.path == api::REGISTER => {
+                    log.lock().unwrap().push(doc);
+                    let answer = RegistrationResponse {
+                        state: ManagerVerdict::Pending,
+                        message: "waiting for approval".into(),
+                    };
+                    Response::json(200, &answer)
+                }
+                Ok(_) => Response::error(404, "no such route"),
+                Err(response) => response,
+            };
+            if chunked {
+                send_chunked(&mut tls, &response);
+            } else {
+                let _ = http::write_response(&mut tls, &response);
+            }
             tls.conn.send_close_notify();
             let _ = std::io::Write::flush(&mut tls);
         }
     });
     (addr, received)
+}
+
+/// `response` with its body in chunks of 5 bytes, each with an extension, then a trailer.
+fn send_chunked(w: &mut impl std::io::Write, response: &Response) {
+    let mut wire = format!(
+        "HTTP/1.1 {} OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n",
+        response.status
+    )
+    .into_bytes();
+    for piece in response.body.chunks(5) {
+        wire.extend_from_slice(format!("{:x};piece=\"yes\"\r\n", piece.len()).as_bytes());
+        wire.extend_from_slice(piece);
+        wire.extend_from_slice(b"\r\n");
+    }
+    wire.extend_from_slice(b"0\r\nX-Checked: by-a-proxy\r\n\r\n");
+    // The client may be gone (a refused pin): nothing to do about it.
+    let _ = w.write_all(&wire).and_then(|()| w.flush());
 }
 
 fn ca() -> ManagerCa {
@@ -116,20 +144,26 @@ impl Run {
     }
 }
 
-#[test]
-fn registers_with_the_pinned_manager_and_announces_changes() {
-    let dir = TestDir::new("register-ok");
+/// An agent that registered once with a manager (answering chunked or not) and was told to wait.
+fn registered_once(tag: &str, chunked: bool) -> (TestDir, Arc<Agent>, Registrar, Run, Received) {
+    let dir = TestDir::new(tag);
     let agent = agent(&dir);
     let ca = ca();
-    let (addr, received) = manager(&ca, &["127.0.0.1"]);
+    let (addr, received) = manager_answering(&ca, &["127.0.0.1"], chunked);
     let url = format!("https://127.0.0.1:{}", addr.port());
-    let mut r = registrar(&agent, &url, &pin_of(&ca), Some("join-token"));
+    let r = registrar(&agent, &url, &pin_of(&ca), Some("join-token"));
     let mut run = Run::new();
     assert_eq!(run.step(&r), WATCH_EVERY);
     let status = agent.registration();
     assert_eq!(status.state, RegistrationState::Registered, "{status:?}");
     assert_eq!(status.verdict, Some(ManagerVerdict::Pending));
     assert_eq!(status.reason.as_deref(), Some("waiting for approval"));
+    (dir, agent, r, run, received)
+}
+
+#[test]
+fn registers_with_the_pinned_manager_and_announces_changes() {
+    let (_dir, agent, mut r, mut run, received) = registered_once("register-ok", false);
     {
         let got = received.lock().unwrap();
         assert_eq!(got.len(), 1);
@@ -158,6 +192,12 @@ fn registers_with_the_pinned_manager_and_announces_changes() {
     assert_eq!(got.len(), 3);
     assert_eq!(got[2].addresses, vec![IpAddr::from([10, 0, 2, 16])]);
     assert_eq!(run.status.attempts, 3);
+}
+
+#[test]
+fn registers_with_a_manager_that_answers_chunked() {
+    let (_dir, _agent, _r, _run, received) = registered_once("register-chunked", true);
+    assert_eq!(received.lock().unwrap().len(), 1);
 }
 
 #[test]

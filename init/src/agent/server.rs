@@ -11,6 +11,7 @@ use super::api::{self, AdoptionPhase};
 use super::atomic::{remove_durable, write_atomic, AtomicError};
 use super::clock::Clock;
 use super::hostinfo::{self, Sampler};
+use super::http::server::{serve_tcp, Guarded, Pool, PoolLimits, Protection, Slot};
 use super::http::{self, Limits, Request, Response, Route};
 use super::identity::{HostIdentity, IdentityError};
 use super::images::{Store, StoreError};
@@ -26,7 +27,7 @@ use std::io::{self, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
 use std::os::unix::fs::DirBuilderExt;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
@@ -56,10 +57,22 @@ pub struct AgentConfig {
     /// How long a manager has between begin and completion.
     pub session_ttl: Duration,
     pub http: Limits,
-    /// Read and write timeout of a connection, so a stalled client cannot hold a thread.
+    /// From accept to the end of the request head, TLS handshake included: a slow client is
+    /// cut off after this, however it trickles its bytes.
+    pub head_timeout: Duration,
+    /// Read and write timeout of a connection after its head, so a stalled client cannot hold a
+    /// thread.
     pub io_timeout: Duration,
-    /// Connections served at once; more are closed at once.
+    /// Least average upload rate (bytes per second over 30 s) before an upload is cut.
+    pub min_body_rate: u64,
+    /// Connections not (yet) authenticated as the manager's, served at once: when they are
+    /// all taken, the oldest gives way to a new one.
     pub max_connections: usize,
+    /// Of those, from one peer address.
+    pub max_per_peer: usize,
+    /// Connections authenticated by the manager's client certificate, served at once, in slots
+    /// of their own that other peers cannot take.
+    pub max_manager_connections: usize,
     /// VM definitions (`<state_dir>/vms` by default).
     pub vm_defs: PathBuf,
     /// Per-VM runtime directories (control and console sockets, logs).
@@ -76,7 +89,9 @@ pub struct AgentConfig {
 }
 
 impl AgentConfig {
-    /// Defaults: tokens for 24 h, sessions for 5 min, 10 s I/O timeout, 32 connections.
+    /// Defaults: tokens for 24 h, sessions for 5 min, 10 s for handshake and head, 10 s I/O
+    /// timeout, 1 KiB/s uploads, 32 unauthenticated connections (8 per peer), 32 manager
+    /// connections.
     pub fn new(state_dir: PathBuf, names: Vec<String>) -> Self {
         Self {
             names,
@@ -84,8 +99,12 @@ impl AgentConfig {
             token_ttl: Some(Duration::from_secs(24 * 3600)),
             session_ttl: Duration::from_secs(300),
             http: Limits::default(),
+            head_timeout: Duration::from_secs(10),
             io_timeout: Duration::from_secs(10),
+            min_body_rate: 1024,
             max_connections: 32,
+            max_per_peer: 8,
+            max_manager_connections: 32,
             vm_defs: state_dir.join("vms"),
             run_dir: state_dir.join("run"),
             data_dir: state_dir.join("data"),
@@ -610,22 +629,43 @@ impl Agent {
         Response::json(200, &info)
     }
 
-    /// Serves one TLS connection: one request, one response (or a stream).
-    pub fn serve_connection(&self, tcp: TcpStream) {
+    /// How connections are protected from slow clients.
+    fn protection(&self) -> Protection {
+        Protection {
+            head_timeout: self.config.head_timeout,
+            io_timeout: self.config.io_timeout,
+            min_body_rate: self.config.min_body_rate,
+            ..Protection::default()
+        }
+    }
+
+    /// Serves one TLS connection: one request, one response (or a stream). The handshake and
+    /// the head run under the head deadline; a connection whose client certificate verified
+    /// against the manager CA moves to the manager's slots once the handshake is done.
+    pub fn serve_connection(&self, tcp: TcpStream, slot: &mut Slot) {
         let Ok(addr) = tcp.peer_addr().map(|a| a.ip()) else {
             return;
         };
-        let timeout = Some(self.config.io_timeout);
-        if tcp.set_read_timeout(timeout).is_err() || tcp.set_write_timeout(timeout).is_err() {
+        let Ok(guarded) = Guarded::new(tcp, self.protection()) else {
             return;
-        }
+        };
         let Tls { generation, config } = self.current_tls();
         let Ok(conn) = ServerConnection::new(config) else {
             return;
         };
-        let mut stream = StreamOwned::new(conn, tcp);
+        let mut stream = StreamOwned::new(conn, guarded);
+        while stream.conn.is_handshaking() {
+            // Handshake failures and clients too slow for the deadline end here.
+            if stream.conn.complete_io(&mut stream.sock).is_err() {
+                return;
+            }
+        }
+        if stream.conn.peer_certificates().is_some() && self.current_tls().generation == generation
+        {
+            slot.authenticate();
+        }
         let served = self.serve_stream(&mut stream, addr, generation);
-        // Handshake failures and clients that went away end here; they get nothing more.
+        // Clients that went away end here; they get nothing more.
         if served.is_ok() {
             stream.conn.send_close_notify();
             let _ = stream.flush();
@@ -638,56 +678,24 @@ impl Agent {
         let stop = Arc::new(AtomicBool::new(false));
         let agent = Arc::clone(self);
         let stopping = Arc::clone(&stop);
+        let pool = Pool::new(PoolLimits {
+            pending: self.config.max_connections,
+            per_peer: self.config.max_per_peer,
+            authenticated: self.config.max_manager_connections,
+        });
         let thread = thread::Builder::new()
             .name("keel-agent".into())
-            .spawn(move || agent.accept_loop(&listener, &stopping))?;
+            .spawn(move || {
+                let serve = Arc::new(move |tcp, mut slot: Slot| {
+                    agent.serve_connection(tcp, &mut slot);
+                });
+                serve_tcp(&listener, &pool, &stopping, "keel-agent-conn", serve);
+            })?;
         Ok(Server {
             addr,
             stop,
             thread: Some(thread),
         })
-    }
-
-    fn accept_loop(self: Arc<Self>, listener: &TcpListener, stop: &AtomicBool) {
-        let active = Arc::new(AtomicUsize::new(0));
-        for tcp in listener.incoming() {
-            if stop.load(Ordering::SeqCst) {
-                break;
-            }
-            let Ok(tcp) = tcp else {
-                // Out of descriptors or memory: back off instead of spinning.
-                thread::sleep(Duration::from_millis(50));
-                continue;
-            };
-            if active.load(Ordering::SeqCst) >= self.config.max_connections {
-                continue;
-            }
-            let slot = Slot::take(&active);
-            let agent = Arc::clone(&self);
-            // If the thread cannot start, the closure (and the slot) is dropped with the error.
-            let _ = thread::Builder::new()
-                .name("keel-agent-conn".into())
-                .spawn(move || {
-                    let _slot = slot;
-                    agent.serve_connection(tcp);
-                });
-        }
-    }
-}
-
-/// One of the `max_connections` places, given back when dropped.
-struct Slot(Arc<AtomicUsize>);
-
-impl Slot {
-    fn take(active: &Arc<AtomicUsize>) -> Self {
-        active.fetch_add(1, Ordering::SeqCst);
-        Self(Arc::clone(active))
-    }
-}
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }
 

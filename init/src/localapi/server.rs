@@ -4,13 +4,13 @@ use std::io;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use super::types::{Invalid, ManagerProbe, NetworkForm, ResetRequest, TestRequest};
 use super::{ApiError, ConsoleBackend};
 use crate::agent::api::CreateStateRequest;
+use crate::agent::http::server::{Guarded, Pool, PoolLimits, Protection};
 use crate::agent::http::{self, Limits, Request, Response, Route};
 use crate::agent::registration::ManagerChoice;
 
@@ -200,31 +200,38 @@ pub fn bind(path: &Path) -> Result<UnixListener, ServeError> {
 /// Serves `backend` on `listener` forever, one thread per connection. Only root (the socket is
 /// 0600, and the peer's uid is checked) and this process's own user are answered.
 pub fn serve_on(listener: UnixListener, backend: Arc<dyn ConsoleBackend>) {
-    let active = Arc::new(AtomicUsize::new(0));
+    let pool = Pool::new(PoolLimits {
+        pending: MAX_CONNECTIONS,
+        per_peer: MAX_CONNECTIONS,
+        authenticated: 0,
+    });
+    let protection = Protection {
+        head_timeout: IO_TIMEOUT,
+        io_timeout: IO_TIMEOUT,
+        ..Protection::default()
+    };
     // SAFETY: getuid has no preconditions.
     let own_uid = unsafe { libc::getuid() };
     for stream in listener.incoming() {
         let Ok(mut stream) = stream else { continue };
         let allowed = peer_uid(&stream).is_ok_and(|uid| uid == 0 || uid == own_uid);
-        if !allowed || active.load(Ordering::Acquire) >= MAX_CONNECTIONS {
+        let Some(slot) = pool.try_admit().filter(|_| allowed) else {
             let _ = http::write_response(&mut stream, &Response::error(503, "Busy or not allowed"));
             continue;
-        }
-        active.fetch_add(1, Ordering::AcqRel);
-        let (backend, counter) = (Arc::clone(&backend), Arc::clone(&active));
-        let spawned = std::thread::Builder::new()
+        };
+        let backend = Arc::clone(&backend);
+        // If the thread cannot start, the closure (and the slot in it) is dropped with the error.
+        let _ = std::thread::Builder::new()
             .name("console-api".into())
             .spawn(move || {
-                let _ = stream.set_read_timeout(Some(IO_TIMEOUT));
-                let _ = stream.set_write_timeout(Some(IO_TIMEOUT));
+                let _slot = slot;
+                let Ok(mut stream) = Guarded::new(stream, protection) else {
+                    return;
+                };
                 let _ = http::serve_one(&mut stream, &Limits::default(), |_, request| {
                     handle(backend.as_ref(), request)
                 });
-                counter.fetch_sub(1, Ordering::AcqRel);
             });
-        if spawned.is_err() {
-            active.fetch_sub(1, Ordering::AcqRel);
-        }
     }
 }
 

@@ -1,10 +1,10 @@
-//! Control API: HTTP/1.1 with JSON bodies on a unix socket. (The trait below is the contract between
-//! the API helper, who owns this module, and the VMM core, which implements `VmControl`.)
+//! Control API: HTTP/1.1 with JSON bodies on a unix socket, served through keel-http (the one
+//! HTTP/1.1 implementation Keel's servers and clients share). (The trait below is the contract
+//! between the API helper, who owns this module, and the VMM core, which implements `VmControl`.)
 //!
 //! Endpoints (documented in `vmm/API.md`): `GET /vm`, `PUT /vm/pause`, `PUT /vm/resume`,
 //! `PUT /vm/shutdown`, `PUT /vm/power-off`. The server is [`start_server`].
 
-pub mod http;
 mod server;
 
 pub use server::{route, start_server, ApiError, ApiServer, REQUEST_TIMEOUT};

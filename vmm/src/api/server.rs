@@ -1,8 +1,9 @@
-//! The API server: one thread, one connection at a time, one request per connection. Every
-//! connection gets a total time budget, so a slow or silent client delays the next one by at most
+//! The API server: one thread, one connection at a time, one request per connection, parsed and
+//! answered by keel-http. Every connection gets a total time budget (keel-http's head deadline,
+//! kept over the body too), so a slow or silent client delays the next one by at most
 //! `REQUEST_TIMEOUT` and can never wedge the thread.
 
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
@@ -10,12 +11,23 @@ use std::sync::{mpsc, Arc};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use super::http::{self, HttpError, Response, MAX_BODY_LEN, MAX_HEAD_LEN};
 use super::VmControl;
 use crate::seccomp::{self, ThreadKind};
+use keel_http::server::{Guarded, Protection};
+use keel_http::{HttpError, Limits, Response};
 
 /// Time a client has to send its whole request, and to take the response.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest request line plus headers. Real clients send a few hundred bytes.
+pub const MAX_HEAD_LEN: usize = 8 * 1024;
+/// Longest body. No endpoint takes more than an empty JSON object today.
+pub const MAX_BODY_LEN: usize = 4 * 1024;
+
+const LIMITS: Limits = Limits {
+    max_head: MAX_HEAD_LEN,
+    max_headers: 64,
+    max_body: MAX_BODY_LEN,
+};
 
 /// Why the API server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -133,23 +145,43 @@ fn serve(listener: &UnixListener, vm: &dyn VmControl) -> ! {
     }
 }
 
-fn handle_connection(mut stream: UnixStream, vm: &dyn VmControl) {
-    let deadline = Instant::now() + REQUEST_TIMEOUT;
-    let response = match read_request(&mut stream, deadline) {
-        Ok(Some((head, body))) => route(&head.method, &head.path, &body, vm),
-        // The client closed without sending anything: nothing to answer.
-        Ok(None) => return,
-        Err(ReadError::Http(e)) => Response::error(e.status(), &e.to_string()),
-        Err(ReadError::Io(e)) => {
-            log::warn!("api: reading a request: {e}");
-            return;
-        }
+fn handle_connection(stream: UnixStream, vm: &dyn VmControl) {
+    let protection = Protection {
+        head_timeout: REQUEST_TIMEOUT,
+        io_timeout: REQUEST_TIMEOUT,
+        ..Protection::default()
     };
-    if stream.set_write_timeout(Some(REQUEST_TIMEOUT)).is_ok() {
-        // A client that left early does not get its answer; nothing else to do about it.
-        let _ = stream.write_all(&response.to_bytes());
-    }
+    let Ok(mut stream) = Guarded::new(stream, protection) else {
+        return;
+    };
+    let response = match read_request(&mut stream) {
+        Ok(request) => route(&request.method, &request.path, &request.body, vm),
+        // The client closed without sending anything: nothing to answer.
+        Err(HttpError::Closed) => return,
+        Err(e) => match e.response() {
+            Some(response) => response,
+            None => {
+                log::warn!("api: reading a request: {e}");
+                return;
+            }
+        },
+    };
+    // A client that left early does not get its answer; nothing else to do about it.
+    let _ = keel_http::write_response(&mut stream, &response.with_header("Server", "keel-vmm"));
+    let mut stream = stream.into_inner();
     linger(&mut stream);
+}
+
+/// Reads one request within the connection's time budget (the head deadline is never lifted).
+/// Bytes past the body are refused: one request per connection.
+fn read_request(stream: &mut Guarded<UnixStream>) -> Result<keel_http::Request, HttpError> {
+    let head = keel_http::read_request_head(stream, &LIMITS)?;
+    if head.pipelined() {
+        return Err(HttpError::Malformed(
+            "more data than Content-Length (one request per connection)".into(),
+        ));
+    }
+    head.read_body(stream, &LIMITS)
 }
 
 /// Closing a unix socket with unread input resets the peer, which may then lose the response
@@ -174,96 +206,6 @@ fn linger(stream: &mut UnixStream) {
     }
 }
 
-enum ReadError {
-    Http(HttpError),
-    Io(io::Error),
-}
-
-/// Reads one request, within `deadline` overall. `Ok(None)`: the client closed before sending a
-/// byte.
-fn read_request(
-    stream: &mut UnixStream,
-    deadline: Instant,
-) -> Result<Option<(http::Head, Vec<u8>)>, ReadError> {
-    let mut buf = Vec::with_capacity(1024);
-    let head_len = loop {
-        if let Some(end) = http::head_end(&buf) {
-            break end;
-        }
-        if buf.len() > MAX_HEAD_LEN {
-            return Err(ReadError::Http(HttpError::HeadTooLarge));
-        }
-        // Read at most one byte past the head limit, so the limit check above sees it.
-        let room = MAX_HEAD_LEN + 1 - buf.len();
-        match read_some(stream, &mut buf, room.min(4096), deadline)? {
-            0 if buf.is_empty() => return Ok(None),
-            0 => {
-                return Err(ReadError::Http(HttpError::Malformed(
-                    "connection closed in the middle of the head".into(),
-                )))
-            }
-            _ => {}
-        }
-    };
-    if head_len > MAX_HEAD_LEN {
-        return Err(ReadError::Http(HttpError::HeadTooLarge));
-    }
-    let head = http::parse_head(&buf[..head_len]).map_err(ReadError::Http)?;
-    let mut body = buf.split_off(head_len);
-    if body.len() > head.content_length {
-        return Err(ReadError::Http(HttpError::Malformed(
-            "more data than Content-Length (one request per connection)".into(),
-        )));
-    }
-    while body.len() < head.content_length {
-        let want = head.content_length - body.len();
-        if read_some(stream, &mut body, want, deadline)? == 0 {
-            return Err(ReadError::Http(HttpError::Malformed(format!(
-                "body ended after {} of {} bytes",
-                body.len(),
-                head.content_length
-            ))));
-        }
-    }
-    debug_assert!(body.len() <= MAX_BODY_LEN);
-    Ok(Some((head, body)))
-}
-
-/// Appends up to `max` bytes read before `deadline` to `buf`; returns how many (0 at end of
-/// stream).
-fn read_some(
-    stream: &mut UnixStream,
-    buf: &mut Vec<u8>,
-    max: usize,
-    deadline: Instant,
-) -> Result<usize, ReadError> {
-    let mut chunk = [0u8; 4096];
-    let max = max.min(chunk.len());
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Err(ReadError::Http(HttpError::Timeout));
-        }
-        stream.set_read_timeout(Some(left)).map_err(ReadError::Io)?;
-        match stream.read(&mut chunk[..max]) {
-            Ok(n) => {
-                buf.extend_from_slice(&chunk[..n]);
-                return Ok(n);
-            }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                ) =>
-            {
-                return Err(ReadError::Http(HttpError::Timeout))
-            }
-            Err(e) => return Err(ReadError::Io(e)),
-        }
-    }
-}
-
 /// Maps a request to the VM operation. The endpoints take no body; an empty JSON object is
 /// accepted for clients that always send one.
 pub fn route(method: &str, path: &str, body: &[u8], vm: &dyn VmControl) -> Response {
@@ -277,12 +219,8 @@ pub fn route(method: &str, path: &str, body: &[u8], vm: &dyn VmControl) -> Respo
         _ => return Response::error(404, &format!("no such endpoint {path}")),
     };
     if method != allowed {
-        let mut response = Response::error(
-            405,
-            &format!("{path} does not support {method}; use {allowed}"),
-        );
-        response.allow = Some(allowed);
-        return response;
+        let message = format!("{path} does not support {method}; use {allowed}");
+        return Response::error(405, &message).with_header("Allow", allowed);
     }
     if !body_is_empty(body) {
         return Response::error(
@@ -291,12 +229,9 @@ pub fn route(method: &str, path: &str, body: &[u8], vm: &dyn VmControl) -> Respo
         );
     }
     match action {
-        None => match serde_json::to_string(&vm.info()) {
-            Ok(json) => Response::json(200, json),
-            Err(e) => Response::error(500, &format!("cannot encode the VM info: {e}")),
-        },
+        None => Response::json(200, &vm.info()),
         Some(action) => match action(vm) {
-            Ok(()) => Response::no_content(),
+            Ok(()) => Response::empty(204),
             Err(e) => Response::error(409, &e),
         },
     }
@@ -313,7 +248,7 @@ fn body_is_empty(body: &[u8]) -> bool {
 mod tests {
     use super::super::{VmInfo, VmState};
     use super::*;
-    use std::io::BufRead;
+    use std::io::{BufRead, Write};
     use std::sync::Mutex;
 
     /// The VMM core's side of the API boundary: records the calls and refuses what a real VM
@@ -481,6 +416,13 @@ mod tests {
             (b"DELETE /vm HTTP/1.1\r\n\r\n".to_vec(), 405, "use GET"),
             (b"GET /vm/pause HTTP/1.1\r\n\r\n".to_vec(), 405, "use PUT"),
             (b"garbage\r\n\r\n".to_vec(), 400, "malformed request"),
+            // Bare LF line ends are refused, as by every Keel server.
+            (b"GET /vm HTTP/1.1\n\n".to_vec(), 400, "bare LF"),
+            (
+                b"GET /vm HTTP/1.1\r\nAccept: */*\n\r\n".to_vec(),
+                400,
+                "bare LF",
+            ),
             (b"\x00\x01\x02\r\n\r\n".to_vec(), 400, "malformed request"),
             (
                 b"GET /vm HTTP/1.1\r\n".to_vec(),
@@ -514,7 +456,7 @@ mod tests {
                 "one request per connection",
             ),
             (
-                b"PUT /vm/pause HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec(),
+                b"PUT /vm/pause HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n".to_vec(),
                 501,
                 "Transfer-Encoding",
             ),
