@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 /// is the entropy device).
 pub const MAX_DISKS: usize = 16;
 pub const MAX_NICS: usize = 8;
+const _: () = assert!(MAX_DISKS + MAX_NICS + 1 <= keel_api::limits::MAX_VIRTIO_DEVICES);
 /// FICLONE: share the blocks of another file (reflink), `_IOW(0x94, 9, int)`.
 const FICLONE: libc::c_ulong = 0x4004_9409;
 
