@@ -6,7 +6,7 @@
 //! Join tokens are stored as SHA-256 hashes, with an optional expiry.
 
 use keel_api::agent::RegistrationRequest;
-use keel_init::agent::fingerprint::{Fingerprint, FingerprintOf};
+use keel_init::agent::fingerprint::Fingerprint;
 use keel_init::agent::token::Secret;
 use rusqlite::{params, Connection, OptionalExtension};
 use serde::Serialize;
@@ -312,6 +312,7 @@ impl Db {
 mod tests {
     use super::*;
     use keel_api::host::Hardware;
+    use keel_init::agent::fingerprint::FingerprintOf;
 
     fn tmp(tag: &str) -> PathBuf {
         let dir = std::env::temp_dir().join(format!("keelctl-db-{tag}-{}", std::process::id()));

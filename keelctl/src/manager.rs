@@ -15,7 +15,7 @@ use keel_api::agent::{self as api, ManagerVerdict, RegistrationRequest, Registra
 use keel_init::agent::ca::Validity;
 use keel_init::agent::ca_pin::manager_server_config;
 use keel_init::agent::client::HostClient;
-use keel_init::agent::fingerprint::{Fingerprint, FingerprintOf};
+use keel_init::agent::fingerprint::Fingerprint;
 use keel_init::agent::http::{self, Limits, Request, Response};
 use keel_init::agent::tls::parse_cert_pem;
 use rustls::{ServerConfig, ServerConnection, StreamOwned};
@@ -360,6 +360,7 @@ impl Manager {
 mod tests {
     use super::*;
     use keel_api::host::Hardware;
+    use keel_init::agent::fingerprint::FingerprintOf;
 
     fn reg(addresses: &[&str], peer: &str) -> Registration {
         Registration {

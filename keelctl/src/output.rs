@@ -378,6 +378,7 @@ pub fn network_status(s: &NetStatus) -> String {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
