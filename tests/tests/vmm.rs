@@ -6,16 +6,16 @@ use std::time::Duration;
 
 use keel_tests::{paths, Boot, Error, Image, QemuBuilder};
 
-/// The host boots in ~20 s under TCG; each nested guest boot takes a few seconds more.
-const TIMEOUT: Duration = Duration::from_secs(300);
+/// The host boots in ~20 s under TCG; each nested guest boot takes a few seconds more, the
+/// 32-vCPU one a minute or two.
+const TIMEOUT: Duration = Duration::from_secs(600);
 
 #[test]
 fn vmm_boots_linux_and_shuts_it_down() -> Result<(), Error> {
     let image = Image::locate_in(&paths::out_dir().join("test"))?;
     let scenarios = ["vmm-boot", "vmm-smp", "vmm-shutdown", "vmm-virtio"];
     let boot = Boot::image(&image).with_params(&format!("keel_e2e={}", scenarios.join(",")));
-    // Two CPUs: the 32 vCPUs of `vmm-smp` spin waiting for one another while they come up.
-    let mut host = QemuBuilder::new("vmm", boot).cpus(2).spawn()?;
+    let mut host = QemuBuilder::new("vmm", boot).spawn()?;
     host.wait_for_line("E2E DONE", TIMEOUT)?;
     let lines = host.lines();
     let failures: Vec<&str> = lines
