@@ -19,7 +19,7 @@ EXPECTED_SECONDS = {
     "media": 360,
     "agent": 170,
     "register": 110,
-    "vmm": 160,
+    "vmm": 300,
     "hardening": 70,
     "console": 40,
     "boot": 35,

@@ -1,7 +1,7 @@
 //! A host's identity as a manager pins it: SHA-256 of the public key (SubjectPublicKeyInfo DER),
 //! written `sha256:<64 lowercase hex digits>`. This is the value as it crosses the wire; computing
 //! one from a key or a certificate needs a hash and an X.509 parser and belongs to keel-trust
-//! (`FingerprintOf` in keel-init until it moves there).
+//! (`keel_trust::fingerprint::FingerprintExt`).
 
 use std::fmt;
 use std::str::FromStr;

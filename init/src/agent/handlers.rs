@@ -444,3 +444,21 @@ impl UploadBody for Body<'_, Tls> {
         Body::trailer(self, name).map(str::to_string)
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::OPENAPI_JSON;
+    use keel_api::limits;
+
+    #[test]
+    fn the_openapi_document_states_keel_api_s_limits() {
+        let doc: serde_json::Value = serde_json::from_str(OPENAPI_JSON).unwrap();
+        let spec = &doc["components"]["schemas"]["VmSpec"]["properties"];
+        assert_eq!(spec["vcpus"]["minimum"], limits::MIN_VCPUS);
+        assert_eq!(spec["vcpus"]["maximum"], limits::MAX_VCPUS);
+        assert_eq!(spec["memory_mib"]["minimum"], limits::MIN_MEMORY_MIB);
+        assert_eq!(spec["memory_mib"]["maximum"], limits::MAX_MEMORY_MIB);
+        assert_eq!(spec["cmdline"]["maxLength"], limits::MAX_CMDLINE_LEN);
+    }
+}

@@ -145,10 +145,8 @@ fn check_digest(header: &'static str, digest: &str) -> Result<String, StoreError
     }
 }
 
-/// Lowercase hex of `bytes`.
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
+/// Lowercase hex of `bytes` (keel-api's, the digests' wire form).
+pub use keel_api::hex;
 
 /// Total and free bytes of the filesystem holding `dir`.
 fn space(dir: &Path) -> io::Result<(u64, u64)> {

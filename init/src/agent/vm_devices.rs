@@ -15,6 +15,9 @@ use std::path::{Path, PathBuf};
 /// is the entropy device).
 pub const MAX_DISKS: usize = 16;
 pub const MAX_NICS: usize = 8;
+/// The entropy device every VM gets.
+const RNG_DEVICES: usize = 1;
+const _: () = assert!(MAX_DISKS + MAX_NICS + RNG_DEVICES <= keel_api::limits::MAX_VIRTIO_DEVICES);
 /// FICLONE: share the blocks of another file (reflink), `_IOW(0x94, 9, int)`.
 const FICLONE: libc::c_ulong = 0x4004_9409;
 
