@@ -196,8 +196,8 @@ fn ip_of(data: &[u8]) -> Option<IpAddr> {
     }
 }
 
-/// Decodes one RTM_NEWLINK payload (ifinfomsg + attributes).
-fn parse_link(payload: &[u8]) -> Option<Link> {
+/// Decodes one RTM_NEWLINK payload (ifinfomsg + attributes). Public for the fuzz target (vmm/fuzz).
+pub fn parse_link(payload: &[u8]) -> Option<Link> {
     let header = payload.get(..16)?;
     let index = u32::from_ne_bytes(header[4..8].try_into().ok()?);
     let flags = u32::from_ne_bytes(header[8..12].try_into().ok()?);
@@ -250,8 +250,8 @@ fn parse_link(payload: &[u8]) -> Option<Link> {
     Some(link)
 }
 
-/// Decodes one RTM_NEWADDR payload into (link index, address).
-fn parse_addr(payload: &[u8]) -> Option<(u32, IpNet)> {
+/// Decodes one RTM_NEWADDR payload into (link index, address). Public for the fuzz target (vmm/fuzz).
+pub fn parse_addr(payload: &[u8]) -> Option<(u32, IpNet)> {
     let header = payload.get(..8)?;
     let prefix = header[1];
     let index = u32::from_ne_bytes(header[4..8].try_into().ok()?);
@@ -273,8 +273,8 @@ fn parse_addr(payload: &[u8]) -> Option<(u32, IpNet)> {
     ))
 }
 
-/// Decodes one RTM_NEWROUTE payload; only default routes of the main table.
-fn parse_default_route(payload: &[u8]) -> Option<DefaultRoute> {
+/// Decodes one RTM_NEWROUTE payload; only default routes of the main table. Public for the fuzz target (vmm/fuzz).
+pub fn parse_default_route(payload: &[u8]) -> Option<DefaultRoute> {
     let header = payload.get(..12)?;
     let (dst_len, mut table, protocol) = (header[1], header[4], header[5]);
     let mut gateway = None;
