@@ -3,13 +3,14 @@
 //! them with deterministic pseudo-random inputs on the stable toolchain, so `cargo test`
 //! exercises the same code. Built only for tests and with the `fuzz` feature.
 //!
-//! An input describes a guest ([`Guest`], decoded with `arbitrary`): the queue size, for each
-//! queue a descriptor table, batches of available-ring entries (and sometimes a lying available
-//! index), and buffers with their contents (raw bytes, virtio-blk request headers and
-//! discard/write-zeroes ranges, or indirect descriptor tables). Addresses and lengths land inside
-//! guest memory most of the time (in one of the data pages, or on the rings themselves) and
-//! anywhere otherwise, so even a few bytes of input form a chain. The device must never panic,
-//! and every call must return.
+//! An input describes a guest ([`Guest`], decoded with `arbitrary`): the queue size; for each
+//! queue, descriptor chains as a driver builds them (segments with an address, a length and a
+//! direction, linked in the table and made available in one of a few rounds), then hostile table
+//! entries written over them, extra available entries and sometimes a lying available index; and
+//! the data pages' contents (raw bytes, virtio-blk request headers and discard/write-zeroes
+//! ranges, or indirect descriptor tables). Addresses and lengths land inside guest memory most of
+//! the time (at a data page, in one, or on the rings themselves) and anywhere otherwise, so even a
+//! few bytes of input form a chain. The device must never panic, and every call must return.
 
 use std::sync::OnceLock;
 
@@ -49,30 +50,59 @@ pub struct Guest {
     pub event_idx: bool,
     /// One per device queue (missing ones stay empty).
     pub queues: Vec<GuestQueue>,
-    /// Contents of the data pages.
-    pub buffers: Vec<Buffer>,
+    /// Contents of the data pages: buffer i at the start of page i (at most [`SLOTS`]).
+    pub buffers: Vec<Fill>,
 }
 
 /// One queue as the driver filled it.
 #[derive(Debug, Arbitrary)]
 pub struct GuestQueue {
-    /// Descriptor table entries 0, 1, … (at most the queue size).
-    pub descs: Vec<Desc>,
-    /// Heads made available before each round (at most [`MAX_ROUNDS`] batches).
-    pub batches: Vec<Vec<Index>>,
+    /// Chains laid out one after another in the descriptor table (NEXT and `next` link each
+    /// segment to the following entry); each is made available in its round.
+    pub chains: Vec<Chain>,
+    /// Then these table entries are overwritten as given: loops, bad indices, odd flags.
+    pub raw: Vec<(Index, Desc)>,
+    /// More available entries, any head, in the first round.
+    pub extra_heads: Vec<Index>,
     /// An available index written instead of the true one before the first round.
     pub lying_avail_idx: Option<u16>,
     /// used_event (read by the device when event_idx is on).
     pub used_event: u16,
 }
 
-/// A descriptor.
+/// A descriptor chain as a driver builds it.
+#[derive(Debug, Arbitrary)]
+pub struct Chain {
+    /// The round that makes it available (modulo [`MAX_ROUNDS`]).
+    pub round: u8,
+    pub segments: Vec<Segment>,
+}
+
+#[derive(Debug, Arbitrary)]
+pub struct Segment {
+    pub addr: Addr,
+    pub len: Len,
+    pub kind: SegmentKind,
+}
+
+#[derive(Debug, Arbitrary)]
+pub enum SegmentKind {
+    /// Device-readable.
+    Read,
+    /// Device-writable.
+    Write,
+    /// An indirect table (point it at a [`Fill::Table`] buffer).
+    Indirect,
+    /// These flags (NEXT is still set between segments).
+    Flags(u16),
+}
+
+/// A descriptor, field by field.
 #[derive(Debug, Arbitrary)]
 pub struct Desc {
     pub addr: Addr,
     pub len: Len,
-    /// NEXT, WRITE, INDIRECT (bits 0..3); the others set all 16 bits as given.
-    pub flags: Flags,
+    pub flags: u16,
     pub next: Index,
 }
 
@@ -84,17 +114,13 @@ pub enum Index {
     Raw(u16),
 }
 
-#[derive(Debug, Arbitrary)]
-pub enum Flags {
-    Known(u8),
-    Raw(u16),
-}
-
 /// A buffer address.
 #[derive(Debug, Arbitrary)]
 pub enum Addr {
+    /// The start of data page `n % SLOTS` (where buffer n is).
+    Slot(u8),
     /// Inside data page `slot % SLOTS`, at `offset % 4096`.
-    Slot { slot: u8, offset: u16 },
+    InSlot { slot: u8, offset: u16 },
     /// On the rings (descriptor tables, available and used rings): a hostile overlap.
     Rings(u16),
     /// Anywhere, usually outside guest memory.
@@ -110,19 +136,12 @@ pub enum Len {
     Raw(u32),
 }
 
-/// Bytes written at the start of a data page (or at an offset into it).
-#[derive(Debug, Arbitrary)]
-pub struct Buffer {
-    pub slot: u8,
-    pub offset: u16,
-    pub fill: Fill,
-}
-
+/// What a data page holds.
 #[derive(Debug, Arbitrary)]
 pub enum Fill {
     Bytes(Vec<u8>),
     /// A virtio-blk request header (type, reserved, sector) with a type the device knows
-    /// (`kind % 6`) or `raw`, and a sector near the 64 KiB disk.
+    /// (`kind % 7` below 6) or `raw`, and a sector near the 64 KiB disk.
     BlockHeader {
         kind: u8,
         raw: u32,
@@ -143,31 +162,47 @@ impl Index {
     }
 }
 
-impl Desc {
-    /// The 16 bytes of the descriptor in a table of a queue of `size` entries.
-    fn encode(&self, size: u16) -> [u8; 16] {
-        let addr = match self.addr {
-            Addr::Slot { slot, offset } => {
+impl Addr {
+    fn resolve(&self) -> u64 {
+        match *self {
+            Addr::Slot(n) => DATA + u64::from(n) % SLOTS * PAGE,
+            Addr::InSlot { slot, offset } => {
                 DATA + u64::from(slot) % SLOTS * PAGE + u64::from(offset) % PAGE
             }
             Addr::Rings(at) => RINGS + u64::from(at) % (2 * QUEUE_STRIDE),
             Addr::Raw(a) => a,
-        };
-        let len = match self.len {
+        }
+    }
+}
+
+impl Len {
+    fn resolve(&self) -> u32 {
+        match *self {
             Len::Small(n) => u32::from(n),
             Len::Pages(n) => u32::from(n) % (2 * PAGE as u32 + 1),
             Len::Raw(n) => n,
-        };
-        let flags = match self.flags {
-            Flags::Known(f) => u16::from(f) & (F_NEXT | F_WRITE | F_INDIRECT),
-            Flags::Raw(f) => f,
-        };
-        let mut raw = [0u8; 16];
-        raw[..8].copy_from_slice(&addr.to_le_bytes());
-        raw[8..12].copy_from_slice(&len.to_le_bytes());
-        raw[12..14].copy_from_slice(&flags.to_le_bytes());
-        raw[14..].copy_from_slice(&self.next.resolve(size).to_le_bytes());
-        raw
+        }
+    }
+}
+
+/// The 16 bytes of a descriptor.
+fn encode(addr: u64, len: u32, flags: u16, next: u16) -> [u8; 16] {
+    let mut raw = [0u8; 16];
+    raw[..8].copy_from_slice(&addr.to_le_bytes());
+    raw[8..12].copy_from_slice(&len.to_le_bytes());
+    raw[12..14].copy_from_slice(&flags.to_le_bytes());
+    raw[14..].copy_from_slice(&next.to_le_bytes());
+    raw
+}
+
+impl Desc {
+    fn encode(&self, size: u16) -> [u8; 16] {
+        encode(
+            self.addr.resolve(),
+            self.len.resolve(),
+            self.flags,
+            self.next.resolve(size),
+        )
     }
 }
 
@@ -227,27 +262,55 @@ fn used_ring(q: usize) -> u64 {
     desc_table(q) + 2 * PAGE
 }
 
-/// Guest memory laid out as `guest` says, and `queues` ready device-side queues over it.
-fn build(guest: &Guest, queues: usize) -> Option<(GuestMemoryMmap, Vec<Queue>, u16)> {
+/// Guest memory laid out as `guest` says, `queues` ready device-side queues over it, and for
+/// each queue the heads to make available in each round.
+type Built = (GuestMemoryMmap, Vec<Queue>, u16, Vec<Vec<Vec<u16>>>);
+
+fn build(guest: &Guest, queues: usize) -> Option<Built> {
     let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).ok()?;
     let size = 1u16 << (guest.size_log2 % 9);
-    for buf in &guest.buffers {
-        let at = DATA + u64::from(buf.slot) % SLOTS * PAGE + u64::from(buf.offset) % PAGE;
-        let bytes = buf.fill.bytes(size);
-        let room = (DATA + SLOTS * PAGE).saturating_sub(at) as usize;
+    for (slot, fill) in guest.buffers.iter().take(SLOTS as usize).enumerate() {
+        let bytes = fill.bytes(size);
+        let at = DATA + slot as u64 * PAGE;
+        let room = (DATA + SLOTS * PAGE - at) as usize;
         let _ = mem.write_slice(&bytes[..bytes.len().min(room)], GuestAddress(at));
     }
     let mut out = Vec::new();
+    let mut heads = Vec::new();
     for q in 0..queues {
+        let mut rounds = vec![Vec::new(); MAX_ROUNDS];
         if let Some(input) = guest.queues.get(q) {
-            for (i, desc) in input.descs.iter().take(usize::from(size)).enumerate() {
-                let at = desc_table(q) + i as u64 * 16;
-                let _ = mem.write_slice(&desc.encode(size), GuestAddress(at));
+            let table = |i: u16| GuestAddress(desc_table(q) + u64::from(i) * 16);
+            let mut entry = 0u16;
+            for chain in &input.chains {
+                let n = chain.segments.len().min(usize::from(size - entry)) as u16;
+                if n == 0 {
+                    continue;
+                }
+                rounds[usize::from(chain.round) % MAX_ROUNDS].push(entry);
+                for (i, seg) in chain.segments.iter().take(usize::from(n)).enumerate() {
+                    let last = i + 1 == usize::from(n);
+                    let next = if last { 0 } else { F_NEXT };
+                    let flags = match seg.kind {
+                        SegmentKind::Read => next,
+                        SegmentKind::Write => next | F_WRITE,
+                        SegmentKind::Indirect => next | F_INDIRECT,
+                        SegmentKind::Flags(f) => f | next,
+                    };
+                    let raw = encode(seg.addr.resolve(), seg.len.resolve(), flags, entry + 1);
+                    let _ = mem.write_slice(&raw, table(entry));
+                    entry += 1;
+                }
             }
+            for (index, desc) in &input.raw {
+                let _ = mem.write_slice(&desc.encode(size), table(index.resolve(size) % size));
+            }
+            rounds[0].extend(input.extra_heads.iter().map(|h| h.resolve(size)));
             // used_event sits right after the available ring's entries.
             let used_event = avail_ring(q) + 4 + u64::from(size) * 2;
             let _ = mem.write_obj(input.used_event, GuestAddress(used_event));
         }
+        heads.push(rounds);
         let mut queue = Queue::new(256).ok()?;
         queue.set_size(size);
         queue.set_event_idx(guest.event_idx);
@@ -257,25 +320,22 @@ fn build(guest: &Guest, queues: usize) -> Option<(GuestMemoryMmap, Vec<Queue>, u
         queue.set_ready(true);
         out.push(queue);
     }
-    Some((mem, out, size))
+    Some((mem, out, size, heads))
 }
 
-/// Makes batch `round` of every queue available; the available index moves by the batch's length
-/// (or to the lie, before the first round).
-fn publish(guest: &Guest, mem: &GuestMemoryMmap, size: u16, round: usize, queues: usize) {
-    for (q, input) in guest.queues.iter().take(queues).enumerate() {
+/// Makes round `round`'s heads of every queue available; the available index moves by their
+/// number (or to the lie, before the first round).
+fn publish(guest: &Guest, mem: &GuestMemoryMmap, size: u16, round: usize, heads: &[Vec<Vec<u16>>]) {
+    for (q, rounds) in heads.iter().enumerate() {
         let idx: u16 = mem.read_obj(GuestAddress(avail_ring(q) + 2)).unwrap_or(0);
-        let batch = input.batches.get(round).map_or(&[][..], Vec::as_slice);
         let mut next = idx;
-        for head in batch.iter().take(usize::from(size)) {
+        for head in rounds[round].iter().take(usize::from(size)) {
             let slot = u64::from(next % size);
-            let _ = mem.write_obj(
-                head.resolve(size),
-                GuestAddress(avail_ring(q) + 4 + slot * 2),
-            );
+            let _ = mem.write_obj(*head, GuestAddress(avail_ring(q) + 4 + slot * 2));
             next = next.wrapping_add(1);
         }
-        let next = match (round, input.lying_avail_idx) {
+        let lie = guest.queues.get(q).and_then(|i| i.lying_avail_idx);
+        let next = match (round, lie) {
             (0, Some(lie)) => lie,
             _ => next,
         };
@@ -287,17 +347,15 @@ fn publish(guest: &Guest, mem: &GuestMemoryMmap, size: u16, round: usize, queues
 /// is notified (and the back-end once).
 fn drive_guest(device: &mut dyn VirtioDevice, guest: &Guest) -> Option<GuestMemoryMmap> {
     let queues = device.queue_max_sizes().len();
-    let (mem, mut queue_state, size) = build(guest, queues)?;
-    let rounds = guest
-        .queues
+    let (mem, mut queue_state, size, heads) = build(guest, queues)?;
+    let rounds = heads
         .iter()
-        .map(|q| q.batches.len())
+        .flat_map(|r| r.iter().rposition(|h| !h.is_empty()))
         .max()
-        .unwrap_or(0)
-        .clamp(1, MAX_ROUNDS);
+        .map_or(1, |last| last + 1);
     let mut irq = NoInterrupts(0);
     for round in 0..rounds {
-        publish(guest, &mem, size, round, queues);
+        publish(guest, &mem, size, round, &heads);
         for q in 0..queues {
             let _ = device.process(DeviceEvent::Queue(q), &mut queue_state, &mem, &mut irq);
         }
@@ -432,34 +490,34 @@ mod tests {
     /// The layout is what a driver would write: a well-formed chain is served.
     #[test]
     fn a_well_formed_guest_is_served() {
-        let desc = |slot, len, flags, next| Desc {
-            addr: Addr::Slot { slot, offset: 0 },
+        let seg = |slot, len, kind| Segment {
+            addr: Addr::Slot(slot),
             len: Len::Pages(len),
-            flags: Flags::Known(flags),
-            next: Index::In(next),
+            kind,
+        };
+        let queue = |chains| GuestQueue {
+            chains,
+            raw: Vec::new(),
+            extra_heads: Vec::new(),
+            lying_avail_idx: None,
+            used_event: 0,
         };
         // A block read of one sector: header, data (writable), status (writable).
         let guest = Guest {
             size_log2: 4,
             event_idx: false,
-            queues: vec![GuestQueue {
-                descs: vec![
-                    desc(0, 16, F_NEXT as u8, 1),
-                    desc(1, 512, (F_NEXT | F_WRITE) as u8, 2),
-                    desc(2, 1, F_WRITE as u8, 0),
+            queues: vec![queue(vec![Chain {
+                round: 0,
+                segments: vec![
+                    seg(0, 16, SegmentKind::Read),
+                    seg(1, 512, SegmentKind::Write),
+                    seg(2, 1, SegmentKind::Write),
                 ],
-                batches: vec![vec![Index::In(0)]],
-                lying_avail_idx: None,
-                used_event: 0,
-            }],
-            buffers: vec![Buffer {
-                slot: 0,
-                offset: 0,
-                fill: Fill::BlockHeader {
-                    kind: 0,
-                    raw: 0,
-                    sector: 3,
-                },
+            }])],
+            buffers: vec![Fill::BlockHeader {
+                kind: 0,
+                raw: 0,
+                sector: 3,
             }],
         };
         let path = disk_image().unwrap_or_else(|| panic!("no disk image"));
@@ -477,16 +535,15 @@ mod tests {
             .unwrap_or(u8::MAX);
         assert_eq!(status, block::S_OK);
 
-        // The same entropy request twice (two rounds) for virtio-rng.
+        // Two entropy requests in two rounds for virtio-rng.
+        let chain = |round| Chain {
+            round,
+            segments: vec![seg(5, 64, SegmentKind::Write)],
+        };
         let guest = Guest {
             size_log2: 1,
             event_idx: true,
-            queues: vec![GuestQueue {
-                descs: vec![desc(5, 64, F_WRITE as u8, 0)],
-                batches: vec![vec![Index::In(0)], vec![Index::In(0)]],
-                lying_avail_idx: None,
-                used_event: 0,
-            }],
+            queues: vec![queue(vec![chain(0), chain(1)])],
             buffers: Vec::new(),
         };
         let mem = drive_guest(&mut Rng, &guest).unwrap_or_else(|| panic!("no guest"));
