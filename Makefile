@@ -82,13 +82,18 @@ bench: test-image
 	@echo "==> boot media: QEMU start to the ready line (docs/boot-media.md)"
 	KEEL_OUT=$(OUT) $(CARGO) bench -p keel-tests --bench media
 
-# libFuzzer targets for the virtio queue handling (vmm/fuzz, a cargo-fuzz crate). With nightly and
-# cargo-fuzz: `cd vmm/fuzz && cargo +nightly fuzz run virtio_block`. This target needs neither: it
-# builds the targets on stable with the same SanitizerCoverage instrumentation cargo-fuzz uses
-# (no AddressSanitizer) and runs each for FUZZ_SECONDS. `cargo test -p keel-vmm` also drives the
-# same targets with deterministic inputs.
+# libFuzzer targets (vmm/fuzz, a cargo-fuzz crate outside the workspace): keel-vmm's virtio queues
+# (guests described with `arbitrary`) and keel-init's parsers of what the network and the kernel
+# send, and keel-http's heads and chunked decoder. With nightly and cargo-fuzz: `cd vmm/fuzz && cargo +nightly fuzz run virtio_block`. This
+# target needs neither: it builds the targets on stable with the same SanitizerCoverage
+# instrumentation cargo-fuzz uses (no AddressSanitizer) and runs each in turn for FUZZ_SECONDS,
+# keeping its corpus in target/fuzz-corpus/<target> (some only: make fuzz FUZZ_TARGETS=kmsg_record).
+# `cargo test -p keel-vmm` (and keel-init's unit tests) also drive the same entry points with
+# deterministic inputs. A new target: a file in vmm/fuzz/fuzz_targets, a [[bin]] in
+# vmm/fuzz/Cargo.toml and its name below.
 FUZZ_SECONDS ?= 60
-FUZZ_TARGETS := virtio_rng virtio_block virtio_net
+FUZZ_TARGETS ?= virtio_rng virtio_block virtio_net \
+	dhcp_reply kmsg_record netlink_attrs http_request_head http_response_head http_chunked
 FUZZ_RUSTFLAGS := -Cpasses=sancov-module -Cllvm-args=-sanitizer-coverage-level=4 \
 	-Cllvm-args=-sanitizer-coverage-inline-8bit-counters -Cllvm-args=-sanitizer-coverage-pc-table \
 	-Cllvm-args=-sanitizer-coverage-trace-compares --cfg fuzzing -Cdebug-assertions -Coverflow-checks

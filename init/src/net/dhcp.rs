@@ -480,6 +480,88 @@ fn parse_reply(packet: &[u8], mac: &[u8; 6]) -> Option<Reply> {
     Some(Reply { kind, xid, lease })
 }
 
+/// Fuzz entry (the `dhcp_reply` target in vmm/fuzz). `data` is tried twice: as a whole payload,
+/// and as the variable part of a BOOTREPLY (transaction id, your-address, then the options after
+/// the magic cookie), which a fuzzer would otherwise first have to find.
+#[doc(hidden)]
+pub fn fuzz_reply(data: &[u8]) {
+    fuzz_reply_packet(data);
+    let (head, opts) = data.split_at(data.len().min(8));
+    let mut packet = vec![0u8; BOOTP_LEN];
+    packet[..3].copy_from_slice(&[2, 1, 6]);
+    let (xid, yiaddr) = head.split_at(head.len().min(4));
+    packet[4..4 + xid.len()].copy_from_slice(xid);
+    packet[16..16 + yiaddr.len()].copy_from_slice(yiaddr);
+    packet[28..34].copy_from_slice(&[0x52, 0x54, 0, 0x12, 0x34, 0x56]);
+    packet.extend_from_slice(&MAGIC);
+    packet.extend_from_slice(opts);
+    fuzz_reply_packet(&packet);
+}
+
+/// `packet` parsed as a reply to the MAC it names, then handed, with the transaction id it
+/// carries, to a client in each phase that waits for a reply, whose timers are then run once.
+fn fuzz_reply_packet(packet: &[u8]) {
+    let mut mac = [0u8; 6];
+    if let Some(m) = packet.get(28..34) {
+        mac.copy_from_slice(m);
+    }
+    let xid = packet
+        .get(4..8)
+        .map_or(0, |b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]));
+    let now = 1_000_000;
+    let lease = parse_reply(packet, &mac).map_or(
+        Lease {
+            address: Ipv4Addr::new(10, 0, 2, 15),
+            prefix: 24,
+            router: None,
+            dns: Vec::new(),
+            domain: None,
+            ntp: Vec::new(),
+            server: Ipv4Addr::new(10, 0, 2, 2),
+            lease_secs: 3600,
+            t1_secs: 1800,
+            t2_secs: 3150,
+        },
+        |r| r.lease,
+    );
+    let next_ms = now + FIRST_RETRY_MS;
+    let phases = [
+        Phase::Selecting {
+            xid,
+            tries: 1,
+            next_ms,
+        },
+        Phase::Requesting {
+            xid,
+            offer: lease.clone(),
+            tries: 1,
+            next_ms,
+        },
+        Phase::Renewing {
+            lease: lease.clone(),
+            since_ms: now,
+            xid,
+            next_ms,
+        },
+        Phase::Rebinding {
+            lease,
+            since_ms: now,
+            xid,
+            next_ms,
+        },
+    ];
+    for phase in phases {
+        let mut client = Client {
+            mac,
+            hostname: Some("fuzz".into()),
+            phase,
+            next_xid: xid,
+        };
+        let _ = client.receive(packet, now);
+        let _ = client.poll(client.deadline());
+    }
+}
+
 /// A server reply (for tests and the test server): `kind` with `lease` to the client `mac`.
 #[cfg(test)]
 pub(crate) fn server_reply(kind: u8, xid: u32, mac: &[u8; 6], lease: &Lease) -> Vec<u8> {
@@ -759,5 +841,16 @@ mod tests {
             [Ipv4Addr::new(1, 1, 1, 1), Ipv4Addr::new(8, 8, 8, 8)]
         );
         assert_eq!(r.lease.router, None);
+    }
+
+    /// The fuzz target's entry point over every reply kind, whole and cut at every length.
+    #[test]
+    fn fuzz_entry_survives_replies() {
+        for kind in [OFFER, ACK, NAK, DISCOVER, 0, 255] {
+            let reply = server_reply(kind, 42, &MAC, &lease());
+            for n in 0..=reply.len() {
+                fuzz_reply(&reply[..n]);
+            }
+        }
     }
 }

@@ -93,8 +93,8 @@ fn u32_at(data: &[u8], at: usize) -> Option<u32> {
     Some(u32::from_ne_bytes(data.get(at..at + 4)?.try_into().ok()?))
 }
 
-/// Decodes one RTM_NEWLINK payload (ifinfomsg + attributes).
-fn parse_link(payload: &[u8]) -> Option<Link> {
+/// Decodes one RTM_NEWLINK payload (ifinfomsg + attributes). Public for the fuzz target (vmm/fuzz).
+pub fn parse_link(payload: &[u8]) -> Option<Link> {
     let mut link = Link {
         index: u32_at(payload, 4)?,
         up: u32_at(payload, 8)? & IFF_UP != 0,
@@ -139,8 +139,8 @@ fn parse_link(payload: &[u8]) -> Option<Link> {
     Some(link)
 }
 
-/// Decodes one RTM_NEWADDR payload into (link index, address).
-fn parse_addr(payload: &[u8]) -> Option<(u32, IpNet)> {
+/// Decodes one RTM_NEWADDR payload into (link index, address). Public for the fuzz target (vmm/fuzz).
+pub fn parse_addr(payload: &[u8]) -> Option<(u32, IpNet)> {
     let prefix = *payload.get(1)?;
     let index = u32_at(payload, 4)?;
     let mut local = None;
@@ -161,8 +161,8 @@ fn parse_addr(payload: &[u8]) -> Option<(u32, IpNet)> {
     ))
 }
 
-/// Decodes one RTM_NEWROUTE payload; only default routes of the main table.
-fn parse_default_route(payload: &[u8]) -> Option<DefaultRoute> {
+/// Decodes one RTM_NEWROUTE payload; only default routes of the main table. Public for the fuzz target (vmm/fuzz).
+pub fn parse_default_route(payload: &[u8]) -> Option<DefaultRoute> {
     let header = payload.get(..12)?;
     let (dst_len, mut table, protocol) = (header[1], header[4], header[5]);
     let mut gateway = None;

@@ -10,6 +10,7 @@
 
 pub mod block;
 pub mod chain;
+#[cfg(any(test, feature = "fuzz"))]
 pub mod fuzz;
 pub mod net;
 pub mod pci;
