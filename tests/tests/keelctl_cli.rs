@@ -2,6 +2,7 @@
 
 #![allow(clippy::unwrap_used)]
 
+#[path = "keelctl_common/mod.rs"]
 mod common;
 use common::{keelctl, ok};
 

@@ -4,6 +4,7 @@
 
 #![allow(clippy::unwrap_used)]
 
+#[path = "keelctl_common/mod.rs"]
 mod common;
 
 use keel_api::agent::{
@@ -41,7 +42,7 @@ impl Drop for ManagerProcess {
 
 /// Starts the manager on a free port; returns it and its URL.
 fn serve(config: &Path) -> (ManagerProcess, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_keelctl"))
+    let mut child = Command::new(common::keelctl_bin())
         .arg("--config-dir")
         .arg(config)
         .args(["manager", "serve", "--listen", "127.0.0.1:0"])
@@ -182,7 +183,7 @@ fn an_upload_from_stdin_is_sent_chunked_and_arrives_whole() {
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_keelctl"))
+    let mut child = Command::new(common::keelctl_bin())
         .arg("--config-dir")
         .arg(&cfg)
         .args(["--host", id, "-o", "json", "image", "upload", "disk", "-"])

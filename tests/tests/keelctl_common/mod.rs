@@ -1,8 +1,18 @@
-//! What keelctl's integration tests share: a scratch directory and running the binary with a
-//! configuration directory of the test's own.
+//! What keelctl's command-line tests share: a scratch directory and running the binary with a
+//! configuration directory of the test's own. These tests run a real agent in-process, so they
+//! live here rather than in keelctl, which stays free of keel-init.
+
+#![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+/// The keelctl binary, built once per test process.
+pub fn keelctl_bin() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(keel_tests::keelctl::binary)
+}
 
 /// An empty scratch directory `<temp>/keelctl-<tag>-<pid>`.
 pub fn tmp(tag: &str) -> PathBuf {
@@ -14,7 +24,7 @@ pub fn tmp(tag: &str) -> PathBuf {
 
 /// Runs keelctl with `config` as its configuration directory.
 pub fn keelctl(config: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_keelctl"))
+    Command::new(keelctl_bin())
         .arg("--config-dir")
         .arg(config)
         .args(args)
