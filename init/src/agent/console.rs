@@ -204,7 +204,7 @@ mod tests {
 
     #[test]
     fn the_history_outlives_the_console_in_its_log_file() {
-        let dir = super::super::atomic::testdir::TestDir::new("console-log");
+        let dir = crate::sys::atomic::testdir::TestDir::new("console-log");
         let path = dir.path().join(LOG_FILE);
         let c = Console::with_log(path.clone());
         c.push(b"booting\n");
@@ -253,7 +253,7 @@ mod tests {
 
     #[test]
     fn attach_reads_a_socket_until_it_closes() {
-        let dir = super::super::atomic::testdir::TestDir::new("console-attach");
+        let dir = crate::sys::atomic::testdir::TestDir::new("console-attach");
         let path = dir.path().join("console.sock");
         let c = Arc::new(Console::default());
         c.attach(path.clone(), Duration::from_secs(5));

@@ -3,10 +3,10 @@
 #![allow(clippy::unwrap_used)]
 
 use super::api::{self, AdoptionPhase};
-use super::atomic::testdir::TestDir;
 use super::clock::ManualClock;
 use super::http::{self, Response};
 use super::server::{routes, Agent, AgentConfig, Server, OPENAPI_JSON};
+use crate::sys::atomic::testdir::TestDir;
 use keel_trust::ca::{ClientCert, ManagerCa, Validity};
 use keel_trust::client::{ClientError, HostClient};
 use keel_trust::fingerprint::{Fingerprint, FingerprintExt};

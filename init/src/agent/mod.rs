@@ -13,7 +13,6 @@
 
 pub mod adoption;
 pub mod api;
-pub mod atomic;
 pub mod backoff;
 pub mod clock;
 pub mod console;

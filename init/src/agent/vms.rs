@@ -15,13 +15,13 @@
 //! across a launch, a wait or a call to keel-vmm, so `get` and `list` answer at once.
 
 use super::api::{DiskCopy, ImageKind, OnCrash, VmExit, VmJail, VmSpec, VmState, VmStatus};
-use super::atomic::{remove_durable, write_atomic};
 use super::console::Console;
 use super::http::{self, Limits, Response};
 use super::images::Store;
 use super::launch::{self, Launched, Process, VmRun};
 use super::vm_devices::{self, DeviceError, VmDevices};
 use crate::jail::{CgroupLimits, JailError, Jailer};
+use crate::sys::atomic::{remove_durable, write_atomic};
 use keel_api::vmm::{self, ExitReason};
 use std::collections::BTreeMap;
 use std::fs;
@@ -1142,8 +1142,8 @@ fn tail(path: &Path) -> String {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::super::api::StoreKind;
-    use super::super::atomic::testdir::TestDir;
     use super::*;
+    use crate::sys::atomic::testdir::TestDir;
 
     fn spec(name: &str) -> VmSpec {
         VmSpec {

@@ -7,17 +7,16 @@ pub mod console;
 pub mod hardening;
 pub mod kvm;
 pub mod modules;
-pub mod mounts;
 pub mod services;
 pub mod shutdown;
 pub mod stage1;
 pub mod supervisor;
-pub mod sys;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::sys::{mounts, syscall};
 use console::say;
 use keel_logger::{Facility, NO_ECHO};
 use log::{debug, error, info, warn};
@@ -184,7 +183,7 @@ fn stage2(signals: &libc::sigset_t) -> ! {
     let params = parsed.params;
     set_hostname(params.hostname.as_deref().unwrap_or("keel"));
 
-    let release = sys::kernel_release();
+    let release = syscall::kernel_release();
     let loader = load_drivers(&release);
     for failure in hardening::apply(&hardening::SETTINGS, Path::new("/proc/sys")) {
         warn!("keel: hardening: {failure}");
@@ -194,7 +193,7 @@ fn stage2(signals: &libc::sigset_t) -> ! {
         Err(e) => error!("keel: firewall: {e}"),
     }
 
-    info!("{}", banner::headline(VERSION, &release, sys::uptime()));
+    info!("{}", banner::headline(VERSION, &release, syscall::uptime()));
     info!("{}", kvm::status_line());
     info!("{}", banner::root_fs_line());
     let buttons = shutdown::watch_power_buttons();
@@ -223,7 +222,7 @@ fn stage2(signals: &libc::sigset_t) -> ! {
     specs.retain(|s| s.wanted(&active));
     let mut supervisor = Supervisor::new(specs, Arc::new(ConsoleSink));
     supervisor.start_all(Instant::now());
-    let ms = sys::uptime().map_or(0, banner::millis);
+    let ms = syscall::uptime().map_or(0, banner::millis);
     info!("keel: boot complete in {ms} ms");
 
     let action = main_loop(&mut supervisor, signals);

@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use super::console;
 use super::modules::{self, ModuleError};
-use super::mounts::{self, MountError};
-use super::sys::{check, cpath};
+use crate::sys::mounts::{self, MountError};
+use crate::sys::syscall::{check, cpath};
 
 pub const ROOT_IMAGE: &str = "/root.squashfs";
 const NEWROOT: &str = "/newroot";
