@@ -15,10 +15,10 @@
 //! across a launch, a wait or a call to keel-vmm, so `get` and `list` answer at once.
 
 use super::api::{DiskCopy, ImageKind, OnCrash, VmExit, VmJail, VmSpec, VmState, VmStatus};
-use super::console::Console;
 use super::http::{self, Limits, Response};
 use super::images::Store;
 use super::launch::{self, Launched, Process, VmRun};
+use super::vm_console::VmConsole;
 use super::vm_devices::{self, DeviceError, VmDevices};
 use crate::jail::{CgroupLimits, JailError, Jailer};
 use crate::sys::atomic::{remove_durable, write_atomic};
@@ -231,7 +231,7 @@ struct Entry {
     /// The manager asked it to stop: its exit is not a crash to restart from.
     stopping: bool,
     backoff: Duration,
-    console: Arc<Console>,
+    console: Arc<VmConsole>,
     /// The jail of the current run, or of the last one with its final counters.
     jail: Option<VmJail>,
     /// Why the last start did not reach `running`; cleared by the next start.
@@ -398,11 +398,11 @@ impl Vms {
     }
 
     /// VM `name`'s console, its history kept in its run directory too.
-    fn console_of(&self, name: &str) -> Console {
-        Console::with_log(self.dir(name).join(super::console::LOG_FILE))
+    fn console_of(&self, name: &str) -> VmConsole {
+        VmConsole::with_log(self.dir(name).join(super::vm_console::LOG_FILE))
     }
 
-    fn new_entry(spec: VmSpec, console: Console) -> Entry {
+    fn new_entry(spec: VmSpec, console: VmConsole) -> Entry {
         Entry {
             spec,
             run: None,
@@ -496,7 +496,7 @@ impl Vms {
             .ok_or_else(|| VmError::NotFound(name.to_string()))
     }
 
-    pub fn console(&self, name: &str) -> Result<Arc<Console>, VmError> {
+    pub fn console(&self, name: &str) -> Result<Arc<VmConsole>, VmError> {
         self.lock()
             .get(name)
             .map(|e| Arc::clone(&e.console))
@@ -1222,7 +1222,7 @@ mod tests {
                     disks,
                     ..spec(name)
                 },
-                Console::default(),
+                VmConsole::default(),
             );
             e.run = Some(Run {
                 pid: Some(1),
