@@ -10,3 +10,4 @@ pub mod net;
 pub mod netlink;
 pub mod pid1;
 pub mod state;
+pub mod sys;

@@ -229,9 +229,9 @@ impl Adoption {
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
-    use super::super::atomic::testdir::TestDir;
     use super::super::identity::HostIdentity;
     use super::*;
+    use crate::sys::atomic::testdir::TestDir;
     use keel_trust::ca::{ManagerCa, Validity};
     use std::time::SystemTime;
 

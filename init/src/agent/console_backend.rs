@@ -1,5 +1,5 @@
 //! The agent's side of the console's local API (`localapi::ConsoleBackend`): the status from the
-//! agent's identity, adoption and VMs; the management network through PID 1's network manager
+//! agent's identity, adoption and VMs; the management network through PID 1's network service
 //! (`net::status/preview/apply/confirm`), the form mapped by `netform`; the manager to register
 //! with through `registration` (its CA found by `register::probe_ca`); the logs and network
 //! tests from `localapi::Local`.
@@ -38,7 +38,7 @@ fn choice_field(e: &SettingsError) -> &'static str {
     }
 }
 
-/// How a network manager error reaches the console.
+/// How a network service error reaches the console.
 fn net_error(e: NetError) -> ApiError {
     match e {
         NetError::NotRunning(_) => ApiError::Unavailable(e.to_string()),
@@ -178,7 +178,7 @@ impl ConsoleBackend for AgentConsole {
     }
 
     fn apply(&self, form: &NetworkForm) -> Result<Applied, ApiError> {
-        // A change still pending is refused by the network manager as a conflict.
+        // A change still pending is refused by the network service as a conflict.
         let change = self.change(form)?;
         let options = ApplyOptions {
             manager: self.adopted_manager(),

@@ -81,11 +81,11 @@ pub fn kind_of(fstype: &str) -> StoreKind {
 /// Returns what backs it and a line for the console.
 pub fn prepare(dir: &Path, ram_mib: u64) -> io::Result<(StoreKind, String)> {
     std::fs::create_dir_all(dir)?;
-    if crate::pid1::mounts::is_mount_point(dir) {
+    if crate::sys::mounts::is_mount_point(dir) {
         // Mounted by an earlier run of the agent: what backs it is in the mount table.
         let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
         let target = dir.to_string_lossy();
-        let fstype = crate::pid1::mounts::parse_mounts(&mounts)
+        let fstype = crate::sys::mounts::parse_mounts(&mounts)
             .into_iter()
             .rev()
             .find(|m| m.target == target)

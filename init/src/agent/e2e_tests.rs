@@ -3,10 +3,10 @@
 #![allow(clippy::unwrap_used)]
 
 use super::api::{self, AdoptionPhase};
-use super::atomic::testdir::TestDir;
 use super::clock::ManualClock;
 use super::http::{self, Response};
 use super::server::{routes, Agent, AgentConfig, Server, OPENAPI_JSON};
+use crate::sys::atomic::testdir::TestDir;
 use keel_trust::ca::{ClientCert, ManagerCa, Validity};
 use keel_trust::client::{ClientError, HostClient};
 use keel_trust::fingerprint::{Fingerprint, FingerprintExt};
@@ -635,7 +635,7 @@ fn host_logs_sends_the_kernel_log_with_levels_and_follows_it() {
 #[test]
 fn host_network_routes_refuse_bad_input_and_say_when_networking_is_not_running() {
     let (_host, client) = adopted("net", "/bin/false");
-    // No PID 1 network manager serves /run/keel/net.sock in a unit test.
+    // No PID 1 network service serves /run/keel/net.sock in a unit test.
     let got = client
         .request::<()>("GET", api::HOST_NETWORK, None)
         .unwrap();

@@ -1,6 +1,6 @@
 //! The manager's host-network routes: read the configuration, preview a change, apply it with
 //! automatic rollback unless confirmed, confirm. They are the operations the console has,
-//! carried out by PID 1's network manager (`crate::net`, docs/network.md).
+//! carried out by PID 1's network service (`crate::net`, docs/network.md).
 
 use super::super::api::{self, NetworkApplied, NetworkChange, NetworkPreview};
 use super::{Agent, Request};

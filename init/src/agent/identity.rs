@@ -4,7 +4,7 @@
 //! The key is the identity (managers pin its fingerprint); the self-signed certificate is only a
 //! carrier for it, and is re-issued whenever it is missing or does not match the key.
 
-use super::atomic::{write_atomic, AtomicError};
+use crate::sys::atomic::{write_atomic, AtomicError};
 use keel_trust::fingerprint::{Fingerprint, FingerprintExt};
 use rcgen::{
     CertificateParams, DistinguishedName, DnType, KeyPair, PublicKeyData, PKCS_ECDSA_P256_SHA256,
@@ -149,8 +149,8 @@ fn read_optional(path: &Path) -> Result<Option<String>, IdentityError> {
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
-    use super::super::atomic::testdir::TestDir;
     use super::*;
+    use crate::sys::atomic::testdir::TestDir;
     use std::os::unix::fs::PermissionsExt;
 
     fn names() -> Vec<String> {

@@ -386,8 +386,8 @@ impl Store {
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
-    use super::super::atomic::testdir::TestDir;
     use super::*;
+    use crate::sys::atomic::testdir::TestDir;
 
     fn sha(data: &[u8]) -> String {
         hex(&Sha256::digest(data))

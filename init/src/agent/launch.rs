@@ -478,9 +478,9 @@ pub fn process_uid(pid: u32) -> Option<u32> {
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
-    use super::super::atomic::testdir::TestDir;
     use super::super::vm_devices::{DiskDevice, NicDevice};
     use super::*;
+    use crate::sys::atomic::testdir::TestDir;
     use std::os::unix::net::UnixListener;
 
     #[test]

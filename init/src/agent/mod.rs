@@ -13,13 +13,12 @@
 
 pub mod adoption;
 pub mod api;
-pub mod atomic;
 pub mod backoff;
 pub mod clock;
-pub mod console;
 pub mod console_backend;
 pub mod datastore;
 pub mod hostinfo;
+pub mod vm_console;
 /// Keel's one HTTP/1.1 implementation, re-exported under its old path.
 pub use keel_http as http;
 pub mod identity;

@@ -12,10 +12,10 @@ use super::api::{
     self, RegistrationRequest, RegistrationResponse, RegistrationSource, RegistrationState,
     RegistrationStatus,
 };
-use super::atomic::{write_atomic, AtomicError};
 use super::backoff::Backoff;
 use super::hostinfo;
 use super::server::Agent;
+use crate::sys::atomic::{write_atomic, AtomicError};
 use keel_trust::ca_pin::{
     ca_pin_mismatch, pinned_ca_client_config, probe_ca_client_config, probed_ca,
 };
@@ -487,8 +487,8 @@ impl Registrar {
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
-    use super::super::atomic::testdir::TestDir;
     use super::*;
+    use crate::sys::atomic::testdir::TestDir;
 
     const FP: &str = "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
 

@@ -9,12 +9,12 @@ use super::api::{
     self, ManagerVerdict, RegistrationRequest, RegistrationResponse, RegistrationSource,
     RegistrationState, RegistrationStatus,
 };
-use super::atomic::testdir::TestDir;
 use super::backoff::Backoff;
 use super::clock::ManualClock;
 use super::http::{self, Limits, Response};
 use super::register::{Announced, Registrar, Settings, RETRY_FIRST, RETRY_MAX, WATCH_EVERY};
 use super::server::{Agent, AgentConfig, OPENAPI_JSON};
+use crate::sys::atomic::testdir::TestDir;
 use keel_trust::ca::{ManagerCa, Validity};
 use keel_trust::fingerprint::{Fingerprint, FingerprintExt};
 use keel_trust::tls::{parse_cert_pem, server_config};

@@ -7,9 +7,9 @@
 //! back-off does not delay the new manager.
 
 use super::api::{RegistrationSource, RegistrationState, RegistrationStatus};
-use super::atomic::{remove_durable, write_atomic, AtomicError};
 use super::register::{self, Registrar, Settings, SettingsError};
 use super::server::Agent;
+use crate::sys::atomic::{remove_durable, write_atomic, AtomicError};
 use serde::{Deserialize, Serialize};
 use std::io;
 use std::net::IpAddr;
@@ -299,8 +299,8 @@ impl Registration {
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
-    use super::super::atomic::testdir::TestDir;
     use super::*;
+    use crate::sys::atomic::testdir::TestDir;
 
     const FP: &str = "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
     const FP2: &str = "sha256:0000000000000000000000000000000000000000000000000000000000000000";

@@ -8,7 +8,6 @@
 use super::adoption::{AdoptError, Adopted, Adoption, AdoptionRecord};
 use super::api::StoreKind;
 use super::api::{self, AdoptionPhase};
-use super::atomic::{remove_durable, write_atomic, AtomicError};
 use super::clock::Clock;
 use super::hostinfo::{self, Sampler};
 use super::http::server::{serve_tcp, Guarded, Pool, PoolLimits, Protection, Slot};
@@ -18,6 +17,7 @@ use super::images::{Store, StoreError};
 use super::ratelimit::RateLimiter;
 use super::vms::{VmError, VmPaths, Vms};
 use crate::jail::Jailer;
+use crate::sys::atomic::{remove_durable, write_atomic, AtomicError};
 use keel_trust::fingerprint::{Fingerprint, FingerprintExt};
 use keel_trust::tls::{self, TlsError};
 use keel_trust::token::{Secret, Token, TokenError};
@@ -755,9 +755,9 @@ fn adopted_server_config(
 mod tests {
     //! Routing and authorisation without TLS; the TLS paths are in `e2e_tests`.
 
-    use super::super::atomic::testdir::TestDir;
     use super::super::clock::ManualClock;
     use super::*;
+    use crate::sys::atomic::testdir::TestDir;
 
     fn agent(dir: &TestDir) -> Arc<Agent> {
         let mut config = AgentConfig::new(dir.path().join("state"), vec!["127.0.0.1".into()]);

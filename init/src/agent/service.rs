@@ -13,7 +13,7 @@ use super::register;
 use super::registration::{CommandLine, Registration};
 use super::server::{Agent, AgentConfig};
 use crate::localapi;
-use crate::pid1::{cmdline, console};
+use crate::pid1::{cmdline, output};
 use keel_logger::Facility;
 use log::{error, info, warn};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
@@ -193,8 +193,8 @@ const VM_GRACE: Duration = Duration::from_secs(7);
 pub fn run(args: &[String]) -> ExitCode {
     // Before any thread starts, so that all inherit the mask (keel-vmm gets a clean one).
     let signals = stop_signals();
-    console::open();
-    console::init_logging(Facility::Daemon, console::say);
+    output::open();
+    output::init_logging(Facility::Daemon, output::say);
     let options = match parse_args(args) {
         Ok(o) => o,
         Err(e) => {

@@ -296,7 +296,7 @@ pub fn ensure_tun() -> Result<(), String> {
     if Path::new("/dev/net/tun").exists() {
         return Ok(());
     }
-    let dir = Path::new("/lib/modules").join(crate::pid1::sys::kernel_release());
+    let dir = Path::new("/lib/modules").join(crate::sys::syscall::kernel_release());
     let index = crate::pid1::modules::ModuleIndex::read(&dir).map_err(|e| e.to_string())?;
     crate::pid1::modules::Loader::new(dir, index)
         .load("tun")

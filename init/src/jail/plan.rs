@@ -7,7 +7,7 @@ use std::os::fd::RawFd;
 use std::path::{Path, PathBuf};
 
 use super::spec::{JailSpec, Rlimit, JAIL_SOCKETS_DIR};
-use crate::pid1::sys::cpath;
+use crate::sys::syscall::cpath;
 
 /// One thing the child does between the fork and the exec.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -9,7 +9,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::Path;
 
 use super::types::{CpuTimes, HostFacts, Link, Memory, Nic};
-use crate::pid1::{sys, VERSION};
+use crate::pid1::VERSION;
+use crate::sys::syscall;
 
 const NET: &str = "/sys/class/net";
 
@@ -20,8 +21,8 @@ pub fn collect() -> HostFacts {
     HostFacts {
         hostname: read("/proc/sys/kernel/hostname").trim().to_string(),
         keel_version: VERSION.to_string(),
-        kernel: sys::kernel_release(),
-        uptime_secs: sys::uptime().map_or(0, |s| s.max(0.0) as u64),
+        kernel: syscall::kernel_release(),
+        uptime_secs: syscall::uptime().map_or(0, |s| s.max(0.0) as u64),
         cpus: count_cpus(&stat),
         cpu: parse_cpu(&stat),
         memory: parse_meminfo(&read("/proc/meminfo")),

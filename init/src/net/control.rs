@@ -1,4 +1,4 @@
-//! The local control socket: PID 1 owns the network manager; other processes (the agent, the
+//! The local control socket: PID 1 owns the network service; other processes (the agent, the
 //! console) reach it over `/run/keel/net.sock`, root only. One JSON request per connection, one
 //! JSON reply: `{"op":"status"}`, `{"op":"preview","change":{…}}`,
 //! `{"op":"apply","change":{…},"options":{"confirm_within_secs":60,"manager":"h:p"}}`,
@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::manager::{ApplyOptions, Manager, NetError, Refusal};
 use super::model::NetConfig;
+use super::service::{ApplyOptions, NetError, NetService, Refusal};
 
 /// The socket's path.
 pub const SOCKET: &str = "/run/keel/net.sock";
@@ -60,26 +60,26 @@ impl Reply {
     }
 }
 
-fn handle(manager: &Manager, request: Request) -> Result<serde_json::Value, NetError> {
+fn handle(service: &NetService, request: Request) -> Result<serde_json::Value, NetError> {
     let value = |v: Result<serde_json::Value, serde_json::Error>| {
         v.map_err(|e| NetError::Remote(e.to_string()))
     };
     match request {
-        Request::Status {} => value(serde_json::to_value(manager.status()?)),
-        Request::Preview { change } => value(serde_json::to_value(manager.preview(&change)?)),
+        Request::Status {} => value(serde_json::to_value(service.status()?)),
+        Request::Preview { change } => value(serde_json::to_value(service.preview(&change)?)),
         Request::Apply { change, options } => {
-            value(serde_json::to_value(manager.apply(&change, &options)?))
+            value(serde_json::to_value(service.apply(&change, &options)?))
         }
-        Request::Confirm {} => manager.confirm().map(|()| serde_json::Value::Null),
+        Request::Confirm {} => service.confirm().map(|()| serde_json::Value::Null),
     }
 }
 
-fn serve_one(manager: &Manager, stream: UnixStream) -> std::io::Result<()> {
+fn serve_one(service: &NetService, stream: UnixStream) -> std::io::Result<()> {
     stream.set_read_timeout(Some(IO_TIMEOUT))?;
     let mut line = String::new();
     BufReader::new(stream.try_clone()?.take(MAX_REQUEST)).read_line(&mut line)?;
     let reply = match serde_json::from_str::<Request>(&line) {
-        Ok(request) => match handle(manager, request) {
+        Ok(request) => match handle(service, request) {
             Ok(v) => Reply {
                 ok: Some(v),
                 ..Reply::default()
@@ -93,8 +93,8 @@ fn serve_one(manager: &Manager, stream: UnixStream) -> std::io::Result<()> {
     (&stream).write_all(&text)
 }
 
-/// Serves `manager` on `path` from a thread.
-pub fn serve(manager: Manager, path: &Path) -> std::io::Result<()> {
+/// Serves `service` on `path` from a thread.
+pub fn serve(service: NetService, path: &Path) -> std::io::Result<()> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
@@ -105,13 +105,13 @@ pub fn serve(manager: Manager, path: &Path) -> std::io::Result<()> {
         .name("net-control".into())
         .spawn(move || {
             for stream in listener.incoming().flatten() {
-                let _ = serve_one(&manager, stream);
+                let _ = serve_one(&service, stream);
             }
         })?;
     Ok(())
 }
 
-/// Sends `request` to the manager at `path` and returns its answer.
+/// Sends `request` to the network service at `path` and returns its answer.
 pub fn call(path: &Path, request: &Request) -> Result<serde_json::Value, NetError> {
     let not_running = |e: std::io::Error| NetError::NotRunning(format!("{}: {e}", path.display()));
     let mut stream = UnixStream::connect(path).map_err(not_running)?;

@@ -2,22 +2,22 @@
 //! (`validate`), the plan from the running state to the desired configuration (`plan`), rtnetlink
 //! to carry it out (`rtnetlink`, over the shared codec `crate::netlink`), the DHCPv4 client
 //! (`dhcp`, `keeper`), safe changes with rollback (`safe`), the saved configuration and
-//! resolv.conf (`store`), and the manager tying them together (`manager`), which PID 1 runs.
+//! resolv.conf (`store`), and the service tying them together (`service`), which PID 1 runs.
 //!
 //! The functions below are the API the agent and the console use: `status` (read),
 //! `preview`/`apply` (change, with rollback unless confirmed), `confirm`. In PID 1 they call the
-//! manager directly; in any other process they go through PID 1's control socket (`control`).
+//! service directly; in any other process they go through PID 1's control socket (`control`).
 //! See docs/network.md.
 
 pub mod control;
 pub mod dhcp;
 pub mod keeper;
 pub mod layers;
-pub mod manager;
 pub mod model;
 pub mod plan;
 pub mod rtnetlink;
 pub mod safe;
+pub mod service;
 pub mod store;
 #[cfg(test)]
 mod testns;
@@ -26,14 +26,14 @@ pub mod validate;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-pub use manager::{Applied, ApplyOptions, Log, NetError, Refusal, Status};
 pub use model::NetConfig;
+pub use service::{Applied, ApplyOptions, Log, NetError, Refusal, Status};
 
 use control::Request;
-use manager::Manager;
+use service::NetService;
 
-/// The manager, in the process that runs it (PID 1).
-static LOCAL: OnceLock<Manager> = OnceLock::new();
+/// The network service, in the process that runs it (PID 1).
+static LOCAL: OnceLock<NetService> = OnceLock::new();
 
 /// The kernel module behind a link kind, and its parameters (no default bond0 from bonding).
 fn kind_module(kind: &str) -> Option<(&'static str, &'static std::ffi::CStr)> {
@@ -55,7 +55,7 @@ pub fn boot(
     let store = store::Store::following_state();
     let loader = modules.map(|l| {
         let loader = std::sync::Mutex::new(l);
-        let load: manager::KindLoader = std::sync::Arc::new(move |kind: &str| {
+        let load: service::KindLoader = std::sync::Arc::new(move |kind: &str| {
             let Some((module, params)) = kind_module(kind) else {
                 return Ok(());
             };
@@ -66,20 +66,20 @@ pub fn boot(
         });
         load
     });
-    let manager = Manager::boot(
+    let service = NetService::boot(
         cmdline,
         store,
         PathBuf::from(store::RESOLV_CONF),
         log.clone(),
         loader,
     )?;
-    if let Err(e) = control::serve(manager.clone(), Path::new(control::SOCKET)) {
+    if let Err(e) = control::serve(service.clone(), Path::new(control::SOCKET)) {
         log(&format!(
             "keel: network: cannot serve {}: {e}",
             control::SOCKET
         ));
     }
-    let _ = LOCAL.set(manager);
+    let _ = LOCAL.set(service);
     Ok(())
 }
 

@@ -10,7 +10,7 @@
 use std::path::{Path, PathBuf};
 
 use super::model::NetConfig;
-use crate::agent::atomic::{write_atomic, AtomicError};
+use crate::sys::atomic::{write_atomic, AtomicError};
 
 /// The saved configuration's file name.
 pub const CONFIG_FILE: &str = "network.json";
@@ -70,7 +70,7 @@ impl Store {
 
     /// True if the state directory is on a file system that survives a reboot.
     pub fn persistent(&self) -> bool {
-        let Ok(path) = crate::pid1::sys::cpath(&self.dir()) else {
+        let Ok(path) = crate::sys::syscall::cpath(&self.dir()) else {
             return false;
         };
         // SAFETY: statfs is plain old data, filled by the call.

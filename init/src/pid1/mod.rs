@@ -3,24 +3,23 @@
 
 pub mod banner;
 pub mod cmdline;
-pub mod console;
 pub mod hardening;
 pub mod kvm;
 pub mod modules;
-pub mod mounts;
+pub mod output;
 pub mod services;
 pub mod shutdown;
 pub mod stage1;
 pub mod supervisor;
-pub mod sys;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use console::say;
+use crate::sys::{mounts, syscall};
 use keel_logger::{Facility, NO_ECHO};
 use log::{debug, error, info, warn};
+use output::say;
 use supervisor::{Sink, Supervisor};
 
 const SERVICES_DIR: &str = "/etc/keel/services";
@@ -30,7 +29,7 @@ pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 /// Entry point for argv[0] == "init".
 pub fn run() -> ! {
-    console::init_logging(Facility::User, say);
+    output::init_logging(Facility::User, say);
     std::panic::set_hook(Box::new(|info| {
         stay_up(&format!("keel: PID 1 internal error: {info}"))
     }));
@@ -168,10 +167,10 @@ fn stage2(signals: &libc::sigset_t) -> ! {
         .filter_map(|spec| mounts::ensure(spec, root).err())
         .map(|e| format!("keel: {e}"))
         .collect();
-    console::ensure_std_fds();
-    console::open();
+    output::ensure_std_fds();
+    output::open();
     let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
-    console::quiet_kernel_echo(&cmdline);
+    output::quiet_kernel_echo(&cmdline);
     problems.iter().for_each(|p| error!("{p}"));
     // Ctrl-Alt-Del sends SIGINT to PID 1 instead of rebooting at once.
     // SAFETY: reboot(RB_DISABLE_CAD) only changes a kernel flag.
@@ -184,7 +183,7 @@ fn stage2(signals: &libc::sigset_t) -> ! {
     let params = parsed.params;
     set_hostname(params.hostname.as_deref().unwrap_or("keel"));
 
-    let release = sys::kernel_release();
+    let release = syscall::kernel_release();
     let loader = load_drivers(&release);
     for failure in hardening::apply(&hardening::SETTINGS, Path::new("/proc/sys")) {
         warn!("keel: hardening: {failure}");
@@ -194,7 +193,7 @@ fn stage2(signals: &libc::sigset_t) -> ! {
         Err(e) => error!("keel: firewall: {e}"),
     }
 
-    info!("{}", banner::headline(VERSION, &release, sys::uptime()));
+    info!("{}", banner::headline(VERSION, &release, syscall::uptime()));
     info!("{}", kvm::status_line());
     info!("{}", banner::root_fs_line());
     let buttons = shutdown::watch_power_buttons();
@@ -218,12 +217,12 @@ fn stage2(signals: &libc::sigset_t) -> ! {
         .iter()
         .for_each(|e| warn!("keel: skipping service: {e}"));
     let active = std::fs::read_to_string("/sys/class/tty/console/active")
-        .map(|t| console::parse_active(&t))
+        .map(|t| output::parse_active(&t))
         .unwrap_or_default();
     specs.retain(|s| s.wanted(&active));
     let mut supervisor = Supervisor::new(specs, Arc::new(ConsoleSink));
     supervisor.start_all(Instant::now());
-    let ms = sys::uptime().map_or(0, banner::millis);
+    let ms = syscall::uptime().map_or(0, banner::millis);
     info!("keel: boot complete in {ms} ms");
 
     let action = main_loop(&mut supervisor, signals);

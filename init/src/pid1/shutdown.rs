@@ -6,8 +6,8 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::time::{Duration, Instant};
 
-use super::mounts;
 use super::supervisor::Supervisor;
+use crate::sys::mounts;
 use keel_logger::NO_ECHO;
 use log::{info, warn};
 

@@ -7,10 +7,10 @@ use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use super::console;
 use super::modules::{self, ModuleError};
-use super::mounts::{self, MountError};
-use super::sys::{check, cpath};
+use super::output;
+use crate::sys::mounts::{self, MountError};
+use crate::sys::syscall::{check, cpath};
 
 pub const ROOT_IMAGE: &str = "/root.squashfs";
 const NEWROOT: &str = "/newroot";
@@ -197,9 +197,9 @@ fn switch() -> Result<std::convert::Infallible, Stage1Error> {
     for spec in &mounts::API {
         mounts::ensure(spec, root)?;
     }
-    console::ensure_std_fds();
-    console::open();
-    console::quiet_kernel_echo(&std::fs::read_to_string("/proc/cmdline").unwrap_or_default());
+    output::ensure_std_fds();
+    output::open();
+    output::quiet_kernel_echo(&std::fs::read_to_string("/proc/cmdline").unwrap_or_default());
     modules::load_early(Path::new(EARLY_ORDER), Path::new(EARLY_DIR))?;
     let device = attach_loop(Path::new(ROOT_IMAGE))?;
     let newroot = Path::new(NEWROOT);

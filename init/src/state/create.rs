@@ -410,7 +410,7 @@ pub fn carry_out(plan: &Plan, dev: &Path, now: u32) -> Result<PathBuf, CreateErr
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use crate::agent::atomic::testdir::TestDir;
+    use crate::sys::atomic::testdir::TestDir;
 
     fn disk(size_mib: u64, partitions: &[&str], mounted: &[&str]) -> Disk {
         Disk {

@@ -371,7 +371,7 @@ pub fn format(file: &File, offset: u64, bytes: u64, id: &Identity) -> Result<Geo
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use crate::agent::atomic::testdir::TestDir;
+    use crate::sys::atomic::testdir::TestDir;
     use std::process::Command;
 
     #[test]

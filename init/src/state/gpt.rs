@@ -168,7 +168,7 @@ impl Table<'_> {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use crate::agent::atomic::testdir::TestDir;
+    use crate::sys::atomic::testdir::TestDir;
 
     #[test]
     fn crc32_check_value() {

@@ -16,8 +16,9 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use crate::agent::atomic::write_atomic;
-use crate::pid1::{modules, mounts};
+use crate::pid1::modules;
+use crate::sys::atomic::write_atomic;
+use crate::sys::mounts;
 use label::{FsType, PROBE_BYTES, STATE_LABEL};
 
 /// Where the state partition is mounted; services keep their state in subdirectories.
@@ -295,7 +296,7 @@ pub fn create_on(
         device: partition.clone(),
         fstype: FsType::Ext4,
     };
-    let mut loader = loader(&crate::pid1::sys::kernel_release());
+    let mut loader = loader(&crate::sys::syscall::kernel_release());
     let unusable =
         |why: String| create::CreateError::Unusable(partition.display().to_string(), why);
     let status = mount(&mut loader, &candidate, Path::new(STATE_DIR));
@@ -351,7 +352,7 @@ fn record(status: &Status, path: &Path) -> Result<(), String> {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use crate::agent::atomic::testdir::TestDir;
+    use crate::sys::atomic::testdir::TestDir;
 
     #[test]
     fn the_first_partition_that_mounts_wins() {

@@ -424,7 +424,7 @@ fn state_burst() -> Result<(), String> {
     let mut n = 0u64;
     while started.elapsed() < Duration::from_secs(60) {
         n += 1;
-        keel_init::agent::atomic::write_atomic(&path, burst_record(n).as_bytes(), 0o644)
+        keel_init::sys::atomic::write_atomic(&path, burst_record(n).as_bytes(), 0o644)
             .map_err(|e| e.to_string())?;
         if n == 10 {
             println!("E2E state-burst: writing");

@@ -83,11 +83,11 @@ struct Inner {
 
 /// One VM's console output.
 #[derive(Default)]
-pub struct Console {
+pub struct VmConsole {
     inner: Mutex<Inner>,
 }
 
-impl Console {
+impl VmConsole {
     /// A console whose history is also kept in `path`, starting from what it holds (a VM taken
     /// back after an agent restart).
     pub fn with_log(path: PathBuf) -> Self {
@@ -188,7 +188,7 @@ mod tests {
 
     #[test]
     fn ring_keeps_the_newest_bytes() {
-        let c = Console::default();
+        let c = VmConsole::default();
         c.push(b"hello ");
         c.push(b"world");
         assert_eq!(c.history(), b"hello world");
@@ -204,14 +204,14 @@ mod tests {
 
     #[test]
     fn the_history_outlives_the_console_in_its_log_file() {
-        let dir = super::super::atomic::testdir::TestDir::new("console-log");
+        let dir = crate::sys::atomic::testdir::TestDir::new("console-log");
         let path = dir.path().join(LOG_FILE);
-        let c = Console::with_log(path.clone());
+        let c = VmConsole::with_log(path.clone());
         c.push(b"booting\n");
         c.push(b"login: ");
         drop(c);
         // An agent that restarts finds it; new output goes after it.
-        let again = Console::with_log(path.clone());
+        let again = VmConsole::with_log(path.clone());
         assert_eq!(again.history(), b"booting\nlogin: ");
         // The file is started over from the ring before it grows past LOG_MAX.
         let line = vec![b'y'; 1000];
@@ -221,16 +221,16 @@ mod tests {
         again.push(b"last");
         let len = fs::metadata(&path).unwrap().len();
         assert!(len <= LOG_MAX + 4, "{len}");
-        assert_eq!(Console::with_log(path.clone()).history(), again.history());
+        assert_eq!(VmConsole::with_log(path.clone()).history(), again.history());
         // No run directory (a VM never started): history in memory only.
-        let lost = Console::with_log(dir.path().join("gone").join(LOG_FILE));
+        let lost = VmConsole::with_log(dir.path().join("gone").join(LOG_FILE));
         lost.push(b"still here");
         assert_eq!(lost.history(), b"still here");
     }
 
     #[test]
     fn followers_get_new_output_and_end_with_the_console() {
-        let c = Console::default();
+        let c = VmConsole::default();
         c.push(b"old");
         let (history, rx) = c.follow();
         assert_eq!(history, b"old");
@@ -242,7 +242,7 @@ mod tests {
 
     #[test]
     fn a_stalled_follower_is_dropped_not_waited_for() {
-        let c = Console::default();
+        let c = VmConsole::default();
         let (_, rx) = c.follow();
         for _ in 0..FOLLOWER_BACKLOG + 5 {
             c.push(b"x");
@@ -253,9 +253,9 @@ mod tests {
 
     #[test]
     fn attach_reads_a_socket_until_it_closes() {
-        let dir = super::super::atomic::testdir::TestDir::new("console-attach");
+        let dir = crate::sys::atomic::testdir::TestDir::new("console-attach");
         let path = dir.path().join("console.sock");
-        let c = Arc::new(Console::default());
+        let c = Arc::new(VmConsole::default());
         c.attach(path.clone(), Duration::from_secs(5));
         thread::sleep(Duration::from_millis(100));
         let listener = UnixListener::bind(&path).unwrap();

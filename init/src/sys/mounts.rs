@@ -4,7 +4,7 @@ use std::ffi::CString;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use super::sys::{check, cpath};
+use super::syscall::{check, cpath};
 
 /// A mount PID 1 makes.
 #[derive(Debug, Clone, Copy)]

@@ -1,4 +1,4 @@
-//! The network manager: holds the layers and the running configuration, applies changes with a
+//! The network service: holds the layers and the running configuration, applies changes with a
 //! confirmation window and rollback, runs the DHCP keepers and writes the resolver configuration.
 //! PID 1 owns the one instance (`net::boot`); the agent and the console reach it through the
 //! functions in `net` (directly in PID 1, over `/run/keel/net.sock` elsewhere).
@@ -204,9 +204,9 @@ struct Inner {
     last_rollback: Option<String>,
 }
 
-/// The manager. Cheap to clone (shared state).
+/// The network service. Cheap to clone (shared state).
 #[derive(Clone)]
-pub struct Manager {
+pub struct NetService {
     inner: Arc<Mutex<Inner>>,
     dynamic: Arc<Mutex<Dynamic>>,
 }
@@ -227,7 +227,7 @@ fn describe(config: &NetConfig, name: &str) -> Option<String> {
     }
 }
 
-impl Manager {
+impl NetService {
     /// Brings the network up at boot: layers from the defaults (NICs found now), the kernel
     /// command line and the saved configuration; validated; applied; DHCP keepers started.
     pub fn boot(
@@ -236,7 +236,7 @@ impl Manager {
         resolv: PathBuf,
         log: Log,
         load_kind: Option<KindLoader>,
-    ) -> Result<Manager, NetError> {
+    ) -> Result<NetService, NetError> {
         let (net, warnings) = layers::parse_cmdline(cmdline);
         warnings.iter().for_each(|w| log(w));
         let mut nl = Rtnetlink::open()?;
@@ -254,7 +254,7 @@ impl Manager {
                 NetConfig::default()
             }
         };
-        let manager = Manager {
+        let service = NetService {
             inner: Arc::new(Mutex::new(Inner {
                 load_kind,
                 lower,
@@ -274,7 +274,7 @@ impl Manager {
             })),
         };
         {
-            let mut inner = lock(&manager.inner);
+            let mut inner = lock(&service.inner);
             let with_saved = layers::merge(&inner.lower, &saved);
             let desired = match validate(&with_saved) {
                 Ok(()) => {
@@ -282,7 +282,7 @@ impl Manager {
                     with_saved
                 }
                 Err(e) => {
-                    manager.log(&format!(
+                    service.log(&format!(
                         "keel: network: ignoring the saved configuration: {e}"
                     ));
                     let lower = inner.lower.clone();
@@ -290,17 +290,17 @@ impl Manager {
                     lower
                 }
             };
-            manager.execute(&mut inner, &desired)?;
+            service.execute(&mut inner, &desired)?;
             // NICs raised only to look for link and not configured go back down.
             for name in raised.iter().filter(|n| desired.interface(n).is_none()) {
                 let _ = nl.apply(&Op::SetDown { name: name.clone() });
             }
             if !inner.store.persistent() {
-                manager.log(&format!("keel: network: {NOT_PERSISTENT}"));
+                service.log(&format!("keel: network: {NOT_PERSISTENT}"));
             }
             // A static gateway is checked once, so the console tells a wrong address at once.
-            if let Some(Some(IpAddr::V4(gw))) = manager.gateway_to_probe(&desired) {
-                let me = manager.clone();
+            if let Some(Some(IpAddr::V4(gw))) = service.gateway_to_probe(&desired) {
+                let me = service.clone();
                 let _ = std::thread::Builder::new()
                     .name("net-gateway".into())
                     .spawn(move || {
@@ -313,7 +313,7 @@ impl Manager {
                     });
             }
         }
-        Ok(manager)
+        Ok(service)
     }
 
     fn log(&self, line: &str) {
@@ -687,14 +687,14 @@ mod tests {
     use crate::net::control::{self, Request};
     use crate::net::testns;
 
-    /// The whole manager against the real kernel in a private namespace: boot with a static
+    /// The whole network service against the real kernel in a private namespace: boot with a static
     /// address from `ip=` on a bridge over one end of a veth pair (the other end plays the
     /// gateway), change the address with confirmation, then make a change that cuts the gateway
     /// off and watch it roll back by itself.
     #[test]
     fn boots_changes_confirms_and_rolls_back() {
         testns::run_isolated(
-            "net::manager::tests::boots_changes_confirms_and_rolls_back",
+            "net::service::tests::boots_changes_confirms_and_rolls_back",
             || {
                 let dir = std::env::temp_dir().join(format!("keel-net-mgr-{}", std::process::id()));
                 let _ = std::fs::remove_dir_all(&dir);
@@ -709,7 +709,7 @@ mod tests {
                 let sink = Arc::clone(&lines);
                 let log: Log = Arc::new(move |l: &str| sink.lock().unwrap().push(l.to_string()));
                 let store = Store::new(&dir.join("state"));
-                let m = Manager::boot(
+                let m = NetService::boot(
                 "console=ttyS0 ip=192.0.2.10::192.0.2.1:255.255.255.0:keelhost:eth0:none keel.dns=192.0.2.53 keel.vlan=x",
                 store.clone(),
                 dir.join("resolv.conf"),
@@ -872,7 +872,8 @@ mod tests {
                 }
                 assert_eq!(store.load().unwrap().unwrap(), keep);
 
-                // The same manager through the control socket, as the agent and the console reach it.
+                // The same network service through the control socket, as the agent and the console
+                // reach it.
                 let sock = dir.join("net.sock");
                 control::serve(m.clone(), &sock).unwrap();
                 let status: Status =

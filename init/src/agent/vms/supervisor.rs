@@ -1,172 +1,26 @@
-//! VMs: definitions kept in the state directory, each running VM one keel-vmm process that the
-//! agent starts, watches and restarts by policy, and takes back after an agent restart.
-//!
-//! Each keel-vmm runs jailed (`launch`, docs/hardening.md): its own uid, a minimal root, its own
-//! cgroup with limits sized from the VM. Per VM, `<run_dir>/<name>/` holds the agent's `vm.json`,
-//! `vmm.log` and `pid`, and the jail's `sock/` with keel-vmm's control socket `api.sock` and
-//! console socket `console.sock`. keel-vmm runs in a session of its own with no pipe to the
-//! agent, so it outlives an agent that dies; a new agent finds it again by the pid file and a
-//! control socket that answers (VDSM's recovery). A monitor reads each jail's cgroup events and
-//! logs the limits a VM hits; the VM's status shows them.
-//!
-//! A start answers at once: the VM is `starting` while a thread of its own sets up the jail,
-//! launches keel-vmm and waits for its control socket, then `running`, or `stopped` with the
-//! reason in its status' `error`. The VM table's lock is only ever held for bookkeeping, never
-//! across a launch, a wait or a call to keel-vmm, so `get` and `list` answer at once.
+//! The supervisor: a start on a thread of its own, the watch over each keel-vmm, what its exit
+//! means, restarts by policy with back-off, and taking back the VMs still running after an
+//! agent restart.
 
-use super::api::{DiskCopy, ImageKind, OnCrash, VmExit, VmJail, VmSpec, VmState, VmStatus};
-use super::atomic::{remove_durable, write_atomic};
-use super::console::Console;
-use super::http::{self, Limits, Response};
-use super::images::Store;
-use super::launch::{self, Launched, Process, VmRun};
-use super::vm_devices::{self, DeviceError, VmDevices};
-use crate::jail::{CgroupLimits, JailError, Jailer};
+use super::{vmm_call, Entry, Run, VmError, Vms, START_WAIT};
+use crate::agent::api::{DiskCopy, ImageKind, OnCrash, VmExit, VmSpec, VmState, VmStatus};
+use crate::agent::launch::{self, Launched, Process, VmRun};
+use crate::agent::vm_devices::{self, VmDevices};
+use crate::jail::CgroupLimits;
 use keel_api::vmm::{self, ExitReason};
 use std::collections::BTreeMap;
 use std::fs;
-use std::io;
-use std::os::unix::fs::DirBuilderExt;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitStatus;
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-/// How long a new keel-vmm has to open its control socket. Generous: nothing waits on it but
-/// the VM's own start thread, and under emulation (the e2e tests' QEMU/TCG) a start takes ~50x
-/// longer than on a host. keelctl waits longer than this by default.
-pub const START_WAIT: Duration = Duration::from_secs(120);
-/// How long keel-vmm has to answer one control request: well under a manager's request
-/// timeout (keelctl: 30 s), which the answer to a VM operation must fit in.
-pub const VMM_CALL_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often a start looks for keel-vmm's control socket (and for an early exit).
 const START_POLL: Duration = Duration::from_millis(50);
 /// Restarts after crashes back off from 1 s, doubling up to this.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
-/// How often the monitor reads the jails' cgroup events.
-const LIMITS_POLL: Duration = Duration::from_secs(2);
-
-/// Why a VM operation failed.
-#[derive(Debug, thiserror::Error)]
-pub enum VmError {
-    /// No VM named {0:?}
-    #[error("No VM named {0:?}")]
-    NotFound(String),
-    /// A VM named {0:?} exists already
-    #[error("A VM named {0:?} exists already")]
-    Exists(String),
-    /// Invalid VM definition: {0}
-    #[error("Invalid VM definition: {0}")]
-    Invalid(String),
-    /// VM {name:?} is {state:?}; cannot {op}
-    #[error("VM {name:?} is {state:?}; cannot {op}")]
-    State {
-        name: String,
-        state: VmState,
-        op: &'static str,
-    },
-    /// {0}
-    #[error("{0}")]
-    Image(#[from] super::images::StoreError),
-    /// keel-vmm for {name:?} refused {op}: {message}
-    #[error("keel-vmm for {name:?} refused {op}: {message}")]
-    Refused {
-        name: String,
-        op: &'static str,
-        message: String,
-    },
-    /// keel-vmm for {name:?} exited at start: {reason}; its log: {log}
-    #[error("keel-vmm for {name:?} exited at start: {reason}; its log: {log}")]
-    StartFailed {
-        name: String,
-        reason: String,
-        log: String,
-    },
-    /// keel-vmm for {name:?} did not open its control socket within {secs} s; its log: {log}
-    #[error(
-        "keel-vmm for {name:?} did not open its control socket within {secs} s; its log: {log}"
-    )]
-    StartTimeout {
-        name: String,
-        secs: u64,
-        log: String,
-    },
-    /// VM {0:?} was powered off while starting
-    #[error("VM {0:?} was powered off while starting")]
-    StartAborted(String),
-    /// Cannot start a thread for VM {0:?}: {1}
-    #[error("Cannot start a thread for VM {0:?}: {1}")]
-    Thread(String, io::Error),
-    /// Cannot {0} {1}: {2}
-    #[error("Cannot {0} {1}: {2}")]
-    Io(&'static str, PathBuf, io::Error),
-    /// {0}
-    #[error("{0}")]
-    Jail(#[from] JailError),
-    /// Every jail uid is held by a running VM
-    #[error("Every jail uid is held by a running VM")]
-    NoUid,
-    /// Disk {disk:?} is in use by running VM {vm:?}
-    #[error("Disk {disk:?} is in use by running VM {vm:?}")]
-    DiskInUse { disk: String, vm: String },
-    /// {0}
-    #[error("{0}")]
-    Tap(#[from] super::taps::TapError),
-    #[error(transparent)]
-    Devices(#[from] DeviceError),
-}
-
-impl VmError {
-    pub fn status(&self) -> u16 {
-        match self {
-            Self::NotFound(_) => 404,
-            Self::Exists(_) | Self::State { .. } | Self::Refused { .. } => 409,
-            Self::Invalid(_) => 400,
-            Self::Image(e) if e.status() == 404 => 400,
-            Self::Image(e) => e.status(),
-            Self::StartFailed { .. } | Self::StartTimeout { .. } | Self::StartAborted(_) => 422,
-            Self::NoUid | Self::DiskInUse { .. } => 409,
-            Self::Tap(_) => 422,
-            Self::Io(..) | Self::Jail(_) | Self::Thread(..) => 500,
-            Self::Devices(DeviceError::Invalid(_)) => 400,
-            Self::Devices(DeviceError::Store(e)) if e.status() == 404 => 400,
-            Self::Devices(DeviceError::Store(e)) => e.status(),
-            Self::Devices(DeviceError::Copy { .. }) => 500,
-        }
-    }
-
-    pub fn response(&self) -> Response {
-        Response::error(self.status(), &self.to_string())
-    }
-}
-
-/// Checks a VM definition before it is stored.
-pub fn validate(spec: &VmSpec) -> Result<(), VmError> {
-    let bad = |m: String| Err(VmError::Invalid(m));
-    let name_ok = !spec.name.is_empty()
-        && spec.name.len() <= 63
-        && !spec.name.starts_with('-')
-        && spec
-            .name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
-    if !name_ok {
-        return bad(format!(
-            "name {:?} must be 1 to 63 lowercase letters, digits or '-', not starting with '-'",
-            spec.name
-        ));
-    }
-    // The limits keel-vmm applies: a VM that cannot start is refused here.
-    spec.check_limits()
-        .map_err(|e| VmError::Invalid(e.to_string()))?;
-    super::images::check_name(&spec.kernel)?;
-    if let Some(initrd) = &spec.initrd {
-        super::images::check_name(initrd)?;
-    }
-    vm_devices::validate(spec).map_err(|e| VmError::Invalid(e.to_string()))
-}
 
 /// A running VM other than `spec`'s that shares a disk image with it (`shared`, not a private
 /// copy) where either writes: a writable shared disk belongs to one running VM at a time.
@@ -212,79 +66,6 @@ fn now_unix() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-struct Run {
-    /// keel-vmm's pid; `None` while the start is still setting up its jail.
-    pid: Option<u32>,
-    state: VmState,
-    /// The jail uid the run holds: taken when the start is accepted, so two starts in flight
-    /// never share one.
-    uid: Option<u32>,
-}
-
-struct Entry {
-    spec: VmSpec,
-    run: Option<Run>,
-    last_exit: Option<VmExit>,
-    restarts: u32,
-    /// Bumped at every start, so a watcher of an old run does not touch a new one.
-    generation: u64,
-    /// The manager asked it to stop: its exit is not a crash to restart from.
-    stopping: bool,
-    backoff: Duration,
-    console: Arc<Console>,
-    /// The jail of the current run, or of the last one with its final counters.
-    jail: Option<VmJail>,
-    /// Why the last start did not reach `running`; cleared by the next start.
-    error: Option<String>,
-}
-
-impl Entry {
-    fn status(&self) -> VmStatus {
-        VmStatus {
-            spec: self.spec.clone(),
-            state: self.run.as_ref().map_or(VmState::Stopped, |r| r.state),
-            pid: self.run.as_ref().and_then(|r| r.pid),
-            restarts: self.restarts,
-            last_exit: self.last_exit.clone(),
-            error: self.error.clone(),
-            jail: self.jail.clone(),
-        }
-    }
-
-    /// The jail uid of the running (or starting) VMM.
-    fn uid(&self) -> Option<u32> {
-        self.run.as_ref().and_then(|r| r.uid)
-    }
-
-    /// The current run's generation, while it is `starting`.
-    fn starting(&self, generation: u64) -> bool {
-        self.generation == generation
-            && self
-                .run
-                .as_ref()
-                .is_some_and(|r| r.state == VmState::Starting)
-    }
-}
-
-/// Sets up a VM's jail and starts its keel-vmm ([`launch::launch`]; tests stand in a slow one).
-pub type Launcher = fn(Option<&Jailer>, &Path, &VmRun) -> Result<Launched, VmError>;
-
-/// How VMs start: the launcher, and how long keel-vmm has to open its control socket.
-#[derive(Clone, Copy)]
-pub struct Starter {
-    pub launch: Launcher,
-    pub wait: Duration,
-}
-
-impl Default for Starter {
-    fn default() -> Self {
-        Self {
-            launch: launch::launch,
-            wait: START_WAIT,
-        }
-    }
-}
-
 /// A start accepted under the table's lock, for the start thread to carry out without it.
 struct Pending {
     spec: VmSpec,
@@ -297,128 +78,9 @@ struct Pending {
     accepted: Instant,
 }
 
-/// Where things live and what runs VMs.
-#[derive(Debug, Clone)]
-pub struct VmPaths {
-    /// The keel-vmm binary.
-    pub vmm: PathBuf,
-    /// Definitions, one `<name>.json` each.
-    pub defs: PathBuf,
-    /// Per-VM runtime directories.
-    pub run: PathBuf,
-    /// Where the jails go; `None` starts keel-vmm unjailed (in-process tests, where stand-in
-    /// VMMs are shell scripts). The agent on a host always jails.
-    pub jail: Option<Jailer>,
-}
-
-/// Every VM on the host.
-pub struct Vms {
-    paths: VmPaths,
-    store: Arc<Store>,
-    entries: Mutex<BTreeMap<String, Entry>>,
-    /// VMs being defined: their private disk copies are made outside the table's lock, so that
-    /// copying a large image does not hold up every other VM operation. Locked after `entries`.
-    defining: Mutex<BTreeMap<String, VmSpec>>,
-    starter: Starter,
-}
-
 impl Vms {
-    /// Loads the definitions and takes back the VMs still running, logging what happened.
-    pub fn open(paths: VmPaths, store: Arc<Store>) -> Result<Arc<Self>, VmError> {
-        Self::open_with(paths, store, Starter::default())
-    }
-
-    /// As [`Vms::open`], starting VMs with `starter`.
-    pub fn open_with(
-        paths: VmPaths,
-        store: Arc<Store>,
-        starter: Starter,
-    ) -> Result<Arc<Self>, VmError> {
-        for dir in [&paths.defs, &paths.run] {
-            fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(dir)
-                .map_err(|e| VmError::Io("create", dir.clone(), e))?;
-        }
-        let vms = Arc::new(Self {
-            paths,
-            store,
-            entries: Mutex::new(BTreeMap::new()),
-            defining: Mutex::new(BTreeMap::new()),
-            starter,
-        });
-        if vms.paths.jail.is_some() {
-            let weak = Arc::downgrade(&vms);
-            let _ = thread::Builder::new()
-                .name("keel-vm-limits".into())
-                .spawn(move || monitor_limits(weak));
-        }
-        let dir = &vms.paths.defs;
-        let listing = fs::read_dir(dir).map_err(|e| VmError::Io("read", dir.clone(), e))?;
-        let mut names: Vec<PathBuf> = listing
-            .flatten()
-            .map(|e| e.path())
-            .filter(|p| p.extension().is_some_and(|x| x == "json"))
-            .collect();
-        names.sort();
-        for path in names {
-            let spec = fs::read(&path)
-                .map_err(|e| e.to_string())
-                .and_then(|b| serde_json::from_slice::<VmSpec>(&b).map_err(|e| e.to_string()));
-            match spec {
-                Ok(spec) => vms.adopt_definition(spec),
-                Err(e) => log::warn!("keel-agent: skipping VM definition {}: {e}", path.display()),
-            }
-        }
-        if vms.paths.jail.is_some() {
-            let keep: Vec<String> = vms
-                .lock()
-                .values()
-                .filter(|e| e.run.is_some())
-                .flat_map(|e| launch::tap_names(&e.spec.name, e.spec.nics.len()))
-                .collect();
-            for tap in super::taps::sweep(&keep) {
-                log::info!("keel-agent: removed tap {tap} of a VM that ended");
-            }
-        }
-        Ok(vms)
-    }
-
-    fn lock(&self) -> MutexGuard<'_, BTreeMap<String, Entry>> {
-        self.entries.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn defining(&self) -> MutexGuard<'_, BTreeMap<String, VmSpec>> {
-        self.defining.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn dir(&self, name: &str) -> PathBuf {
-        self.paths.run.join(name)
-    }
-
-    /// VM `name`'s console, its history kept in its run directory too.
-    fn console_of(&self, name: &str) -> Console {
-        Console::with_log(self.dir(name).join(super::console::LOG_FILE))
-    }
-
-    fn new_entry(spec: VmSpec, console: Console) -> Entry {
-        Entry {
-            spec,
-            run: None,
-            last_exit: None,
-            restarts: 0,
-            generation: 0,
-            stopping: false,
-            backoff: Duration::from_secs(1),
-            console: Arc::new(console),
-            jail: None,
-            error: None,
-        }
-    }
-
     /// A stored definition, and its keel-vmm if one still runs.
-    fn adopt_definition(self: &Arc<Self>, spec: VmSpec) {
+    pub(super) fn adopt_definition(self: &Arc<Self>, spec: VmSpec) {
         let name = spec.name.clone();
         let console = self.console_of(&spec.name);
         let mut entry = Self::new_entry(spec, console);
@@ -469,132 +131,6 @@ impl Vms {
             vmm::VmState::ShuttingDown => VmState::ShuttingDown,
         };
         Some((pid, state))
-    }
-
-    /// A VM's status (taken under the table's lock), with its jail's limit counters read now,
-    /// after the lock, while it runs.
-    fn with_events(&self, mut status: VmStatus) -> VmStatus {
-        if let (Some(jail), Some(jailer), Some(_)) =
-            (status.jail.as_mut(), &self.paths.jail, status.pid)
-        {
-            if let Ok(events) = jailer.cgroup_events(&status.spec.name) {
-                jail.events = events;
-            }
-        }
-        status
-    }
-
-    pub fn list(&self) -> Vec<VmStatus> {
-        let statuses: Vec<VmStatus> = self.lock().values().map(Entry::status).collect();
-        statuses.into_iter().map(|s| self.with_events(s)).collect()
-    }
-
-    pub fn get(&self, name: &str) -> Result<VmStatus, VmError> {
-        let status = self.lock().get(name).map(Entry::status);
-        status
-            .map(|s| self.with_events(s))
-            .ok_or_else(|| VmError::NotFound(name.to_string()))
-    }
-
-    pub fn console(&self, name: &str) -> Result<Arc<Console>, VmError> {
-        self.lock()
-            .get(name)
-            .map(|e| Arc::clone(&e.console))
-            .ok_or_else(|| VmError::NotFound(name.to_string()))
-    }
-
-    /// Whether any VM definition, made or being made, uses this image.
-    pub fn uses_image(&self, kind: ImageKind, name: &str) -> Option<String> {
-        let uses = |spec: &VmSpec| match kind {
-            ImageKind::Kernel => spec.kernel == name,
-            ImageKind::Initrd => spec.initrd.as_deref() == Some(name),
-            ImageKind::Disk => spec
-                .disks
-                .iter()
-                .any(|d| d.copy == DiskCopy::Shared && d.image == name),
-        };
-        let entries = self.lock();
-        let defining = self.defining();
-        entries
-            .values()
-            .map(|e| &e.spec)
-            .chain(defining.values())
-            .find(|spec| uses(spec))
-            .map(|spec| spec.name.clone())
-    }
-
-    /// Pids and names of the running VMMs.
-    pub fn running(&self) -> Vec<(String, u32)> {
-        self.lock()
-            .values()
-            .filter_map(|e| {
-                let pid = e.run.as_ref().and_then(|r| r.pid)?;
-                Some((e.spec.name.clone(), pid))
-            })
-            .collect()
-    }
-
-    /// Names and states of the VMs not stopped (starting ones too).
-    fn runs(&self) -> Vec<(String, VmState)> {
-        self.lock()
-            .values()
-            .filter_map(|e| e.run.as_ref().map(|r| (e.spec.name.clone(), r.state)))
-            .collect()
-    }
-
-    pub fn define(&self, spec: VmSpec) -> Result<VmStatus, VmError> {
-        validate(&spec)?;
-        {
-            let entries = self.lock();
-            let mut defining = self.defining();
-            if entries.contains_key(&spec.name) || defining.contains_key(&spec.name) {
-                return Err(VmError::Exists(spec.name));
-            }
-            defining.insert(spec.name.clone(), spec.clone());
-        }
-        let written = self.write_definition(&spec);
-        let mut entries = self.lock();
-        self.defining().remove(&spec.name);
-        written?;
-        let console = self.console_of(&spec.name);
-        let entry = Self::new_entry(spec, console);
-        let status = entry.status();
-        entries.insert(status.spec.name.clone(), entry);
-        Ok(status)
-    }
-
-    /// The VM's private disk copies and its definition file; nothing of them on failure.
-    fn write_definition(&self, spec: &VmSpec) -> Result<(), VmError> {
-        let path = self.paths.defs.join(format!("{}.json", spec.name));
-        let json = serde_json::to_vec_pretty(spec)
-            .map_err(|e| VmError::Io("encode", path.clone(), io::Error::other(e)))?;
-        vm_devices::make_copies(&self.store, &self.store.vm_copies(), spec)?;
-        if let Err(e) = write_atomic(&path, &json, 0o600) {
-            vm_devices::remove_copies(&self.store.vm_copies(), &spec.name);
-            return Err(VmError::Io("write", path, e.source));
-        }
-        Ok(())
-    }
-
-    pub fn delete(&self, name: &str) -> Result<VmStatus, VmError> {
-        let mut entries = self.lock();
-        let entry = entries
-            .get(name)
-            .ok_or_else(|| VmError::NotFound(name.to_string()))?;
-        if let Some(run) = &entry.run {
-            return Err(VmError::State {
-                name: name.into(),
-                state: run.state,
-                op: "delete it (power it off first)",
-            });
-        }
-        let path = self.paths.defs.join(format!("{name}.json"));
-        remove_durable(&path).map_err(|e| VmError::Io("remove", path, e.source))?;
-        let _ = fs::remove_dir_all(self.dir(name));
-        vm_devices::remove_copies(&self.store.vm_copies(), name);
-        let status = entry.status();
-        entries.remove(name);
-        Ok(status)
     }
 
     /// Accepts the start of a stopped VM and answers at once with it `starting`: a thread of its
@@ -946,161 +482,11 @@ impl Vms {
             }
         }
     }
-
-    /// Sends a control request to a running VM and records the state it leads to. The table's
-    /// lock is not held while keel-vmm answers. A VM still starting can only be powered off: its
-    /// start thread stops it (the status says `starting` until it has).
-    pub fn control(&self, name: &str, op: Op) -> Result<VmStatus, VmError> {
-        let (path, next, label) = match op {
-            Op::Shutdown => ("/vm/shutdown", VmState::ShuttingDown, "shutdown"),
-            Op::PowerOff => ("/vm/power-off", VmState::ShuttingDown, "power-off"),
-            Op::Pause => ("/vm/pause", VmState::Paused, "pause"),
-            Op::Resume => ("/vm/resume", VmState::Running, "resume"),
-        };
-        let generation = {
-            let mut entries = self.lock();
-            let entry = entries
-                .get_mut(name)
-                .ok_or_else(|| VmError::NotFound(name.to_string()))?;
-            let state = entry.run.as_ref().map_or(VmState::Stopped, |r| r.state);
-            if state == VmState::Starting && op == Op::PowerOff {
-                entry.stopping = true;
-                return Ok(entry.status());
-            }
-            if matches!(state, VmState::Stopped | VmState::Starting) {
-                return Err(VmError::State {
-                    name: name.into(),
-                    state,
-                    op: label,
-                });
-            }
-            if matches!(op, Op::Shutdown | Op::PowerOff) {
-                entry.stopping = true;
-            }
-            entry.generation
-        };
-        let (sock, _) = launch::sockets(&self.dir(name));
-        let response = vmm_call(&sock, "PUT", path).map_err(|e| VmError::Refused {
-            name: name.into(),
-            op: label,
-            message: e.to_string(),
-        })?;
-        if !(200..300).contains(&response.status) {
-            let message = response
-                .json_body::<http::ErrorBody>()
-                .map_or_else(|_| format!("status {}", response.status), |b| b.error);
-            return Err(VmError::Refused {
-                name: name.into(),
-                op: label,
-                message,
-            });
-        }
-        let mut entries = self.lock();
-        let entry = entries
-            .get_mut(name)
-            .ok_or_else(|| VmError::NotFound(name.to_string()))?;
-        if let Some(run) = entry
-            .run
-            .as_mut()
-            .filter(|_| entry.generation == generation)
-        {
-            run.state = next;
-        }
-        Ok(entry.status())
-    }
-}
-
-impl Vms {
-    /// Stops every VM for a host shutdown: presses each power button (a VM still starting gets
-    /// it once it runs), waits up to `grace` for the guests to power off, then powers off the
-    /// rest (a start still under way is abandoned). Returns how many needed the power-off.
-    pub fn stop_all(&self, grace: Duration) -> usize {
-        let deadline = Instant::now() + grace;
-        let mut pressed = std::collections::BTreeSet::new();
-        loop {
-            let runs = self.runs();
-            if runs.is_empty() || Instant::now() >= deadline {
-                break;
-            }
-            for (name, state) in runs {
-                let up = matches!(state, VmState::Running | VmState::Paused);
-                if up && !pressed.contains(&name) {
-                    let _ = self.control(&name, Op::Shutdown);
-                    pressed.insert(name);
-                }
-            }
-            thread::sleep(Duration::from_millis(100));
-        }
-        let stragglers: Vec<String> = self.runs().into_iter().map(|(n, _)| n).collect();
-        for name in &stragglers {
-            let _ = self.control(name, Op::PowerOff);
-        }
-        let deadline = Instant::now() + Duration::from_secs(2);
-        while !self.runs().is_empty() && Instant::now() < deadline {
-            thread::sleep(Duration::from_millis(50));
-        }
-        stragglers.len()
-    }
-}
-
-/// A control operation on a running VM.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Op {
-    Shutdown,
-    PowerOff,
-    Pause,
-    Resume,
 }
 
 /// The lowest jail uid no running VM holds.
 fn free_uid(entries: &BTreeMap<String, Entry>) -> Result<u32, VmError> {
     launch::free_uid(entries.values().filter_map(Entry::uid)).ok_or(VmError::NoUid)
-}
-
-/// Reads every running jail's cgroup events and logs the limits a VM hit since the last look;
-/// ends with the agent's VMs.
-fn monitor_limits(vms: Weak<Vms>) {
-    loop {
-        thread::sleep(LIMITS_POLL);
-        let Some(vms) = vms.upgrade() else {
-            return;
-        };
-        let Some(jailer) = &vms.paths.jail else {
-            return;
-        };
-        // The cgroup files are read without the table's lock; the counters are kept with it.
-        let jailed: Vec<(String, u64)> = vms
-            .lock()
-            .iter()
-            .filter(|(_, e)| e.jail.is_some() && e.run.as_ref().is_some_and(|r| r.pid.is_some()))
-            .map(|(name, e)| (name.clone(), e.generation))
-            .collect();
-        for (name, generation) in jailed {
-            let Ok(events) = jailer.cgroup_events(&name) else {
-                continue;
-            };
-            let mut entries = vms.lock();
-            let current = entries
-                .get_mut(&name)
-                .filter(|e| e.generation == generation && e.run.is_some());
-            let Some(jail) = current.and_then(|e| e.jail.as_mut()) else {
-                continue;
-            };
-            if let Some(line) = launch::limit_report(&name, &jail.events, &events) {
-                log::warn!("{line}");
-            }
-            jail.events = events;
-        }
-    }
-}
-
-/// One request to keel-vmm's control socket (never through a symlink in its place).
-pub fn vmm_call(sock: &Path, method: &str, path: &str) -> Result<Response, http::HttpError> {
-    let mut stream = launch::connect(sock)?;
-    stream.set_read_timeout(Some(VMM_CALL_TIMEOUT))?;
-    stream.set_write_timeout(Some(VMM_CALL_TIMEOUT))?;
-    http::write_request(&mut stream, method, path, "localhost", None)?;
-    http::read_response(&mut stream, &Limits::default())
 }
 
 /// Blocks until process `pid` is gone (pidfd where available, else polling /proc).
@@ -1137,92 +523,25 @@ fn tail(path: &Path) -> String {
         joined
     }
 }
-
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
-    use super::super::api::StoreKind;
-    use super::super::atomic::testdir::TestDir;
     use super::*;
-
-    fn spec(name: &str) -> VmSpec {
-        VmSpec {
-            name: name.into(),
-            vcpus: 1,
-            memory_mib: 64,
-            kernel: "k".into(),
-            initrd: None,
-            cmdline: "console=ttyS0".into(),
-            on_crash: OnCrash::Stop,
-            disks: Vec::new(),
-            nics: Vec::new(),
-        }
-    }
-
-    fn open(dir: &TestDir, vmm: &str) -> Arc<Vms> {
-        open_with(dir, vmm, Starter::default())
-    }
-
-    fn open_with(dir: &TestDir, vmm: &str, starter: Starter) -> Arc<Vms> {
-        let store = Arc::new(Store::open(dir.path().join("data"), StoreKind::Ram).unwrap());
-        let paths = VmPaths {
-            vmm: vmm.into(),
-            defs: dir.path().join("vms"),
-            run: dir.path().join("run"),
-            jail: None,
-        };
-        Vms::open_with(paths, store, starter).unwrap()
-    }
-
-    /// A stand-in keel-vmm: a shell script.
-    fn script(dir: &TestDir, body: &str) -> String {
-        use std::os::unix::fs::PermissionsExt;
-        let vmm = dir.path().join("vmm.sh");
-        fs::write(&vmm, format!("#!/bin/sh\n{body}\n")).unwrap();
-        fs::set_permissions(&vmm, fs::Permissions::from_mode(0o755)).unwrap();
-        vmm.to_str().unwrap().into()
-    }
-
-    /// Puts kernel image "k" in the store.
-    fn kernel(vms: &Vms) {
-        let data = b"k";
-        let digest = super::super::images::hex(&<sha2::Sha256 as sha2::Digest>::digest(data));
-        vms.store
-            .upload(ImageKind::Kernel, "k", &digest, 1, &mut &data[..])
-            .unwrap();
-    }
-
-    /// Polls VM `name` until `done` holds (10 s at most).
-    fn wait_for(vms: &Vms, name: &str, done: impl Fn(&VmStatus) -> bool) -> VmStatus {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let status = vms.get(name).unwrap();
-            if done(&status) || Instant::now() > deadline {
-                return status;
-            }
-            thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// A shared (not copied) disk.
-    fn disk(image: &str, read_only: bool) -> super::super::api::VmDisk {
-        super::super::api::VmDisk {
-            image: image.into(),
-            copy: DiskCopy::Shared,
-            read_only,
-            serial: None,
-        }
-    }
+    use crate::agent::vm_console::VmConsole;
+    use crate::agent::vms::test_support::*;
+    use crate::agent::vms::{Op, Starter};
+    use crate::jail::Jailer;
+    use crate::sys::atomic::testdir::TestDir;
 
     #[test]
     fn a_writable_disk_belongs_to_one_running_vm() {
-        let running = |name: &str, disks: Vec<super::super::api::VmDisk>| {
+        let running = |name: &str, disks: Vec<crate::agent::api::VmDisk>| {
             let mut e = Vms::new_entry(
                 VmSpec {
                     disks,
                     ..spec(name)
                 },
-                Console::default(),
+                VmConsole::default(),
             );
             e.run = Some(Run {
                 pid: Some(1),
@@ -1254,7 +573,7 @@ mod tests {
             (vec![disk("other", false)], None),
             // A private copy of an image another VM writes is the VM's own.
             (
-                vec![super::super::api::VmDisk {
+                vec![crate::agent::api::VmDisk {
                     copy: DiskCopy::Copy,
                     ..disk("own", false)
                 }],
@@ -1281,86 +600,6 @@ mod tests {
             ..spec("a")
         };
         assert!(disk_conflict(&entries, &again).is_none());
-    }
-
-    #[test]
-    fn validation_names_the_bad_field() {
-        let cases: Vec<(VmSpec, &str)> = vec![
-            (
-                VmSpec {
-                    name: "Bad".into(),
-                    ..spec("a")
-                },
-                "name \"Bad\"",
-            ),
-            (
-                VmSpec {
-                    vcpus: 0,
-                    ..spec("a")
-                },
-                "vcpus 0",
-            ),
-            (
-                VmSpec {
-                    memory_mib: 8,
-                    ..spec("a")
-                },
-                "memory_mib 8",
-            ),
-            (
-                VmSpec {
-                    cmdline: "a\nb".into(),
-                    ..spec("a")
-                },
-                "cmdline",
-            ),
-            (
-                VmSpec {
-                    kernel: "../k".into(),
-                    ..spec("a")
-                },
-                "\"../k\"",
-            ),
-        ];
-        for (s, want) in cases {
-            let err = validate(&s).unwrap_err();
-            assert_eq!(err.status(), 400);
-            assert!(err.to_string().contains(want), "{err}");
-        }
-        assert!(validate(&spec("web-1")).is_ok());
-    }
-
-    #[test]
-    fn definitions_persist_and_delete() {
-        let dir = TestDir::new("vms-defs");
-        let vms = open(&dir, "/bin/false");
-        vms.define(spec("a")).unwrap();
-        assert_eq!(vms.define(spec("a")).unwrap_err().status(), 409);
-        drop(vms);
-        let vms = open(&dir, "/bin/false");
-        let list = vms.list();
-        assert_eq!(list.len(), 1);
-        assert_eq!(list[0].state, VmState::Stopped);
-        assert_eq!(vms.control("a", Op::Pause).unwrap_err().status(), 409);
-        assert_eq!(vms.get("b").unwrap_err().status(), 404);
-        vms.delete("a").unwrap();
-        assert!(open(&dir, "/bin/false").list().is_empty());
-    }
-
-    #[test]
-    fn a_vm_being_defined_holds_its_name_and_images_but_not_the_table() {
-        let dir = TestDir::new("vms-defining");
-        let vms = open(&dir, "/bin/false");
-        // As while "b"'s disk copies are made: the table is free, the name and kernel taken.
-        vms.defining().insert("b".into(), spec("b"));
-        assert!(vms.list().is_empty());
-        assert_eq!(vms.define(spec("b")).unwrap_err().status(), 409);
-        assert_eq!(vms.uses_image(ImageKind::Kernel, "k").as_deref(), Some("b"));
-        vms.define(spec("a")).unwrap();
-        vms.defining().clear();
-        vms.define(spec("b")).unwrap();
-        assert_eq!(vms.list().len(), 2);
-        assert!(vms.defining().is_empty());
     }
 
     #[test]
