@@ -48,8 +48,10 @@ fn dhcp_on_the_management_bridge() -> Result<(), Error> {
 #[test]
 fn static_ip_on_a_bonded_bridge() -> Result<(), Error> {
     let image = Image::locate()?;
+    // loglevel=7: the kernel's bonding messages are info, which Keel keeps off the console
+    // unless the command line asks for them (docs/agent.md, Logging); the failover is read there.
     let boot = Boot::image(&image).with_params(
-        "ip=10.0.2.15::10.0.2.2:255.255.255.0:keelhost:eth0:none keel.bond=bond0:eth0,eth1 keel.dns=10.0.2.3",
+        "ip=10.0.2.15::10.0.2.2:255.255.255.0:keelhost:eth0:none keel.bond=bond0:eth0,eth1 keel.dns=10.0.2.3 loglevel=7",
     );
     let mut vm = QemuBuilder::new("net-static-bond", boot)
         .args([
