@@ -7,27 +7,13 @@
 
 use std::collections::BTreeSet;
 
-use crate::localapi::types::{self, split_list, FieldError, Ipv4Mode, NetworkForm};
+use crate::localapi::types::{split_list, FieldError, Ipv4Mode, NetworkForm};
 use crate::net::layers::Stack;
 use crate::net::model::{BondMode, Dns, Ipv4, NetConfig, MANAGEMENT_BRIDGE};
 use crate::net::validate::{self, validate};
 
 /// The bond's name when the form's interface names one of the NICs (the console picks NICs).
 pub const DEFAULT_BOND: &str = "bond0";
-
-fn bond_mode_to_form(mode: BondMode) -> types::BondMode {
-    match mode {
-        BondMode::ActiveBackup => types::BondMode::ActiveBackup,
-        BondMode::Lacp => types::BondMode::Lacp,
-    }
-}
-
-fn bond_mode_of_form(mode: types::BondMode) -> BondMode {
-    match mode {
-        types::BondMode::ActiveBackup => BondMode::ActiveBackup,
-        types::BondMode::Lacp => BondMode::Lacp,
-    }
-}
 
 /// The form showing `config`'s management network. IPv4 `off` shows as DHCP, the form's only
 /// other mode, with no address.
@@ -36,7 +22,7 @@ pub fn form_of(config: &NetConfig) -> NetworkForm {
     let (mut interface, mut bond_members, mut bond_mode, mut vlan) = (
         String::new(),
         Vec::new(),
-        types::BondMode::ActiveBackup,
+        BondMode::ActiveBackup,
         String::new(),
     );
     let (mut mode, mut address, mut gateway) = (Ipv4Mode::Dhcp, String::new(), String::new());
@@ -45,7 +31,7 @@ pub fn form_of(config: &NetConfig) -> NetworkForm {
             Some((name, m)) => {
                 interface.clone_from(name);
                 bond_members.clone_from(&stack.nics);
-                bond_mode = bond_mode_to_form(*m);
+                bond_mode = *m;
             }
             None => interface = stack.nics.first().cloned().unwrap_or_default(),
         }
@@ -139,7 +125,7 @@ pub fn change_of(
             } else {
                 interface
             };
-        (name.to_string(), bond_mode_of_form(form.bond_mode))
+        (name.to_string(), form.bond_mode)
     });
     let ipv4 = match form.mode {
         Ipv4Mode::Dhcp => Ipv4::Dhcp {},
@@ -232,7 +218,7 @@ mod tests {
         NetworkForm {
             interface: "eth0".into(),
             bond_members: vec![],
-            bond_mode: types::BondMode::ActiveBackup,
+            bond_mode: BondMode::ActiveBackup,
             vlan: String::new(),
             mode: Ipv4Mode::Static,
             address: "10.0.2.15/24".into(),
@@ -321,7 +307,7 @@ mod tests {
                 |f| {
                     f.interface = "uplink".into();
                     f.bond_members = vec!["eth0".into(), "eth1".into()];
-                    f.bond_mode = types::BondMode::Lacp;
+                    f.bond_mode = BondMode::Lacp;
                     f.vlan = "42".into();
                 },
                 vec!["eth0", "eth1", "uplink", "uplink.42", "keelbr0", "eth2"],

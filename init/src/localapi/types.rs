@@ -107,14 +107,8 @@ pub enum Ipv4Mode {
     Static,
 }
 
-/// Bonding mode, as the kernel's bonding driver names it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum BondMode {
-    ActiveBackup,
-    #[serde(rename = "802.3ad")]
-    Lacp,
-}
+/// Bonding mode, as the kernel's bonding driver names it: the network model's own.
+pub use keel_api::net::model::BondMode;
 
 /// The management network as the console edits it: the text of each field as typed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -1,7 +1,7 @@
 //! The definition store: validation, define, delete, list and get; each definition one
 //! `<name>.json` in the definitions directory, written crash-safe.
 
-use super::{Entry, VmError, Vms};
+use super::{stopped_entry, Entry, VmError, Vms};
 use crate::agent::api::{DiskCopy, ImageKind, VmSpec, VmState, VmStatus};
 use crate::agent::vm_console::VmConsole;
 use crate::agent::vm_devices;
@@ -131,16 +131,7 @@ impl Vms {
 
     pub fn delete(&self, name: &str) -> Result<VmStatus, VmError> {
         let mut entries = self.lock();
-        let entry = entries
-            .get(name)
-            .ok_or_else(|| VmError::NotFound(name.to_string()))?;
-        if let Some(run) = &entry.run {
-            return Err(VmError::State {
-                name: name.into(),
-                state: run.state,
-                op: "delete it (power it off first)",
-            });
-        }
+        let entry = stopped_entry(&entries, name, "delete it (power it off first)")?;
         let path = self.paths.defs.join(format!("{name}.json"));
         remove_durable(&path).map_err(|e| VmError::Io("remove", path, e.source))?;
         let _ = fs::remove_dir_all(self.dir(name));

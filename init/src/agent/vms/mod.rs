@@ -24,6 +24,25 @@ mod control;
 mod definitions;
 mod limits;
 mod supervisor;
+/// The entry of VM `name`, which must not be running (nor starting) for `op`.
+fn stopped_entry<'e>(
+    entries: &'e BTreeMap<String, Entry>,
+    name: &str,
+    op: &'static str,
+) -> Result<&'e Entry, VmError> {
+    let entry = entries
+        .get(name)
+        .ok_or_else(|| VmError::NotFound(name.to_string()))?;
+    match &entry.run {
+        Some(run) => Err(VmError::State {
+            name: name.into(),
+            state: run.state,
+            op,
+        }),
+        None => Ok(entry),
+    }
+}
+
 #[cfg(test)]
 mod test_support;
 

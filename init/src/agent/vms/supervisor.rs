@@ -2,7 +2,7 @@
 //! means, restarts by policy with back-off, and taking back the VMs still running after an
 //! agent restart.
 
-use super::{vmm_call, Entry, Run, VmError, Vms, START_WAIT};
+use super::{stopped_entry, vmm_call, Entry, Run, VmError, Vms, START_WAIT};
 use crate::agent::api::{DiskCopy, ImageKind, OnCrash, VmExit, VmSpec, VmState, VmStatus};
 use crate::agent::launch::{self, Launched, Process, VmRun};
 use crate::agent::vm_devices::{self, VmDevices};
@@ -171,16 +171,7 @@ impl Vms {
         name: &str,
     ) -> Result<Pending, VmError> {
         let uid = free_uid(entries)?;
-        let entry = entries
-            .get(name)
-            .ok_or_else(|| VmError::NotFound(name.to_string()))?;
-        if let Some(run) = &entry.run {
-            return Err(VmError::State {
-                name: name.into(),
-                state: run.state,
-                op: "start it",
-            });
-        }
+        let entry = stopped_entry(entries, name, "start it")?;
         if let Some(conflict) = disk_conflict(entries, &entry.spec) {
             return Err(conflict);
         }
