@@ -74,10 +74,10 @@ pub fn boot(
         loader,
     )?;
     if let Err(e) = control::serve(service.clone(), Path::new(control::SOCKET)) {
-        log(&format!(
-            "keel: network: cannot serve {}: {e}",
-            control::SOCKET
-        ));
+        log(
+            log::Level::Error,
+            &format!("keel: network: cannot serve {}: {e}", control::SOCKET),
+        );
     }
     let _ = LOCAL.set(service);
     Ok(())

@@ -134,8 +134,8 @@ pub struct Applied {
 
 pub use keel_api::net::{LinkStatus, PendingStatus, Status};
 
-/// Where console lines go.
-pub type Log = Arc<dyn Fn(&str) + Send + Sync>;
+/// Where the network service's lines go, each with its severity (PID 1: the log facade).
+pub type Log = Arc<dyn Fn(log::Level, &str) + Send + Sync>;
 
 /// Makes the kernel able to create links of these kinds (`bridge`, `bond`, `vlan`): PID 1 loads
 /// their modules, as the kernel's own request for them would call a modprobe Keel does not have.
@@ -179,7 +179,7 @@ impl Dynamic {
     fn write_resolver(&self) {
         let (servers, search) = self.resolver();
         if let Err(e) = write_resolv_conf(&self.resolv, &servers, &search) {
-            (self.log)(&format!("keel: network: {e}"));
+            (self.log)(log::Level::Warn, &format!("keel: network: {e}"));
         }
     }
 }
@@ -238,7 +238,7 @@ impl NetService {
         load_kind: Option<KindLoader>,
     ) -> Result<NetService, NetError> {
         let (net, warnings) = layers::parse_cmdline(cmdline);
-        warnings.iter().for_each(|w| log(w));
+        warnings.iter().for_each(|w| log(log::Level::Warn, w));
         let mut nl = Rtnetlink::open()?;
         let (nics, raised) = nics_with_link(&mut nl)?;
         let lower = layers::merge(
@@ -248,9 +248,10 @@ impl NetService {
         let saved = match store.load() {
             Ok(saved) => saved.unwrap_or_default(),
             Err(e) => {
-                log(&format!(
-                    "keel: network: ignoring the saved configuration: {e}"
-                ));
+                log(
+                    log::Level::Warn,
+                    &format!("keel: network: ignoring the saved configuration: {e}"),
+                );
                 NetConfig::default()
             }
         };
@@ -282,7 +283,7 @@ impl NetService {
                     with_saved
                 }
                 Err(e) => {
-                    service.log(&format!(
+                    service.warn(&format!(
                         "keel: network: ignoring the saved configuration: {e}"
                     ));
                     let lower = inner.lower.clone();
@@ -317,8 +318,20 @@ impl NetService {
     }
 
     fn log(&self, line: &str) {
+        self.log_at(log::Level::Info, line);
+    }
+
+    fn warn(&self, line: &str) {
+        self.log_at(log::Level::Warn, line);
+    }
+
+    fn error(&self, line: &str) {
+        self.log_at(log::Level::Error, line);
+    }
+
+    fn log_at(&self, level: log::Level, line: &str) {
         let log = Arc::clone(&lock(&self.dynamic).log);
-        log(line);
+        log(level, line);
     }
 
     /// Makes the running configuration `desired`: stops keepers that no longer apply, carries out
@@ -334,7 +347,7 @@ impl NetService {
             kinds.dedup();
             for kind in kinds {
                 if let Err(e) = load(kind) {
-                    self.log(&format!(
+                    self.warn(&format!(
                         "keel: network: cannot load the {kind} driver: {e}"
                     ));
                 }
@@ -376,7 +389,7 @@ impl NetService {
             {
                 match Keeper::spawn(&iface.name, desired.hostname.clone(), self.report()) {
                     Ok(k) => inner.keepers.push(k),
-                    Err(e) => self.log(&format!(
+                    Err(e) => self.error(&format!(
                         "keel: network: cannot start DHCP on {}: {e}",
                         iface.name
                     )),
@@ -408,24 +421,29 @@ impl NetService {
                             .router
                             .map(|r| format!(", gateway {r}"))
                             .unwrap_or_default();
-                        format!(
+                        let line = format!(
                             "keel: network: {interface} {}/{} via dhcp{via}",
                             lease.address, lease.prefix
-                        )
+                        );
+                        (log::Level::Info, line)
                     })
                 }
                 Event::Lost(lease) => {
                     d.leases.remove(interface);
                     d.write_resolver();
-                    Some(format!(
+                    let line = format!(
                         "keel: network: {interface} lost its DHCP lease {}",
                         lease.address
-                    ))
+                    );
+                    Some((log::Level::Warn, line))
                 }
-                Event::Error(e) => Some(format!("keel: network: dhcp on {interface}: {e}")),
+                Event::Error(e) => Some((
+                    log::Level::Warn,
+                    format!("keel: network: dhcp on {interface}: {e}"),
+                )),
             };
-            if let Some(line) = line {
-                (d.log)(&line);
+            if let Some((level, line)) = line {
+                (d.log)(level, &line);
             }
         })
     }
@@ -466,11 +484,11 @@ impl NetService {
         let ops = match self.execute(&mut inner, &desired) {
             Ok(ops) => ops,
             Err(e) => {
-                self.log(&format!(
+                self.error(&format!(
                     "keel: network: applying failed: {e}; restoring the previous configuration"
                 ));
                 if let Err(again) = self.execute(&mut inner, &previous_running) {
-                    self.log(&format!("keel: network: restoring failed too: {again}"));
+                    self.error(&format!("keel: network: restoring failed too: {again}"));
                 }
                 return Err(NetError::RolledBack(e.to_string()));
             }
@@ -491,7 +509,7 @@ impl NetService {
             .name("net-confirm".into())
             .spawn(move || me.watch(id));
         if let Err(e) = spawned {
-            self.log(&format!(
+            self.warn(&format!(
                 "keel: network: cannot watch the change ({e}); keeping it"
             ));
             inner.pending = None;
@@ -568,10 +586,10 @@ impl NetService {
                         reach.gateway.map_or("n/a".into(), |r| r.to_string()),
                         reach.manager.map_or("n/a".into(), |r| r.to_string()),
                     );
-                    self.log(&format!("keel: network: {why}"));
+                    self.warn(&format!("keel: network: {why}"));
                     inner.saved = p.previous_saved;
                     if let Err(e) = self.execute(&mut inner, &p.previous_running) {
-                        self.log(&format!("keel: network: rollback failed: {e}"));
+                        self.error(&format!("keel: network: rollback failed: {e}"));
                     }
                     inner.last_rollback = Some(why);
                 }
@@ -580,7 +598,7 @@ impl NetService {
                         "keel: network: change not confirmed but the host is reachable: keeping it",
                     );
                     if let Err(e) = inner.store.save(&inner.saved) {
-                        self.log(&format!("keel: network: {e}"));
+                        self.error(&format!("keel: network: {e}"));
                     }
                 }
             }
@@ -707,7 +725,7 @@ mod tests {
                     .unwrap();
                 let lines = Arc::new(Mutex::new(Vec::<String>::new()));
                 let sink = Arc::clone(&lines);
-                let log: Log = Arc::new(move |l: &str| sink.lock().unwrap().push(l.to_string()));
+                let log: Log = Arc::new(move |_, l: &str| sink.lock().unwrap().push(l.to_string()));
                 let store = Store::new(&dir.join("state"));
                 let m = NetService::boot(
                 "console=ttyS0 ip=192.0.2.10::192.0.2.1:255.255.255.0:keelhost:eth0:none keel.dns=192.0.2.53 keel.vlan=x",

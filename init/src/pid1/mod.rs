@@ -207,7 +207,7 @@ fn stage2(signals: &libc::sigset_t) -> ! {
     state_lines.iter().for_each(|l| info!("{l}"));
 
     // Host networking (docs/network.md): layers, validation, netlink, DHCP keepers.
-    let net_log: crate::net::Log = Arc::new(|line: &str| info!("{line}"));
+    let net_log: crate::net::Log = Arc::new(|level, line: &str| log::log!(level, "{line}"));
     if let Err(e) = crate::net::boot(&cmdline, net_log, loader) {
         error!("keel: network: {e}");
     }
