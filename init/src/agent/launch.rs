@@ -213,9 +213,7 @@ fn config(run: &VmRun, map: &dyn Fn(&Path) -> PathBuf, jailed: bool) -> Result<V
             .iter()
             .map(|d| DiskConfig {
                 path: map(&d.path),
-                read_only: d.read_only,
-                serial: d.serial.clone(),
-                direct: false,
+                ..d.clone()
             })
             .collect(),
         nics: run
@@ -553,11 +551,13 @@ mod tests {
                     path: "/data/copies/g1/disk0.img".into(),
                     read_only: false,
                     serial: None,
+                    direct: false,
                 },
                 DiskDevice {
                     path: "/data/disk/seed".into(),
                     read_only: true,
                     serial: Some("seed".into()),
+                    direct: false,
                 },
             ],
             nics: vec![NicDevice {

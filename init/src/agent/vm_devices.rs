@@ -226,14 +226,9 @@ fn copy_keeping_holes(source: &File, target: &File) -> io::Result<()> {
     Ok(())
 }
 
-/// A disk of a VM run, as keel-vmm opens it (host path).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DiskDevice {
-    pub path: PathBuf,
-    pub read_only: bool,
-    /// The serial the guest sees (`/dev/disk/by-id`), when given.
-    pub serial: Option<String>,
-}
+/// A disk of a VM run, as keel-vmm opens it: vm.json's own disk type, with the host path (the
+/// launcher maps it into the jail).
+pub use keel_api::vmm::DiskConfig as DiskDevice;
 
 /// A NIC of a VM run: its tap, the guest's MAC, and the bridge the tap goes in.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -271,6 +266,7 @@ pub fn vmm_config(store: &Store, copies: &Path, spec: &VmSpec) -> Result<VmDevic
             path,
             read_only: disk.read_only,
             serial: disk.serial.clone(),
+            direct: false,
         });
     }
     let nics = spec
@@ -489,12 +485,14 @@ mod tests {
                 DiskDevice {
                     path: copy.clone(),
                     read_only: false,
-                    serial: None
+                    serial: None,
+                    direct: false,
                 },
                 DiskDevice {
                     path: image.clone(),
                     read_only: true,
-                    serial: Some("data".into())
+                    serial: Some("data".into()),
+                    direct: false,
                 }
             ]
         );
