@@ -87,6 +87,9 @@ pub enum JailError {
     /// Cannot prepare the jail: {0}
     #[error("cannot prepare the jail: {0}")]
     Prepare(io::Error),
+    /// The jailed process of {0} neither ran its program nor failed within {1} s; killed
+    #[error("the jailed process of {0} neither ran its program nor failed within {1} s; killed")]
+    SetupTimeout(String, u64),
     /// Cannot start the jailed process: {0}
     #[error("cannot start the jailed process: {0}")]
     Clone(io::Error),
@@ -366,6 +369,15 @@ impl Jailer {
             pid: pid as libc::pid_t,
             pidfd,
         };
+        // A child stuck in a system call of its plan must not leave the VM starting forever.
+        if !readable_within(&report, SETUP_TIMEOUT) {
+            let _ = jailed.signal(libc::SIGKILL);
+            let _ = jailed.wait();
+            return Err(JailError::SetupTimeout(
+                spec.vm_id.clone(),
+                SETUP_TIMEOUT.as_secs(),
+            ));
+        }
         let mut bytes = [0u8; 8];
         match report.read_exact(&mut bytes) {
             // EOF: the pipe closed on exec, the program runs.
@@ -404,6 +416,31 @@ impl Jailer {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(JailError::Remove(root, e)),
+        }
+    }
+}
+
+/// How long a jailed child may take from clone to exec (or to reporting its failure).
+const SETUP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(90);
+
+/// Whether `file` has something to read (data or end of file) within `timeout`.
+fn readable_within(file: &File, timeout: std::time::Duration) -> bool {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let mut pfd = libc::pollfd {
+            fd: file.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        let ms = libc::c_int::try_from(left.as_millis()).unwrap_or(libc::c_int::MAX);
+        // SAFETY: pfd is one valid pollfd for a descriptor `file` keeps open during the call.
+        match unsafe { libc::poll(&mut pfd, 1, ms) } {
+            n if n > 0 => return true,
+            0 => return false,
+            _ if io::Error::last_os_error().kind() == io::ErrorKind::Interrupted => {}
+            // poll itself failed: let the read report what is wrong.
+            _ => return true,
         }
     }
 }
