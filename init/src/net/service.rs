@@ -820,29 +820,31 @@ mod tests {
                     ["192.0.2.11/24"]
                 );
 
+                // Applies `config` with a 1 s window, never confirmed, and waits for the decision.
+                let apply_unconfirmed = |config: &NetConfig| {
+                    let options = ApplyOptions {
+                        confirm_within_secs: 1,
+                        manager: None,
+                    };
+                    m.apply(config, &options).unwrap();
+                    let deadline = Instant::now() + Duration::from_secs(20);
+                    while m.status().unwrap().pending.is_some() {
+                        assert!(
+                            Instant::now() < deadline,
+                            "no decision: {:?}",
+                            lines.lock().unwrap()
+                        );
+                        std::thread::sleep(Duration::from_millis(200));
+                    }
+                };
+
                 // A change that cuts the gateway off, unconfirmed: rolled back after the window.
                 let cut: NetConfig = serde_json::from_str(
                 r#"{"interfaces":[{"name":"eth0","kind":{"type":"ethernet"}},{"name":"keelbr0","kind":{"type":"bridge","ports":["eth0"]},
                     "ipv4":{"mode":"static","address":"198.51.100.5/24","gateway":"198.51.100.1"}}]}"#,
             )
             .unwrap();
-                m.apply(
-                    &cut,
-                    &ApplyOptions {
-                        confirm_within_secs: 1,
-                        manager: None,
-                    },
-                )
-                .unwrap();
-                let deadline = Instant::now() + Duration::from_secs(20);
-                while m.status().unwrap().pending.is_some() {
-                    assert!(
-                        Instant::now() < deadline,
-                        "no decision: {:?}",
-                        lines.lock().unwrap()
-                    );
-                    std::thread::sleep(Duration::from_millis(200));
-                }
+                apply_unconfirmed(&cut);
                 let status = m.status().unwrap();
                 assert!(
                     status
@@ -871,23 +873,7 @@ mod tests {
                     "ipv4":{"mode":"static","address":"192.0.2.12/24","gateway":"192.0.2.1"}}]}"#,
             )
             .unwrap();
-                m.apply(
-                    &keep,
-                    &ApplyOptions {
-                        confirm_within_secs: 1,
-                        manager: None,
-                    },
-                )
-                .unwrap();
-                let deadline = Instant::now() + Duration::from_secs(20);
-                while m.status().unwrap().pending.is_some() {
-                    assert!(
-                        Instant::now() < deadline,
-                        "no decision: {:?}",
-                        lines.lock().unwrap()
-                    );
-                    std::thread::sleep(Duration::from_millis(200));
-                }
+                apply_unconfirmed(&keep);
                 assert_eq!(store.load().unwrap().unwrap(), keep);
 
                 // The same network service through the control socket, as the agent and the console
